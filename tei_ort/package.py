@@ -1,0 +1,233 @@
+"""The model package: one self-contained folder per model, written by `tei-export`, read by the
+runtime and the server.
+
+Layout of a package folder::
+
+    manifest.json        this module's Manifest, versioned by FORMAT_VERSION
+    tokenizer.json       the Rust tokenizer, truncation and padding switched off (the runtime sets them)
+    model.onnx           fp32 graph (fused); other variants beside it (model.fp16.onnx, model.int8.onnx)
+    dense_0.npz ...      sentence-transformers Dense layers (weight (out, in), bias (out,)), if any
+    config.json          the source config.json, kept for reference
+
+The manifest is the only thing the serving path reads to know what a graph does. Every graph takes
+`input_ids`, `attention_mask` and, when `Manifest.uses_token_type_ids`, `token_type_ids`, each
+(batch, seq) int64, and has one output named by `Manifest.output_name`:
+
+- embedding tasks: `last_hidden_state` (batch, seq, hidden); pooling happens in the runtime.
+- sparse embedding: `sparse_embedding` (batch, vocab), the SPLADE max over tokens computed in the graph
+  (a (batch, seq, vocab) tensor would not fit in memory for large batches).
+- classification / reranking: `logits` (batch, num_labels).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tei_ort.errors import PackageError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class Task(str, enum.Enum):
+    EMBEDDING = "embedding"
+    SPARSE_EMBEDDING = "sparse_embedding"
+    CLASSIFICATION = "classification"
+    RERANKER = "reranker"
+
+
+class Pooling(str, enum.Enum):
+    CLS = "cls"
+    MEAN = "mean"
+    LAST_TOKEN = "last_token"
+    SPLADE = "splade"
+
+
+class VariantName(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Activation(str, enum.Enum):
+    """Activations of sentence-transformers Dense layers and classifier outputs."""
+
+    IDENTITY = "identity"
+    TANH = "tanh"
+    RELU = "relu"
+    GELU = "gelu"
+    SIGMOID = "sigmoid"
+    SOFTMAX = "softmax"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How a variant compares with the PyTorch reference on real text (figures over all texts)."""
+
+    passed: bool
+    texts: int
+    cosine_min: float | None = None
+    cosine_mean: float | None = None
+    max_abs_diff: float | None = None
+    overlap_at_10: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: VariantName
+    file: str
+    # Execution providers the variant is meant for, best first ("cpu", "cuda").
+    providers: tuple[str, ...]
+    # Element type of the graph's float outputs: "float32" or "float16".
+    output_dtype: str = "float32"
+    validation: Validation | None = None
+
+    @property
+    def is_servable(self) -> bool:
+        return self.validation is not None and self.validation.passed
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers Dense module: y = activation(x @ weight.T + bias)."""
+
+    file: str
+    in_features: int
+    out_features: int
+    activation: Activation = Activation.IDENTITY
+
+
+@dataclass(frozen=True)
+class Source:
+    model_id: str
+    revision: str | None
+    # file name (relative to the source folder) -> sha256 hex digest
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    task: Task
+    architecture: str  # config.json architectures[0], e.g. "BertModel"
+    model_type: str  # config.json model_type, e.g. "bert"
+    hidden_size: int
+    # Vector size served: the last Dense layer's out_features, else hidden_size, else vocab (SPLADE).
+    dimensions: int
+    max_input_length: int
+    output_name: str
+    uses_token_type_ids: bool
+    pad_token_id: int
+    source: Source
+    tool_version: str
+    variants: tuple[Variant, ...]
+    pooling: Pooling | None = None
+    normalize: bool = False
+    dense: tuple[DenseLayer, ...] = ()
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    # Classification: index -> label. Softmax when several labels, sigmoid for one (TEI's rule).
+    id2label: dict[int, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def variant(self, name: VariantName | str) -> Variant:
+        for variant in self.variants:
+            if variant.name == VariantName(name):
+                return variant
+        raise PackageError(
+            f"variant {VariantName(name).value!r} is not in this package; it has "
+            f"{', '.join(v.name.value for v in self.variants)}"
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(_plain(asdict(self)), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PackageError(
+                f"{MANIFEST_FILE}: format_version {version!r} is not supported "
+                f"(this tei_ort reads version {FORMAT_VERSION}); re-export the model with tei-export"
+            )
+        try:
+            return cls(
+                task=Task(data["task"]),
+                architecture=data["architecture"],
+                model_type=data["model_type"],
+                hidden_size=int(data["hidden_size"]),
+                dimensions=int(data["dimensions"]),
+                max_input_length=int(data["max_input_length"]),
+                output_name=data["output_name"],
+                uses_token_type_ids=bool(data["uses_token_type_ids"]),
+                pad_token_id=int(data["pad_token_id"]),
+                source=Source(**data["source"]),
+                tool_version=data["tool_version"],
+                variants=tuple(
+                    Variant(
+                        name=VariantName(v["name"]),
+                        file=v["file"],
+                        providers=tuple(v["providers"]),
+                        output_dtype=v.get("output_dtype", "float32"),
+                        validation=Validation(**v["validation"]) if v.get("validation") else None,
+                    )
+                    for v in data["variants"]
+                ),
+                pooling=Pooling(data["pooling"]) if data.get("pooling") else None,
+                normalize=bool(data.get("normalize", False)),
+                dense=tuple(
+                    DenseLayer(
+                        file=d["file"],
+                        in_features=int(d["in_features"]),
+                        out_features=int(d["out_features"]),
+                        activation=Activation(d.get("activation", "identity")),
+                    )
+                    for d in data.get("dense", [])
+                ),
+                prompts=dict(data.get("prompts", {})),
+                default_prompt_name=data.get("default_prompt_name"),
+                id2label={int(k): str(v) for k, v in data.get("id2label", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PackageError(f"{MANIFEST_FILE}: malformed ({exc!r})") from exc
+
+
+def _plain(value: Any) -> Any:
+    """Enums to their values, tuples to lists, int keys to strings: what json.dumps can write."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def is_package(path: Path) -> bool:
+    return (path / MANIFEST_FILE).is_file()
+
+
+def read_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST_FILE
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise PackageError(
+            f"{manifest_path}: not found; is {path} a tei_ort model package?"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise PackageError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise PackageError(f"{manifest_path}: expected a JSON object")
+    return Manifest.from_dict(data)
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    tmp.replace(path / MANIFEST_FILE)

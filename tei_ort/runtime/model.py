@@ -1,0 +1,276 @@
+"""A loaded model package: tokenizer + one ONNX Runtime session + the output steps its manifest
+names. The server's engine calls `encode` and `forward`; scripts call the high-level methods
+(`embed`, `embed_sparse`, `embed_all`, `predict`, `rerank`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from tei_ort.errors import PackageError, ValidationError, WrongModelType
+from tei_ort.package import (
+    TOKENIZER_FILE,
+    Activation,
+    Manifest,
+    Pooling,
+    Task,
+    Variant,
+    read_manifest,
+)
+from tei_ort.runtime import outputs
+from tei_ort.runtime.padding import pad
+from tei_ort.runtime.providers import PROVIDERS, Provider, resolve
+from tei_ort.runtime.session import GraphSession, SessionOptions
+from tei_ort.tokenization import Encoded, TextInput, Tokenizer, TruncationDirection
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+# Batches the high-level methods form after sorting inputs by length (padding stays small).
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    provider: str = "auto"  # "auto", "cpu" or "cuda"
+    variant: str | None = None  # None: the provider's best variant that passed validation
+    intra_op_threads: int | None = None
+    allow_spinning: bool = True
+    device_id: int = 0
+    # Serve a variant whose validation failed or is missing (never the default).
+    allow_unvalidated: bool = False
+
+
+@dataclass(frozen=True)
+class DenseWeights:
+    weight: FloatArray  # (out, in)
+    bias: FloatArray | None  # (out,)
+    activation: Activation
+
+
+def choose_variant(manifest: Manifest, provider: Provider, options: RuntimeOptions) -> Variant:
+    if options.variant is not None:
+        variant = manifest.variant(options.variant)
+        if not variant.is_servable and not options.allow_unvalidated:
+            figures = variant.validation.note if variant.validation else "not validated"
+            raise PackageError(
+                f"variant {variant.name.value!r} did not pass validation ({figures}); "
+                "choose another variant or allow unvalidated variants explicitly"
+            )
+        return variant
+    for name in PROVIDERS[provider].preferred_variants:
+        for variant in manifest.variants:
+            if variant.name.value == name and (variant.is_servable or options.allow_unvalidated):
+                return variant
+    raise PackageError(
+        f"no validated variant for provider {provider.value!r} in this package "
+        f"(it has {', '.join(v.name.value for v in manifest.variants)})"
+    )
+
+
+class Model:
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        tokenizer: Tokenizer,
+        session: GraphSession,
+        variant: Variant,
+        dense: Sequence[DenseWeights],
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.session = session
+        self.variant = variant
+        self._dense = tuple(dense)
+
+    @classmethod
+    def load(cls, path: Path | str, options: RuntimeOptions | None = None) -> Model:
+        path = Path(path)
+        options = options or RuntimeOptions()
+        manifest = read_manifest(path)
+        provider = resolve(options.provider)
+        variant = choose_variant(manifest, provider, options)
+        tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE, manifest.max_input_length)
+        session = GraphSession(
+            path / variant.file,
+            provider,
+            manifest.output_name,
+            SessionOptions(
+                intra_op_threads=options.intra_op_threads,
+                allow_spinning=options.allow_spinning,
+                device_id=options.device_id,
+            ),
+        )
+        dense = [_load_dense(path / layer.file, layer.activation) for layer in manifest.dense]
+        logger.debug("loaded %s (%s, %s)", path, variant.name.value, provider.value)
+        return cls(path, manifest, tokenizer, session, variant, dense)
+
+    @property
+    def task(self) -> Task:
+        return self.manifest.task
+
+    @property
+    def provider(self) -> Provider:
+        return self.session.provider
+
+    # -- the engine's seam ---------------------------------------------------------------------
+
+    def prompt(self, prompt_name: str | None) -> str | None:
+        """The prompt text for `prompt_name`, or the model's default prompt; unknown is an error."""
+        name = prompt_name if prompt_name is not None else self.manifest.default_prompt_name
+        if name is None:
+            return None
+        try:
+            return self.manifest.prompts[name]
+        except KeyError as exc:
+            known = ", ".join(sorted(self.manifest.prompts)) or "none"
+            raise ValidationError(
+                f"prompt_name {name!r} is not one of this model's prompts ({known})"
+            ) from exc
+
+    def encode(
+        self,
+        inputs: Sequence[TextInput],
+        *,
+        truncate: bool = True,
+        direction: TruncationDirection = TruncationDirection.RIGHT,
+        prompt_name: str | None = None,
+    ) -> list[Encoded]:
+        return self.tokenizer.encode_batch(
+            inputs, truncate=truncate, direction=direction, prompt=self.prompt(prompt_name)
+        )
+
+    def forward(self, encodings: Sequence[Encoded]) -> FloatArray:
+        """One padded forward pass. Returns, by task:
+        embedding (batch, dimensions) pooled + Dense, not normalized; sparse (batch, vocab);
+        classification / reranker (batch, num_labels) raw logits."""
+        feeds = pad(encodings, self.manifest.pad_token_id, self.manifest.uses_token_type_ids)
+        raw = self.session.run(feeds)
+        if self.task is not Task.EMBEDDING:
+            return raw
+        pooling = self.manifest.pooling or Pooling.CLS
+        pooled = outputs.pool(raw, feeds["attention_mask"], pooling)  # (batch, hidden)
+        for layer in self._dense:
+            pooled = outputs.dense(pooled, layer.weight, layer.bias, layer.activation)
+        return pooled
+
+    def forward_tokens(self, encodings: Sequence[Encoded]) -> list[FloatArray]:
+        """Per-token hidden states, one (len, hidden) array per input (TEI's /embed_all)."""
+        if self.task is not Task.EMBEDDING:
+            raise WrongModelType(
+                f"per-token embeddings need an embedding model, this is {self.task.value}"
+            )
+        feeds = pad(encodings, self.manifest.pad_token_id, self.manifest.uses_token_type_ids)
+        raw = self.session.run(feeds)  # (batch, seq, hidden)
+        return [raw[row, : len(e)] for row, e in enumerate(encodings)]
+
+    # -- the Python API ------------------------------------------------------------------------
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+        truncate: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> FloatArray:
+        """(n, dimensions) embeddings. `normalize` defaults to the model's own (its ST Normalize
+        module); Matryoshka `dimensions` truncate first, then normalize."""
+        self._require(Task.EMBEDDING)
+        encodings = self.encode(texts, truncate=truncate, prompt_name=prompt_name)
+        pooled = self._batched(encodings, batch_size)
+        pooled = outputs.truncate_dimensions(pooled, dimensions)
+        do_normalize = self.manifest.normalize if normalize is None else normalize
+        return outputs.normalize(pooled) if do_normalize else pooled
+
+    def embed_sparse(
+        self, texts: Sequence[str], *, truncate: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> FloatArray:
+        """(n, vocab) SPLADE weights, mostly zeros."""
+        self._require(Task.SPARSE_EMBEDDING)
+        return self._batched(self.encode(texts, truncate=truncate), batch_size)
+
+    def embed_all(
+        self, texts: Sequence[str], *, truncate: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> list[FloatArray]:
+        encodings = self.encode(texts, truncate=truncate)
+        result: list[FloatArray | None] = [None] * len(encodings)
+        for indices in _length_sorted_batches(encodings, batch_size):
+            for index, tokens in zip(
+                indices, self.forward_tokens([encodings[i] for i in indices]), strict=True
+            ):
+                result[index] = tokens
+        return [r for r in result if r is not None]
+
+    def predict(
+        self,
+        inputs: Sequence[TextInput],
+        *,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> FloatArray:
+        """(n, num_labels) probabilities (or raw logits); labels in `manifest.id2label` order."""
+        self._require(Task.CLASSIFICATION, Task.RERANKER)
+        logits = self._batched(self.encode(inputs, truncate=truncate), batch_size)
+        return outputs.classify(logits, raw_scores)
+
+    def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> FloatArray:
+        """(n,) relevance of each text to the query, in input order."""
+        self._require(Task.RERANKER)
+        pairs = [(query, text) for text in texts]
+        logits = self._batched(self.encode(pairs, truncate=truncate), batch_size)
+        return outputs.classify(logits[:, :1], raw_scores)[:, 0]
+
+    def _require(self, *tasks: Task) -> None:
+        if self.task not in tasks:
+            wanted = " or ".join(t.value for t in tasks)
+            raise WrongModelType(
+                f"this needs a {wanted} model; {self.path.name} is {self.task.value}"
+            )
+
+    def _batched(self, encodings: Sequence[Encoded], batch_size: int) -> FloatArray:
+        if not encodings:
+            raise ValidationError("no inputs")
+        result: FloatArray | None = None
+        for indices in _length_sorted_batches(encodings, batch_size):
+            out = self.forward([encodings[i] for i in indices])
+            if result is None:
+                result = np.empty((len(encodings), *out.shape[1:]), dtype=np.float32)
+            result[indices] = out
+        assert result is not None  # encodings is non-empty
+        return result
+
+
+def _length_sorted_batches(encodings: Sequence[Encoded], batch_size: int) -> Iterator[list[int]]:
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _load_dense(path: Path, activation: Activation) -> DenseWeights:
+    try:
+        with np.load(path) as data:
+            weight = np.asarray(data["weight"], dtype=np.float32)
+            bias = np.asarray(data["bias"], dtype=np.float32) if "bias" in data else None
+    except (OSError, KeyError, ValueError) as exc:
+        raise PackageError(f"{path}: not a readable Dense layer ({exc})") from exc
+    return DenseWeights(weight, bias, activation)

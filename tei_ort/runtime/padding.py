@@ -1,0 +1,29 @@
+"""Pad a list of encodings into the graph's (batch, seq) int64 inputs, right padding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from tei_ort.tokenization import Encoded
+
+Feeds = dict[str, npt.NDArray[np.int64]]
+
+
+def pad(encodings: Sequence[Encoded], pad_token_id: int, with_token_type_ids: bool) -> Feeds:
+    batch = len(encodings)
+    max_len = max(len(e) for e in encodings)
+    input_ids = np.full((batch, max_len), pad_token_id, dtype=np.int64)  # (batch, seq)
+    attention_mask = np.zeros((batch, max_len), dtype=np.int64)  # (batch, seq)
+    token_type_ids = np.zeros((batch, max_len), dtype=np.int64)  # (batch, seq)
+    for row, encoding in enumerate(encodings):
+        n = len(encoding)
+        input_ids[row, :n] = encoding.ids
+        attention_mask[row, :n] = 1
+        token_type_ids[row, :n] = encoding.type_ids
+    feeds: Feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if with_token_type_ids:
+        feeds["token_type_ids"] = token_type_ids
+    return feeds

@@ -1,0 +1,87 @@
+"""Execution providers: one table from our provider name to ONNX Runtime's name and options.
+
+"auto" picks CUDA when onnxruntime-gpu sees a GPU, else the CPU. An explicit "cuda" on a machine
+without it is an error, not a silent fallback: a user who asked for a GPU should know they lack one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import onnxruntime as ort
+
+from tei_ort.errors import ProviderUnavailable
+
+
+class Provider(str, enum.Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    ort_name: str
+    # Variants to prefer on this provider, best first (fidelity permitting).
+    preferred_variants: tuple[str, ...]
+    uses_io_binding: bool
+
+
+PROVIDERS: dict[Provider, ProviderSpec] = {
+    Provider.CPU: ProviderSpec("CPUExecutionProvider", ("int8", "fp32"), uses_io_binding=False),
+    Provider.CUDA: ProviderSpec("CUDAExecutionProvider", ("fp16", "fp32"), uses_io_binding=True),
+}
+
+
+def available() -> set[Provider]:
+    names = set(ort.get_available_providers())
+    return {p for p, spec in PROVIDERS.items() if spec.ort_name in names and _usable(p)}
+
+
+def _usable(provider: Provider) -> bool:
+    # onnxruntime-gpu lists CUDAExecutionProvider even on machines with no GPU or no CUDA runtime;
+    # ask the CUDA runtime itself how many devices it sees.
+    return provider is not Provider.CUDA or _cuda_device_count() > 0
+
+
+def _cuda_device_count() -> int:
+    import ctypes
+
+    for lib in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:
+            cudart = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cudart.cudaGetDeviceCount(ctypes.byref(count)) == 0:
+            return int(count.value)
+        return 0
+    return 0
+
+
+def resolve(name: str) -> Provider:
+    """Map a user's choice ("auto", "cpu", "cuda") to a provider that can run here."""
+    if name == "auto":
+        return Provider.CUDA if Provider.CUDA in available() else Provider.CPU
+    try:
+        provider = Provider(name.lower())
+    except ValueError as exc:
+        choices = ", ".join(["auto", *(p.value for p in Provider)])
+        raise ProviderUnavailable(
+            f"unknown execution provider {name!r}; choose one of {choices}"
+        ) from exc
+    if provider not in available():
+        raise ProviderUnavailable(
+            f"execution provider {provider.value!r} is not available here "
+            f"(onnxruntime has {', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu with CUDA 13 and cuDNN 9 and check the GPU, or use --provider cpu"
+        )
+    return provider
+
+
+def ort_providers(provider: Provider, device_id: int) -> list[Any]:
+    spec = PROVIDERS[provider]
+    if provider is Provider.CUDA:
+        return [(spec.ort_name, {"device_id": device_id}), "CPUExecutionProvider"]
+    return [spec.ort_name]
