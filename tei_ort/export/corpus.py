@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-
 from pydoc_data import topics
 
 # A paragraph is prose when most of its characters are letters or spaces.

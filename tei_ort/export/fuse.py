@@ -33,9 +33,7 @@ class FusionReport:
         return ", ".join(f"{op} x{count}" for op, count in sorted(self.op_counts.items()) if count)
 
 
-def fuse(
-    raw: Path, out: Path, recipe: Recipe, *, num_heads: int, hidden_size: int
-) -> FusionReport:
+def fuse(raw: Path, out: Path, recipe: Recipe, *, num_heads: int, hidden_size: int) -> FusionReport:
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the Python fusions, no ORT session rewrites, so the graph stays portable

@@ -65,7 +65,9 @@ def locate(
     return _download(model, revision, token, cache_dir)
 
 
-def _download(repo_id: str, revision: str | None, token: str | None, cache_dir: Path | None) -> Location:
+def _download(
+    repo_id: str, revision: str | None, token: str | None, cache_dir: Path | None
+) -> Location:
     import huggingface_hub
 
     cache = str(cache_dir) if cache_dir else None

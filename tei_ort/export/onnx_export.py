@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -22,11 +24,15 @@ DYNAMIC_AXES = ("batch_size", "sequence_length")
 
 
 def export_onnx(model_dir: Path, recipe: Recipe, out: Path, *, opset: int = DEFAULT_OPSET) -> None:
-    """Write the graph for `recipe` to `out`: inputs (batch, seq) int64, one output named by
-    `recipe.head.output_name`."""
+    """Write optimum's graph for `recipe` to `out`: inputs (batch, seq) int64, one output named by
+    `recipe.head.export_output`. `add_head` turns it (or its fused form) into the package graph."""
     from optimum.exporters.onnx import main_export
+    from torch.jit import TracerWarning  # type: ignore[attr-defined]
 
-    with tempfile.TemporaryDirectory(prefix="tei-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tei-export-") as tmp, warnings.catch_warnings():
+        # The tracer warns about constants in transformers' mask code; the axes stay dynamic
+        # (check_io) and validation compares the graph with PyTorch on mixed-length batches.
+        warnings.simplefilter("ignore", TracerWarning)
         # library_name="transformers": on a sentence-transformers folder optimum would otherwise
         # export pooled sentence embeddings; pooling, Dense and Normalize belong to the runtime.
         main_export(
@@ -39,51 +45,61 @@ def export_onnx(model_dir: Path, recipe: Recipe, out: Path, *, opset: int = DEFA
             local_files_only=True,
         )
         graph = onnx.load(str(Path(tmp) / "model.onnx"))
+    check_io(graph, recipe, recipe.head.export_output)
+    onnx.save(graph, str(out))
+
+
+def add_head(graph_path: Path, recipe: Recipe) -> None:
+    """Make an exported (or fused) graph the package graph, in place. Runs after fusion: the
+    transformer optimizer's shape inference does not follow the appended SPLADE nodes."""
+    graph = onnx.load(str(graph_path))
     if recipe.head is MASKED_LM:
         append_splade(graph)
-    check_io(graph, recipe)
-    onnx.save(graph, str(out))
+    check_io(graph, recipe, recipe.head.output_name)
+    onnx.save(graph, str(graph_path))
 
 
 def append_splade(model: onnx.ModelProto) -> None:
     """Replace the MLM output logits (batch, seq, vocab) by SPLADE's
-    max over tokens of log(1 + relu(logits)) * attention_mask -> (batch, vocab).
+    max over tokens of log(1 + relu(logits)), padding masked out -> (batch, vocab).
 
-    The product with the mask may run after log1p(relu(.)) because that is >= 0: a padded token
-    contributes 0, which never beats a real token's value in the max."""
+    log(1 + relu(x)) never decreases with x, so it is applied after the max: the only op on the
+    (batch, seq, vocab) tensor is the masking Where (padding -> -inf, which relu turns into 0),
+    instead of four elementwise passes over it."""
     graph = model.graph
     (logits,) = [o for o in graph.output if o.name == MLM_LOGITS]
     vocab = logits.type.tensor_type.shape.dim[2]
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    prefix = "splade/"
-    one = helper.make_tensor(prefix + "one", TensorProto.FLOAT, [], [1.0])
-    axes_seq = helper.make_tensor(prefix + "axes_seq", TensorProto.INT64, [1], [1])
-    axes_last = helper.make_tensor(prefix + "axes_last", TensorProto.INT64, [1], [2])
-    graph.initializer.extend([one, axes_seq, axes_last])
-    nodes = [
-        helper.make_node("Relu", [MLM_LOGITS], [prefix + "relu"]),
-        helper.make_node("Add", [prefix + "relu", prefix + "one"], [prefix + "one_plus"]),
-        helper.make_node("Log", [prefix + "one_plus"], [prefix + "log1p"]),  # (batch, seq, vocab)
-        helper.make_node("Cast", ["attention_mask"], [prefix + "mask"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", [prefix + "mask", prefix + "axes_last"], [prefix + "mask3"]),
-        helper.make_node("Mul", [prefix + "log1p", prefix + "mask3"], [prefix + "masked"]),
-    ]
-    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
-        nodes.append(
-            helper.make_node(
-                "ReduceMax", [prefix + "masked", prefix + "axes_seq"], [SPARSE_OUTPUT], keepdims=0
-            )
-        )
-    else:
-        nodes.append(helper.make_node("ReduceMax", [prefix + "masked"], [SPARSE_OUTPUT], axes=[1], keepdims=0))
-    graph.node.extend(nodes)
+    p = "splade/"
+    graph.initializer.extend(
+        [
+            helper.make_tensor(p + "one", TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor(p + "minus_inf", TensorProto.FLOAT, [], [-np.inf]),
+            helper.make_tensor(p + "k", TensorProto.INT64, [1], [1]),
+            helper.make_tensor(p + "axis_seq", TensorProto.INT64, [1], [1]),
+            helper.make_tensor(p + "axis_last", TensorProto.INT64, [1], [2]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Cast", ["attention_mask"], [p + "mask"], to=TensorProto.BOOL),
+            helper.make_node("Unsqueeze", [p + "mask", p + "axis_last"], [p + "mask3"]),
+            helper.make_node("Where", [p + "mask3", MLM_LOGITS, p + "minus_inf"], [p + "masked"]),
+            # TopK(k=1) rather than ReduceMax: the symbolic shape inference that fusion and fp16
+            # conversion run cannot follow ReduceMax's axes input (opset >= 18).
+            helper.make_node("TopK", [p + "masked", p + "k"], [p + "top", p + "top_index"], axis=1),
+            helper.make_node("Squeeze", [p + "top", p + "axis_seq"], [p + "max"]),  # (b, vocab)
+            helper.make_node("Relu", [p + "max"], [p + "relu"]),
+            helper.make_node("Add", [p + "relu", p + "one"], [p + "one_plus"]),
+            helper.make_node("Log", [p + "one_plus"], [SPARSE_OUTPUT]),
+        ]
+    )
     graph.output.remove(logits)
-    output = helper.make_tensor_value_info(SPARSE_OUTPUT, TensorProto.FLOAT, [DYNAMIC_AXES[0], None])
+    output = helper.make_tensor_value_info(SPARSE_OUTPUT, TensorProto.FLOAT, ["batch_size", None])
     output.type.tensor_type.shape.dim[1].CopyFrom(vocab)
     graph.output.append(output)
 
 
-def check_io(model: onnx.ModelProto, recipe: Recipe) -> None:
+def check_io(model: onnx.ModelProto, recipe: Recipe, output_name: str) -> None:
     """The graph must have the inputs the recipe promises and exactly its one output; a mismatch is
     a bug in the recipe table, caught here rather than at serving time."""
     inputs = {i.name for i in model.graph.input}
@@ -91,12 +107,14 @@ def check_io(model: onnx.ModelProto, recipe: Recipe) -> None:
         {"token_type_ids"} if recipe.family.uses_token_type_ids else set()
     )
     outputs = [o.name for o in model.graph.output]
-    if inputs != expected or outputs != [recipe.head.output_name]:
+    if inputs != expected or outputs != [output_name]:
         raise PackageError(
             f"exported {recipe.architecture} graph has inputs {sorted(inputs)} and outputs {outputs}; "
-            f"the recipe expects {sorted(expected)} -> {recipe.head.output_name}"
+            f"the recipe expects {sorted(expected)} -> {output_name}"
         )
     for value in model.graph.input:
         dims = [d.dim_param for d in value.type.tensor_type.shape.dim]
         if dims != list(DYNAMIC_AXES):
-            raise PackageError(f"input {value.name} has axes {dims}, expected dynamic {DYNAMIC_AXES}")
+            raise PackageError(
+                f"input {value.name} has axes {dims}, expected dynamic {DYNAMIC_AXES}"
+            )

@@ -30,7 +30,9 @@ class Family:
 class Head:
     class_suffix: str  # "Model", "ForSequenceClassification", "ForMaskedLM"
     optimum_task: str  # task name for optimum.exporters.onnx.main_export
-    output_name: str  # the graph's one output, as the package format names it
+    output_name: str  # the package graph's one output, as the package format names it
+    # optimum's output for the task; differs from output_name when export appends nodes (SPLADE)
+    export_output: str
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,12 @@ FAMILIES: tuple[Family, ...] = (
     Family("mpnet", "MPNet", False, position_offset=2, fusion_model_type="bert"),
 )
 
-BASE = Head("Model", "feature-extraction", "last_hidden_state")
-SEQUENCE_CLASSIFICATION = Head("ForSequenceClassification", "text-classification", "logits")
-# The graph ends in the SPLADE max-pool appended by onnx_export, not in the MLM logits.
-MASKED_LM = Head("ForMaskedLM", "fill-mask", "sparse_embedding")
+BASE = Head("Model", "feature-extraction", "last_hidden_state", "last_hidden_state")
+SEQUENCE_CLASSIFICATION = Head(
+    "ForSequenceClassification", "text-classification", "logits", "logits"
+)
+# The package graph ends in the SPLADE max-pool appended by onnx_export, not in the MLM logits.
+MASKED_LM = Head("ForMaskedLM", "fill-mask", "sparse_embedding", "logits")
 
 # Which head serves a task: embeddings use the bare encoder even when the checkpoint carries a head.
 TASK_HEADS: dict[Task, Head] = {
@@ -67,7 +71,9 @@ TASK_HEADS: dict[Task, Head] = {
 }
 
 RECIPES: dict[str, Recipe] = {
-    family.class_prefix + head.class_suffix: Recipe(family.class_prefix + head.class_suffix, family, head)
+    family.class_prefix + head.class_suffix: Recipe(
+        family.class_prefix + head.class_suffix, family, head
+    )
     for family in FAMILIES
     for head in (BASE, SEQUENCE_CLASSIFICATION, MASKED_LM)
 }

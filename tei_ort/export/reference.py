@@ -4,6 +4,7 @@ sentence-transformers (embeddings) and transformers (logits, SPLADE) on the same
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +45,9 @@ def embeddings(source: SourceModel, pooling: Pooling, texts: Sequence[str]) -> F
             modules=[transformer, StPooling(source.hidden_size, pooling_mode=mode)], device="cpu"
         )
     model.max_seq_length = max_length
-    out = model.encode(list(texts), batch_size=BATCH_SIZE, convert_to_numpy=True)
+    out = model.encode(
+        list(texts), batch_size=BATCH_SIZE, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.asarray(out, dtype=np.float32)  # (n, dims)
 
 
@@ -53,14 +56,20 @@ def sparse_embeddings(source: SourceModel, recipe: Recipe, texts: Sequence[str])
     import torch
     from transformers import AutoModelForMaskedLM
 
-    model = AutoModelForMaskedLM.from_pretrained(str(source.model_dir), local_files_only=True).eval()
+    model = AutoModelForMaskedLM.from_pretrained(
+        str(source.model_dir), local_files_only=True
+    ).eval()
     rows = []
-    for batch in _batches(source, recipe, list(texts)):
+    order, batches = _batches(source, recipe, list(texts))
+    for batch in batches:
         with torch.inference_mode():
             logits = model(**batch).logits  # (batch, seq, vocab)
-        mask = batch["attention_mask"].unsqueeze(-1).to(logits.dtype)  # (batch, seq, 1)
-        rows.append((torch.log1p(torch.relu(logits)) * mask).amax(dim=1).numpy())
-    return np.concatenate(rows).astype(np.float32)
+        # max over tokens of log1p(relu(.)) == log1p(relu(max over tokens)): the function is
+        # monotonic, and taking the max first avoids three more (batch, seq, vocab) tensors.
+        padding = batch["attention_mask"].unsqueeze(-1) == 0  # (batch, seq, 1)
+        top = logits.masked_fill(padding, float("-inf")).amax(dim=1)  # (batch, vocab)
+        rows.append(torch.log1p(torch.relu(top)).numpy())
+    return _unsort(order, rows)
 
 
 def logits(
@@ -74,23 +83,29 @@ def logits(
         str(source.model_dir), local_files_only=True
     ).eval()
     rows = []
-    for batch in _batches(source, recipe, list(inputs)):
+    order, batches = _batches(source, recipe, list(inputs))
+    for batch in batches:
         with torch.inference_mode():
             rows.append(model(**batch).logits.numpy())  # (batch, num_labels)
-    return np.concatenate(rows).astype(np.float32)
+    return _unsort(order, rows)
 
 
 def _batches(
     source: SourceModel, recipe: Recipe, inputs: list[str | tuple[str, str]]
-) -> list[dict[str, object]]:
+) -> tuple[list[int], list[dict[str, Any]]]:
     """Tokenized like transformers users do: right padding, longest-first truncation at the
-    package's max input length, token_type_ids only for models that take them."""
+    package's max input length, token_type_ids only for models that take them. Batches are formed
+    in order of length (padding costs SPLADE a (batch, seq, vocab) tensor); `order[i]` is the
+    input index of the i-th row over all batches."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(source.model_dir), local_files_only=True)
-    batches: list[dict[str, object]] = []
-    for start in range(0, len(inputs), BATCH_SIZE):
-        chunk = inputs[start : start + BATCH_SIZE]
+    tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+        str(source.model_dir), local_files_only=True
+    )
+    order = sorted(range(len(inputs)), key=lambda i: _chars(inputs[i]))
+    batches: list[dict[str, Any]] = []
+    for start in range(0, len(order), BATCH_SIZE):
+        chunk = [inputs[i] for i in order[start : start + BATCH_SIZE]]
         firsts = [item if isinstance(item, str) else item[0] for item in chunk]
         seconds = [item[1] for item in chunk if not isinstance(item, str)]
         encoded = tokenizer(
@@ -103,4 +118,15 @@ def _batches(
             return_token_type_ids=recipe.family.uses_token_type_ids,
         )
         batches.append(dict(encoded))
-    return batches
+    return order, batches
+
+
+def _chars(item: str | tuple[str, str]) -> int:
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+
+
+def _unsort(order: list[int], rows: list[FloatArray]) -> FloatArray:
+    stacked = np.concatenate(rows).astype(np.float32)  # (n, d) in batch order
+    result = np.empty_like(stacked)
+    result[order] = stacked
+    return result

@@ -86,7 +86,11 @@ def read_source(location: Location) -> SourceModel:
     )
     weights = _weights(root, prefix)
     read = [prefix + CONFIG_FILE, prefix + TOKENIZER_FILE, *weights]
-    read += [prefix + f for f in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE) if (model_dir / f).is_file()]
+    read += [
+        prefix + f
+        for f in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE)
+        if (model_dir / f).is_file()
+    ]
     read += list(st.read_files) if st is not None else []
     return SourceModel(
         location=location,
@@ -187,4 +191,3 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-

@@ -25,7 +25,11 @@ UNSUPPORTED_POOLING_FLAGS = (
     "pooling_mode_weightedmean_tokens",
 )
 # sentence-transformers >= 5 writes "pooling_mode": "<name>" instead of the flags.
-POOLING_NAMES: dict[str, Pooling] = {"cls": Pooling.CLS, "mean": Pooling.MEAN, "lasttoken": Pooling.LAST_TOKEN}
+POOLING_NAMES: dict[str, Pooling] = {
+    "cls": Pooling.CLS,
+    "mean": Pooling.MEAN,
+    "lasttoken": Pooling.LAST_TOKEN,
+}
 
 # Dense `activation_function` (a torch class path) -> activation, by its last component.
 DENSE_ACTIVATIONS: dict[str, Activation] = {
@@ -91,7 +95,9 @@ def read(root: Path) -> SentenceTransformersConfig | None:
         elif kind == "Normalize":
             normalize = True
         else:
-            raise UnsupportedModel(f"{MODULES_FILE}: module type {module.get('type')!r} is not supported")
+            raise UnsupportedModel(
+                f"{MODULES_FILE}: module type {module.get('type')!r} is not supported"
+            )
     max_seq_length = _read_max_seq_length(root, transformer_path, read_files)
     prompts, default_prompt = _read_prompts(root, read_files)
     return SentenceTransformersConfig(
@@ -110,11 +116,15 @@ def read(root: Path) -> SentenceTransformersConfig | None:
 def _read_pooling(root: Path, relative: str) -> Pooling:
     config = read_json(root, relative)
     if config.get("include_prompt", True) is False:
-        raise UnsupportedModel(f"{relative}: include_prompt=false (prompt tokens left out of pooling)")
+        raise UnsupportedModel(
+            f"{relative}: include_prompt=false (prompt tokens left out of pooling)"
+        )
     if "pooling_mode" in config:
         name = str(config["pooling_mode"])
         if name not in POOLING_NAMES:
-            raise UnsupportedModel(f"{relative}: pooling mode {name!r}; supported: {', '.join(POOLING_NAMES)}")
+            raise UnsupportedModel(
+                f"{relative}: pooling mode {name!r}; supported: {', '.join(POOLING_NAMES)}"
+            )
         return POOLING_NAMES[name]
     unsupported = [flag for flag in UNSUPPORTED_POOLING_FLAGS if config.get(flag)]
     modes = [pooling for flag, pooling in POOLING_FLAGS.items() if config.get(flag)]

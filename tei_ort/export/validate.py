@@ -5,7 +5,6 @@ manifest, and a variant that misses them is recorded as failed and never served 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,7 +119,11 @@ def compare(
         failures.append(f"cosine min {cosines.min():.6f} < {limits.min_cosine}")
     if limits.max_abs_diff is not None and diff > limits.max_abs_diff * scale:
         failures.append(f"max abs diff {diff:.3g} > {limits.max_abs_diff * scale:.3g}")
-    if limits.min_overlap_at_10 is not None and overlap is not None and overlap < limits.min_overlap_at_10:
+    if (
+        limits.min_overlap_at_10 is not None
+        and overlap is not None
+        and overlap < limits.min_overlap_at_10
+    ):
         failures.append(f"overlap@10 {overlap:.4f} < {limits.min_overlap_at_10}")
     note = f"thresholds: {limits.describe()}"
     if kind is OutputKind.SPARSE:

@@ -49,7 +49,9 @@ def write_dense(source: SourceModel, package: Path) -> tuple[DenseLayer, ...]:
     return tuple(layers)
 
 
-def _load_dense(root: Path, layer: DenseSource) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+def _load_dense(
+    root: Path, layer: DenseSource
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """(out, in) weight and (out,) bias of a sentence-transformers Dense (`linear.*` tensors)."""
     path = root / layer.weights
     if path.suffix == ".safetensors":
@@ -59,7 +61,9 @@ def _load_dense(root: Path, layer: DenseSource) -> tuple[np.ndarray[Any, Any], n
     else:
         import torch
 
-        tensors = {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+        tensors = {
+            k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
+        }
     if "linear.weight" not in tensors:
         raise PackageError(f"{layer.weights}: no linear.weight tensor")
     weight = np.asarray(tensors["linear.weight"], dtype=np.float32)  # (out, in)

@@ -1,0 +1,58 @@
+"""The engine's limits (EngineConfig, TEI's flags of the same names) and what it reports about
+itself (EngineStats, for /metrics)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# OpenAI's embeddings API takes up to 2,048 inputs per request, and its clients batch to match
+# (LangChain's OpenAIEmbeddings sends 1,000 by default): TEI's 32 breaks them. A request's inputs
+# are split across forward batches by the token budget, so a big client batch costs no more
+# memory per forward than many small requests.
+DEFAULT_MAX_CLIENT_BATCH_SIZE = 2048
+
+
+def default_tokenization_workers() -> int:
+    """TEI's clamp(cores - 1, 1, 64), but at least 2: each worker runs a whole request's batch
+    call (itself parallel in Rust), and a second worker keeps one huge request from holding up
+    every small one behind it."""
+    return max(2, min((os.cpu_count() or 1) - 1, 64))
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # Requests (not inputs, as TEI counts) in flight, tokenization included: TEI's per-input
+    # permits would reject any client batch larger than this limit outright.
+    max_concurrent_requests: int = 512
+    # Padded tokens per forward batch: longest input in the batch x inputs.
+    max_batch_tokens: int = 16384
+    max_batch_requests: int | None = None  # inputs per forward batch; None: tokens only
+    max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE
+    auto_truncate: bool = True
+    tokenization_workers: int | None = None  # None: default_tokenization_workers()
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_requests", "max_batch_tokens", "max_client_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_batch_requests", "tokenization_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset), got {value}")
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for metrics; *_total fields only grow."""
+
+    queue_size: int  # inputs waiting for a batch (TEI's te_queue_size)
+    in_flight: int  # admitted requests not yet answered
+    batch_next_size: int  # inputs in the last batch formed (te_batch_next_size)
+    batch_next_tokens: int  # real tokens in it (te_batch_next_tokens)
+    batch_next_padded_tokens: int  # longest x inputs in it
+    batches_total: int
+    batch_failures_total: int
+    dropped_inputs_total: int  # queued inputs dropped because their client went away
+    overloaded_total: int  # requests refused by admission
+    is_healthy: bool

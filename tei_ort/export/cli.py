@@ -1,0 +1,144 @@
+"""`tei-export`: convert a hub model or local folder into a validated model package, or run the CI
+model-validation pipeline over a list of models.
+
+    tei-export sentence-transformers/all-MiniLM-L6-v2 -o packages/minilm --variants fp32,int8
+    tei-export validate --models ./models/minilm,./models/splade --out /tmp/validation
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from tei_ort import __version__
+from tei_ort.errors import TeiOrtError
+from tei_ort.export.pipeline import ExportOptions, ExportResult, HubOptions, export_model
+from tei_ort.export.report import format_table, rows_for
+from tei_ort.package import Pooling, Task, VariantName
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["validate"]:
+        parsed = _validate_parser().parse_args(args[1:])
+        _configure_logging(parsed.log_level)
+        return _run_validate(parsed)
+    parsed = _export_parser().parse_args(args)
+    _configure_logging(parsed.log_level)
+    try:
+        result = export_model(parsed.model, parsed.output, _options(parsed), _hub(parsed))
+    except TeiOrtError as exc:
+        logger.error("%s", exc)
+        return 2
+    print(format_table(rows_for(parsed.model, result)))
+    fp32 = result.manifest.variant(VariantName.FP32)
+    return 0 if fp32.is_servable else 1
+
+
+def _run_validate(parsed: argparse.Namespace) -> int:
+    """Export and validate each model; the table lists every variant; exit 1 when any fp32 fails
+    (a failed fp16/int8 is recorded in its package and not served, which is not a CI failure)."""
+    models = [m.strip() for m in parsed.models.split(",") if m.strip()]
+    with tempfile.TemporaryDirectory(prefix="tei-validate-") as tmp:
+        root = parsed.out or Path(tmp)
+        rows = []
+        failed = False
+        for index, model in enumerate(models):
+            out = root / f"{index:02d}-{_slug(model)}"
+            try:
+                result: ExportResult = export_model(model, out, _options(parsed), _hub(parsed))
+            except TeiOrtError as exc:
+                logger.error("%s: %s", model, exc)
+                rows.append((model, "-", "-", "-", "-", "-", f"error: {exc}"))
+                failed = True
+                continue
+            rows += rows_for(model, result)
+            failed |= not result.manifest.variant(VariantName.FP32).is_servable
+        print(format_table(rows))
+    return 1 if failed else 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    parser.add_argument("--token", help="hub token (default: huggingface_hub's own lookup)")
+    parser.add_argument("--cache-dir", type=Path, help="huggingface_hub cache folder")
+    parser.add_argument(
+        "--task", choices=[t.value for t in Task], help="override the detected task"
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=[p.value for p in Pooling if p is not Pooling.SPLADE],
+        help="override the sentence-transformers pooling (required for a plain encoder)",
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(v.value for v in VariantName),
+        help="comma-separated subset of fp32,fp16,int8 (fp32 is always built)",
+    )
+    parser.add_argument("--opset", type=int, default=ExportOptions().opset)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"tei-export {__version__}")
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tei-export",
+        description="Export a model to a validated ONNX model package "
+        "(or `tei-export validate --models ...` for the CI pipeline).",
+    )
+    parser.add_argument(
+        "model", help="hub repo id or local Hugging Face / sentence-transformers folder"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="package folder to write")
+    _common(parser)
+    return parser
+
+
+def _validate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tei-export validate",
+        description="Export and validate a list of models; print a table; exit 1 if any fp32 fails.",
+    )
+    parser.add_argument("--models", required=True, help="comma-separated hub ids or folders")
+    parser.add_argument("--out", type=Path, help="keep the packages here (default: a temp folder)")
+    _common(parser)
+    return parser
+
+
+def _options(parsed: argparse.Namespace) -> ExportOptions:
+    try:
+        variants = tuple(VariantName(v.strip()) for v in parsed.variants.split(",") if v.strip())
+    except ValueError as exc:
+        raise SystemExit(f"tei-export: --variants: {exc}") from exc
+    return ExportOptions(
+        task=Task(parsed.task) if parsed.task else None,
+        pooling=Pooling(parsed.pooling) if parsed.pooling else None,
+        variants=variants,
+        opset=parsed.opset,
+    )
+
+
+def _hub(parsed: argparse.Namespace) -> HubOptions:
+    return HubOptions(revision=parsed.revision, token=parsed.token, cache_dir=parsed.cache_dir)
+
+
+def _slug(model: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in model.strip("/"))[-60:]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Our own progress at the chosen level; torch/optimum/ORT chatter stays at WARNING.
+    logging.getLogger("tei_ort").setLevel(level.upper())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

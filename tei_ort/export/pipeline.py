@@ -1,0 +1,206 @@
+"""tei-export end to end: source -> plan -> raw and fused graphs -> package files -> variants,
+each validated against the PyTorch reference -> manifest. Re-exporting the same input with the
+same options and tool version reuses the package."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tei_ort import __version__
+from tei_ort.errors import UnsupportedModel
+from tei_ort.export import fuse, recipes, writer
+from tei_ort.export.hub import locate
+from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
+from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
+from tei_ort.export.source import SourceModel, read_source
+from tei_ort.export.validate import validation_set
+from tei_ort.export.variants import DERIVED_BUILDERS, Graphs, Validator, build_fp32
+from tei_ort.package import (
+    Manifest,
+    Pooling,
+    Source,
+    Task,
+    Variant,
+    VariantName,
+    is_package,
+    read_manifest,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+ALL_VARIANTS = (VariantName.FP32, VariantName.FP16, VariantName.INT8)
+WORK_DIR = ".work"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    task: Task | None = None  # None: detected from the files
+    pooling: Pooling | None = None  # None: from 1_Pooling/config.json
+    variants: tuple[VariantName, ...] = (
+        ALL_VARIANTS  # fp32 is always built: the others derive from it
+    )
+    opset: int = DEFAULT_OPSET
+    validation_queries: int = 64
+    validation_passages: int = 192
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    revision: str | None = None
+    token: str | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    manifest: Manifest
+    reused: bool
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+
+
+def export_model(
+    model: str, out: Path, options: ExportOptions | None = None, hub: HubOptions | None = None
+) -> ExportResult:
+    options = options or ExportOptions()
+    hub = hub or HubOptions()
+    timer = _Timer()
+    location = locate(model, revision=hub.revision, token=hub.token, cache_dir=hub.cache_dir)
+    source = read_source(location)
+    subject = plan(source, options)
+    key, key_inputs = cache_key(source, options)
+    if is_package(out) and writer.read_export_key(out) == key:
+        logger.info(
+            "%s: reusing the package in %s (same sources, options, tool version)", model, out
+        )
+        return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
+    out.mkdir(parents=True, exist_ok=True)
+    writer.clear_export_record(out)  # an export that stops half-way must not be reused
+    work = out / WORK_DIR
+    work.mkdir(exist_ok=True)
+    try:
+        graphs = _graphs(subject, work, options, timer)
+        base = _base_manifest(subject, out)
+        vset = validation_set(options.validation_queries, options.validation_passages)
+        reference = REFERENCE_RUNNERS[subject.task](subject, vset)
+        timer.lap("reference")
+        validator = Validator(out, base, subject, vset, reference)
+        variants: list[Variant] = [build_fp32(validator, graphs)]
+        timer.lap("fp32")
+        for name, build in DERIVED_BUILDERS.items():
+            if name in options.variants:
+                built = build(validator, graphs, variants)
+                variants += [built] if built is not None else []
+                timer.lap(name.value)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    manifest = replace(base, variants=tuple(variants))
+    write_manifest(out, manifest)
+    writer.write_export_record(out, key, key_inputs)
+    logger.info("%s -> %s in %.1f s: %s", model, out, sum(timer.seconds.values()), timer.seconds)
+    return ExportResult(out, manifest, reused=False, seconds=timer.seconds)
+
+
+def plan(source: SourceModel, options: ExportOptions) -> Subject:
+    """Task (detected, or overridden), the recipe exporting it, and the pooling for embeddings."""
+    detected = recipes.detect_task(
+        source.architecture, source.num_labels, is_sentence_transformers=source.st is not None
+    )
+    if source.st is not None and source.st.is_sparse:
+        detected = Task.SPARSE_EMBEDDING
+    task = options.task or detected
+    recipe = recipes.for_task(source.architecture, task)
+    pooling = None
+    if task is Task.EMBEDDING:
+        pooling = options.pooling or (source.st.pooling if source.st is not None else None)
+        if pooling is None:
+            raise UnsupportedModel(
+                f"{source.location.model_id}: no pooling configuration (1_Pooling/config.json); "
+                f"pass --pooling ({', '.join(p.value for p in Pooling if p is not Pooling.SPLADE)})"
+            )
+        if pooling is Pooling.SPLADE:
+            raise UnsupportedModel("pooling 'splade' means --task sparse_embedding on a masked LM")
+    if task in (Task.CLASSIFICATION, Task.RERANKER) and source.num_labels < 1:
+        raise UnsupportedModel(f"{source.architecture}: a classifier needs id2label in config.json")
+    return Subject(source, recipe, task, pooling)
+
+
+def cache_key(source: SourceModel, options: ExportOptions) -> tuple[str, dict[str, object]]:
+    inputs: dict[str, object] = {
+        "files": source.files,
+        "tool_version": __version__,
+        "options": json.loads(json.dumps(asdict(options), default=str)),
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return digest, inputs
+
+
+def _graphs(subject: Subject, work: Path, options: ExportOptions, timer: _Timer) -> Graphs:
+    source = subject.source
+    raw, fused = work / "raw.onnx", work / "fused.onnx"
+    export_onnx(source.model_dir, subject.recipe, raw, opset=options.opset)
+    timer.lap("onnx_export")
+    report = fuse.fuse(
+        raw,
+        fused,
+        subject.recipe,
+        num_heads=source.num_attention_heads,
+        hidden_size=source.hidden_size,
+    )
+    add_head(raw, subject.recipe)
+    add_head(fused, subject.recipe)
+    timer.lap("fuse")
+    return Graphs(raw, fused, report)
+
+
+def _base_manifest(subject: Subject, out: Path) -> Manifest:
+    """Everything but the variants; writes the tokenizer, config and Dense files it names."""
+    source, recipe, task = subject.source, subject.recipe, subject.task
+    writer.write_tokenizer(source, out)
+    writer.write_config(source, out)
+    dense = writer.write_dense(source, out) if task is Task.EMBEDDING else ()
+    st = source.st
+    dimensions = {
+        Task.EMBEDDING: dense[-1].out_features if dense else source.hidden_size,
+        Task.SPARSE_EMBEDDING: source.vocab_size,
+        Task.CLASSIFICATION: source.hidden_size,
+        Task.RERANKER: source.hidden_size,
+    }[task]
+    return Manifest(
+        task=task,
+        architecture=source.architecture,
+        model_type=source.model_type,
+        hidden_size=source.hidden_size,
+        dimensions=dimensions,
+        max_input_length=source.max_input_length(),
+        output_name=recipe.head.output_name,
+        uses_token_type_ids=recipe.family.uses_token_type_ids,
+        pad_token_id=source.pad_token_id,
+        source=Source(source.location.model_id, source.location.revision, dict(source.files)),
+        tool_version=__version__,
+        variants=(),
+        pooling=Pooling.SPLADE if task is Task.SPARSE_EMBEDDING else subject.pooling,
+        normalize=bool(st and st.normalize) and task is Task.EMBEDDING,
+        dense=dense,
+        prompts=dict(st.prompts) if st else {},
+        default_prompt_name=st.default_prompt_name if st else None,
+        id2label=dict(source.id2label) if task in (Task.CLASSIFICATION, Task.RERANKER) else {},
+    )
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._start, 2)
+        self._start = now

@@ -1,0 +1,163 @@
+"""The graph variants of a package and how each is built and validated: fp32 (the fused graph when
+it validates, else the unfused one), fp16 for CUDA, int8 for CPU."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from tei_ort.export import corpus, fuse
+from tei_ort.export.runners import RUNTIME_RUNNERS, Subject, n_queries
+from tei_ort.export.validate import FloatArray, ValidationSet, compare
+from tei_ort.package import (
+    TOKENIZER_FILE,
+    Manifest,
+    Validation,
+    Variant,
+    VariantName,
+    write_manifest,
+)
+from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.padding import pad
+from tei_ort.tokenization import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+Feeds = dict[str, npt.NDArray[np.int64]]
+QuantizeInt8 = Callable[[Path, Path, list[Feeds]], None]
+
+CALIBRATION_TEXTS = 64
+CALIBRATION_BATCH = 8
+# Calibration texts come from further into the corpus than the validation texts, so int8 is never
+# judged on the texts it was calibrated on.
+CALIBRATION_OFFSET = 300
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    file: str
+    providers: tuple[str, ...]  # best first
+
+
+VARIANT_SPECS: dict[VariantName, VariantSpec] = {
+    VariantName.FP32: VariantSpec("model.onnx", ("cpu", "cuda")),
+    VariantName.FP16: VariantSpec("model.fp16.onnx", ("cuda",)),
+    VariantName.INT8: VariantSpec("model.int8.onnx", ("cpu",)),
+}
+
+
+@dataclass(frozen=True)
+class Graphs:
+    raw: Path  # optimum's export (SPLADE head appended)
+    fused: Path  # after onnxruntime.transformers fusion
+    fusion: fuse.FusionReport
+
+
+class Validator:
+    """Runs one variant of the package through the runtime and compares it with the reference,
+    which is computed once."""
+
+    def __init__(
+        self,
+        package: Path,
+        base: Manifest,
+        subject: Subject,
+        vset: ValidationSet,
+        reference: FloatArray,
+    ) -> None:
+        self.package = package
+        self.base = base
+        self.subject = subject
+        self.vset = vset
+        self.reference = reference
+
+    def check(self, done: Sequence[Variant], name: VariantName) -> Validation:
+        spec = VARIANT_SPECS[name]
+        # The runtime reads the manifest, so list the candidate (unvalidated) before loading it.
+        pending = Variant(name, spec.file, spec.providers)
+        write_manifest(self.package, replace(self.base, variants=(*done, pending)))
+        options = RuntimeOptions(provider="cpu", variant=name.value, allow_unvalidated=True)
+        output = RUNTIME_RUNNERS[self.subject.task](Model.load(self.package, options), self.vset)
+        validation = compare(
+            self.subject.task, name, self.reference, output, n_queries(self.subject.task, self.vset)
+        )
+        logger.info("%s %s: %s", self.subject.recipe.architecture, name.value, validation.note)
+        return validation
+
+
+def build_fp32(validator: Validator, graphs: Graphs) -> Variant:
+    """The fused graph when it validates (fusion is what CUDA kernels exist for; on this CPU it was
+    a tie), else the unfused one: a fusion that changes the numbers is never served."""
+    target = validator.package / VARIANT_SPECS[VariantName.FP32].file
+    shutil.copyfile(graphs.fused, target)
+    fused = validator.check((), VariantName.FP32)
+    if fused.passed:
+        note = f"graph: fused ({graphs.fusion.summary()}); {fused.note}"
+        return _variant(VariantName.FP32, replace(fused, note=note))
+    shutil.copyfile(graphs.raw, target)
+    plain = validator.check((), VariantName.FP32)
+    note = f"graph: unfused (the fused graph failed: {fused.note}); {plain.note}"
+    return _variant(VariantName.FP32, replace(plain, note=note))
+
+
+def build_fp16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
+    fp32 = validator.package / VARIANT_SPECS[VariantName.FP32].file
+    fuse.convert_fp16(fp32, validator.package / VARIANT_SPECS[VariantName.FP16].file)
+    validation = validator.check(done, VariantName.FP16)
+    return _variant(
+        VariantName.FP16, replace(validation, note=f"validated on the CPU EP; {validation.note}")
+    )
+
+
+def build_int8(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
+    quantize = _quantizer()
+    if quantize is None:
+        logger.warning("int8 skipped: tei_ort.export.quantize is not available")
+        return None
+    feeds = calibration_feeds(validator.package, validator.base)
+    # The unfused graph: the quantizer sees plain MatMuls rather than fused contrib ops.
+    quantize(graphs.raw, validator.package / VARIANT_SPECS[VariantName.INT8].file, feeds)
+    return _variant(VariantName.INT8, validator.check(done, VariantName.INT8))
+
+
+# fp32 is built first by build_fp32 (the others derive from it); then these, in this order.
+DERIVED_BUILDERS: dict[
+    VariantName, Callable[[Validator, Graphs, Sequence[Variant]], Variant | None]
+] = {
+    VariantName.FP16: build_fp16,
+    VariantName.INT8: build_int8,
+}
+
+
+def calibration_feeds(package: Path, manifest: Manifest) -> list[Feeds]:
+    """Graph inputs for int8 calibration: real text, tokenized and padded as the runtime does."""
+    tokenizer = Tokenizer.from_file(package / TOKENIZER_FILE, manifest.max_input_length)
+    texts = corpus.mixed(CALIBRATION_TEXTS, offset=CALIBRATION_OFFSET)
+    feeds = []
+    for start in range(0, len(texts), CALIBRATION_BATCH):
+        encodings = tokenizer.encode_batch(texts[start : start + CALIBRATION_BATCH])
+        feeds.append(pad(encodings, manifest.pad_token_id, manifest.uses_token_type_ids))
+    return feeds
+
+
+def _quantizer() -> QuantizeInt8 | None:
+    try:
+        module = importlib.import_module("tei_ort.export.quantize")
+    except ImportError:
+        return None
+    function = getattr(module, "quantize_int8", None)
+    return cast(QuantizeInt8, function) if callable(function) else None
+
+
+def _variant(name: VariantName, validation: Validation) -> Variant:
+    spec = VARIANT_SPECS[name]
+    # fp16 graphs keep float32 inputs and outputs (keep_io_types), so every variant reads float32.
+    return Variant(name, spec.file, spec.providers, output_dtype="float32", validation=validation)

@@ -1,0 +1,110 @@
+"""The Sanic application: routes from the operation tables, one error handler, the access policy,
+and the engine's lifecycle (started before the socket listens, drained after it closes)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from tei_ort.serve import errors, openapi
+from tei_ort.serve.access import AccessPolicy
+from tei_ort.serve.operations import Operation, ServeContext, parse_json
+from tei_ort.serve.replies import json_response, to_response
+from tei_ort.serve.routes import dispatch, docs, health, openai, rerank_compat, tei
+
+logger = logging.getLogger(__name__)
+
+RouteHandler = Callable[[Request], Coroutine[Any, Any, HTTPResponse]]
+OPERATIONS: tuple[Operation, ...] = (
+    *tei.OPERATIONS,
+    *openai.OPERATIONS,
+    *rerank_compat.OPERATIONS,
+    *dispatch.OPERATIONS,
+)
+GET_ROUTES: dict[str, RouteHandler] = {
+    **dict.fromkeys(health.HEALTH_PATHS, health.health),
+    "/info": health.info,
+    "/metrics": health.metrics,
+    "/docs": docs.docs,
+    docs.OPENAPI_PATH: docs.openapi_json,
+}
+# Routes whose clients expect OpenAI's error body.
+OPENAI_PATHS = frozenset({*openai.PATHS, openai.MODELS_PATH})
+_names = itertools.count()
+
+
+def _post(operation: Operation) -> RouteHandler:
+    async def handle(request: Request) -> HTTPResponse:
+        body = parse_json(request.body)
+        return await to_response(await operation.handler(request.app.ctx.serve, body))
+
+    return handle
+
+
+async def _models(request: Request) -> HTTPResponse:
+    return json_response(openai.models(request.app.ctx.serve))
+
+
+async def _error(request: Request, exc: Exception) -> HTTPResponse:
+    render = errors.openai_body if request.path in OPENAI_PATHS else errors.tei_body
+    status, body = render(exc)
+    response = json_response(body, status=status)
+    response.headers.update(request.app.ctx.access.cors_headers(request))
+    return response
+
+
+def create_app(
+    ctx: ServeContext,
+    *,
+    payload_limit: int,
+    access: AccessPolicy,
+    on_started: Callable[[], None] | None = None,
+) -> Sanic:  # type: ignore[type-arg]  # Sanic's generics are for typed ctx/config; ours are plain
+    # Sanic keeps a registry of apps by name; tests build many apps in one process.
+    app: Sanic = Sanic(f"tei_ort_{next(_names)}", configure_logging=False)  # type: ignore[type-arg]
+    app.config.REQUEST_MAX_SIZE = payload_limit
+    app.config.MOTD = False
+    app.config.ACCESS_LOG = False
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    # Long client batches (thousands of inputs) can take a while on a CPU.
+    app.config.RESPONSE_TIMEOUT = 600
+    app.ctx.serve = ctx
+    app.ctx.access = access
+    app.ctx.openapi = openapi.build(OPERATIONS, ctx.version)
+
+    for index, operation in enumerate(OPERATIONS):
+        app.add_route(_post(operation), operation.path, methods=["POST"], name=f"post_{index}")
+    for index, (path, handler) in enumerate(GET_ROUTES.items()):
+        app.add_route(handler, path, methods=["GET"], name=f"get_{index}")
+    app.add_route(_models, openai.MODELS_PATH, methods=["GET"], name="models")
+
+    async def check_access(request: Request) -> HTTPResponse | None:
+        preflight = access.preflight(request)
+        if preflight is not None:
+            return preflight
+        access.check(request)
+        return None
+
+    async def add_cors(request: Request, response: HTTPResponse) -> None:
+        response.headers.update(access.cors_headers(request))
+
+    async def start_engine(app: Sanic) -> None:  # type: ignore[type-arg]
+        await ctx.engine.start()
+        if on_started is not None:
+            on_started()
+
+    async def stop_engine(app: Sanic) -> None:  # type: ignore[type-arg]
+        # Sanic has stopped accepting and finished its in-flight requests; the engine drains.
+        await ctx.engine.stop()
+
+    app.on_request(check_access)
+    app.on_response(add_cors)  # type: ignore[no-untyped-call]  # untyped in Sanic 25
+    app.error_handler.add(Exception, _error)
+    app.before_server_start(start_engine)
+    app.after_server_stop(stop_engine)
+    return app

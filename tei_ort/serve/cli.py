@@ -1,0 +1,178 @@
+"""`tei-serve`: settings -> model package -> runtime.Model -> Engine -> Sanic app -> listen.
+
+The only module that wires concrete pieces together. The server listens once the engine has
+started (model loaded and warmed), in one process: ONNX Runtime and the tokenizer use every core
+already, so extra Sanic workers would only multiply the model's memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from sanic import Sanic
+
+from tei_ort import __version__
+from tei_ort.engine import Engine, EngineConfig
+from tei_ort.errors import TeiOrtError, ValidationError
+from tei_ort.package import Manifest, Pooling, Task
+from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.providers import resolve as resolve_provider
+from tei_ort.serve import model_source
+from tei_ort.serve.access import AccessPolicy
+from tei_ort.serve.app import create_app
+from tei_ort.serve.operations import ServeContext
+from tei_ort.serve.settings import Settings, load_settings
+
+logger = logging.getLogger("tei_ort.serve")
+
+# What /info's model_dtype says for each variant.
+VARIANT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+# The prompt name that carries --default-prompt's literal text.
+LITERAL_PROMPT = "--default-prompt"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "timestamp": self.formatTime(record),
+            "level": record.levelname,
+            "target": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter()
+        if settings.json_output
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+
+
+def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
+    """--pooling and the default prompt flags, applied to the manifest the engine reads."""
+    changes: dict[str, object] = {}
+    if settings.pooling is not None:
+        pooling = Pooling(settings.pooling.replace("-", "_"))
+        if (pooling is Pooling.SPLADE) != (manifest.task is Task.SPARSE_EMBEDDING):
+            raise ValidationError(
+                f"--pooling {pooling.value} does not fit a {manifest.task.value} model"
+            )
+        if manifest.task is Task.EMBEDDING:
+            changes["pooling"] = pooling
+    if settings.default_prompt is not None:
+        changes["prompts"] = {**manifest.prompts, LITERAL_PROMPT: settings.default_prompt}
+        changes["default_prompt_name"] = LITERAL_PROMPT
+    elif settings.default_prompt_name is not None:
+        if settings.default_prompt_name not in manifest.prompts:
+            known = ", ".join(sorted(manifest.prompts)) or "none"
+            raise ValidationError(
+                f"--default-prompt-name {settings.default_prompt_name!r} is not one of this "
+                f"model's prompts ({known})"
+            )
+        changes["default_prompt_name"] = settings.default_prompt_name
+    return dataclasses.replace(manifest, **changes) if changes else manifest  # type: ignore[arg-type]
+
+
+def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
+    started = time.perf_counter()
+    provider = resolve_provider(settings.provider)
+    resolved = model_source.resolve(settings, provider.value)
+    if settings.dense_path is not None:
+        logger.warning("--dense-path ignored: the package carries its Dense layers")
+    model = Model.load(
+        resolved.path,
+        RuntimeOptions(
+            provider=provider.value,
+            variant=settings.variant_name,
+            intra_op_threads=settings.intra_op_threads,
+            allow_unvalidated=resolved.allow_unvalidated,
+        ),
+    )
+    model.manifest = with_overrides(model.manifest, settings)
+    config = EngineConfig(
+        max_concurrent_requests=settings.max_concurrent_requests,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_requests=settings.max_batch_requests,
+        max_client_batch_size=settings.max_client_batch_size,
+        auto_truncate=settings.auto_truncate,
+        tokenization_workers=settings.tokenization_workers,
+    )
+    engine = Engine(model, config)
+    ctx = ServeContext(
+        engine=engine,
+        model_id=resolved.model_id,
+        served_model_name=settings.served_model_name or resolved.model_id,
+        revision=resolved.revision,
+        dtype=VARIANT_DTYPES[model.variant.name.value],
+        version=__version__,
+        root_is_similarity=settings.task == "sentence-similarity",
+        created=int(time.time()),
+    )
+    loaded = time.perf_counter()
+    host = settings.bind_host()
+
+    def summary() -> None:
+        ready = time.perf_counter()
+        manifest = model.manifest
+        logger.info(
+            "Ready: %s (%s) task=%s provider=%s variant=%s dims=%d max_input_length=%d | "
+            "max_concurrent_requests=%d max_batch_tokens=%d max_batch_requests=%s "
+            "max_client_batch_size=%d auto_truncate=%s payload_limit=%d | load %.1f s, engine "
+            "start and warm-up %.1f s | listening on http://%s:%d",
+            resolved.model_id,
+            resolved.origin,
+            manifest.task.value,
+            provider.value,
+            model.variant.name.value,
+            manifest.dimensions,
+            manifest.max_input_length,
+            config.max_concurrent_requests,
+            config.max_batch_tokens,
+            config.max_batch_requests,
+            config.max_client_batch_size,
+            config.auto_truncate,
+            settings.payload_limit,
+            loaded - started,
+            ready - loaded,
+            host,
+            settings.port,
+        )
+
+    return create_app(
+        ctx,
+        payload_limit=settings.payload_limit,
+        access=AccessPolicy(settings.api_key, settings.cors_allow_origin),
+        on_started=summary,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(argv)
+    configure_logging(settings)
+    logger.debug("settings: %s", settings.redacted())
+    try:
+        app = build(settings)
+    except TeiOrtError as exc:
+        logger.error("cannot start: %s", exc)
+        raise SystemExit(2) from exc
+    app.run(
+        host=settings.bind_host(),
+        port=settings.port,
+        single_process=True,
+        access_log=False,
+        motd=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

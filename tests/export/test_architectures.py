@@ -1,0 +1,210 @@
+"""Every architecture x head: exported, validated by the pipeline, and checked here once more
+against a transformers forward pass written independently of tei_ort.export.reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tei_ort.package import Pooling, Task, VariantName
+from tei_ort.runtime import Model, RuntimeOptions
+from tests.export import tiny_models
+from tests.export.conftest import TinyPackage, TinySource
+
+CASES = [(family, head) for family in tiny_models.FAMILIES for head in tiny_models.HEADS]
+TEXTS = [
+    "What does the assert statement do?",
+    "x",
+    "The import system " * 40,  # past the limit: truncated
+    "Übung macht den Meister, naïve café.",
+    "",
+]
+EXPECTED_TASK = {
+    "embedding": Task.EMBEDDING,
+    "classification": Task.CLASSIFICATION,
+    "reranker": Task.RERANKER,
+    "masked_lm": Task.SPARSE_EMBEDDING,
+}
+# Fused op groups each family's fp32 graph must contain. MPNet adds a relative-position bias to
+# the attention scores, which ORT's BERT attention fusion does not match: its attention stays
+# unfused (and validated).
+EXPECTED_FUSIONS = {
+    "bert": {"Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization"},
+    "roberta": {"Attention", "SkipLayerNormalization", "BiasGelu"},
+    "xlm-roberta": {"Attention", "SkipLayerNormalization", "BiasGelu"},
+    "camembert": {"Attention", "SkipLayerNormalization", "BiasGelu"},
+    "distilbert": {"Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization"},
+    "mpnet": {"SkipLayerNormalization", "BiasGelu"},
+}
+
+
+@pytest.mark.parametrize(("family", "head"), CASES)
+def test_export_validates_fp32(tiny_package: TinyPackage, family: str, head: str) -> None:
+    result = tiny_package(family, head)
+    manifest = result.manifest
+    assert manifest.task is EXPECTED_TASK[head]
+    assert (
+        manifest.architecture
+        == tiny_models.FAMILIES[family].class_prefix + tiny_models.HEAD_SUFFIX[head]
+    )
+    assert manifest.uses_token_type_ids is (family == "bert")
+    fp32 = manifest.variant(VariantName.FP32)
+    assert fp32.validation is not None and fp32.validation.passed, fp32.validation
+    assert fp32.validation.max_abs_diff is not None and fp32.validation.max_abs_diff < 1e-4
+    assert fp32.validation.texts == (32 if head != "reranker" else 8 * 16)
+
+
+@pytest.mark.parametrize(("family", "head"), CASES)
+def test_runtime_matches_transformers_forward(
+    tiny_package: TinyPackage, tiny_source: TinySource, family: str, head: str
+) -> None:
+    source = tiny_source(family, head)
+    model = Model.load(
+        tiny_package(family, head).path, RuntimeOptions(provider="cpu", variant="fp32")
+    )
+    if head == "embedding":
+        got = model.embed(TEXTS)
+        want = _torch_embeddings(source, TEXTS)
+    elif head == "masked_lm":
+        got = model.embed_sparse(TEXTS)
+        want = _torch_splade(source, TEXTS)
+        assert np.array_equal(got > 1e-3, want > 1e-3)  # the same (clearly) non-zero terms
+    elif head == "reranker":
+        got = model.rerank(TEXTS[0], TEXTS[1:], raw_scores=True)
+        want = _torch_logits(source, [(TEXTS[0], t) for t in TEXTS[1:]])[:, 0]
+    else:
+        got = model.predict(TEXTS, raw_scores=True)
+        want = _torch_logits(source, TEXTS)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4 if head != "masked_lm" else 1e-3, rtol=0)
+
+
+@pytest.mark.parametrize(("family", "head"), [(f, h) for f, h in CASES if h != "reranker"])
+def test_batch_invariance(tiny_package: TinyPackage, family: str, head: str) -> None:
+    """An input alone gives the same output as inside a batch of mixed lengths (padding masked)."""
+    model = Model.load(
+        tiny_package(family, head).path, RuntimeOptions(provider="cpu", variant="fp32")
+    )
+    run = {"embedding": model.embed, "masked_lm": model.embed_sparse}.get(
+        head, lambda texts: model.predict(texts, raw_scores=True)
+    )
+    batch = run(TEXTS)
+    for index, text in enumerate(TEXTS):
+        np.testing.assert_allclose(run([text])[0], batch[index], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", list(tiny_models.FAMILIES))
+def test_fused_ops_are_in_the_fp32_graph(tiny_package: TinyPackage, family: str) -> None:
+    result = tiny_package(family, "embedding")
+    graph = onnx.load(str(result.path / "model.onnx"), load_external_data=False)
+    ops = {node.op_type for node in graph.graph.node}
+    assert EXPECTED_FUSIONS[family] <= ops, sorted(ops)
+    assert "graph: fused" in (result.manifest.variant("fp32").validation or _fail()).note
+
+
+@pytest.mark.parametrize("family", list(tiny_models.FAMILIES))
+def test_embedding_manifest(tiny_package: TinyPackage, family: str) -> None:
+    spec = tiny_models.FAMILIES[family]
+    manifest = tiny_package(family, "embedding").manifest
+    assert manifest.pooling is Pooling({"lasttoken": "last_token"}.get(spec.pooling, spec.pooling))
+    assert manifest.max_input_length == 48  # sentence_bert_config.json, below the 64 positions
+    assert manifest.dimensions == (16 if spec.dense else 32)
+    assert manifest.normalize is spec.dense
+    assert [d.activation.value for d in manifest.dense] == (["tanh"] if spec.dense else [])
+    assert manifest.prompts == {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.mark.parametrize("family", list(tiny_models.FAMILIES))
+def test_other_heads_manifest(tiny_package: TinyPackage, family: str) -> None:
+    classifier = tiny_package(family, "classification").manifest
+    assert classifier.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    assert classifier.output_name == "logits"
+    # No sentence-transformers config: the positions (64) bound the input, not the tokenizer's
+    # "no limit" model_max_length (1e30).
+    assert classifier.max_input_length == 64
+    sparse = tiny_package(family, "masked_lm").manifest
+    assert sparse.output_name == "sparse_embedding"
+    assert sparse.pooling is Pooling.SPLADE
+    vocab = json.loads((tiny_package(family, "masked_lm").path / "config.json").read_text())[
+        "vocab_size"
+    ]
+    assert sparse.dimensions == vocab
+
+
+def _fail() -> object:
+    raise AssertionError("no validation")
+
+
+# -- an independent transformers forward pass --------------------------------------------------
+
+
+def _encode(source: Path, inputs: list[str] | list[tuple[str, str]], max_length: int):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    firsts = [i if isinstance(i, str) else i[0] for i in inputs]
+    seconds = [i[1] for i in inputs if not isinstance(i, str)] or None
+    encoded = tokenizer(
+        firsts, seconds, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(source))
+    if config.model_type != "bert":
+        encoded.pop("token_type_ids", None)
+    return encoded
+
+
+def _torch_embeddings(source: Path, texts: list[str]) -> np.ndarray:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    modules = json.loads((source / "modules.json").read_text())
+    pooling_config = json.loads((source / "1_Pooling" / "config.json").read_text())
+    encoded = _encode(source, texts, 48)
+    with torch.no_grad():
+        hidden = (
+            AutoModel.from_pretrained(str(source)).eval()(**encoded).last_hidden_state
+        )  # (b, s, h)
+    mask = encoded["attention_mask"]  # (b, s)
+    if pooling_config["pooling_mode_cls_token"]:
+        pooled = hidden[:, 0]
+    elif pooling_config["pooling_mode_lasttoken"]:
+        pooled = hidden[torch.arange(len(texts)), mask.sum(1) - 1]
+    else:
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    if any(m["type"].endswith("Dense") for m in modules):
+        weights = load_file(str(source / "2_Dense" / "model.safetensors"))
+        pooled = torch.tanh(pooled @ weights["linear.weight"].T + weights["linear.bias"])
+    if any(m["type"].endswith("Normalize") for m in modules):
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return pooled.numpy()
+
+
+def _torch_splade(source: Path, texts: list[str]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    encoded = _encode(source, texts, 64)
+    with torch.no_grad():
+        logits = AutoModelForMaskedLM.from_pretrained(str(source)).eval()(**encoded).logits
+    weights = torch.log1p(torch.relu(logits)) * encoded["attention_mask"][..., None]
+    return weights.max(dim=1).values.numpy()  # (b, vocab)
+
+
+def _torch_logits(source: Path, inputs: list[str] | list[tuple[str, str]]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    encoded = _encode(source, inputs, 64)
+    with torch.no_grad():
+        return (
+            AutoModelForSequenceClassification.from_pretrained(str(source))
+            .eval()(**encoded)
+            .logits.numpy()
+        )

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tei_ort.export.cli import main
+from tei_ort.package import read_manifest
+from tests.export.conftest import TinySource
+
+
+def test_export_command_writes_a_package_and_prints_the_table(
+    tiny_source: TinySource, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pkg"
+    code = main(
+        [
+            str(tiny_source("camembert", "reranker")),
+            "-o",
+            str(out),
+            "--variants",
+            "fp32",
+            "--log-level",
+            "WARNING",
+        ]
+    )
+    assert code == 0
+    assert read_manifest(out).task.value == "reranker"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["model", "variant", "cosine"]
+    assert "fp32" in lines[1] and " pass " in lines[1]
+
+
+def test_validate_command_fails_when_a_model_fails(
+    tiny_source: TinySource, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = str(tiny_source("distilbert", "classification"))
+    code = main(
+        [
+            "validate",
+            "--models",
+            f"{good},{tmp_path / 'no' / 'such' / 'model'}",
+            "--variants",
+            "fp32",
+            "--out",
+            str(tmp_path / "v"),
+        ]
+    )
+    table = capsys.readouterr().out
+    assert code == 1
+    assert "pass" in table and "error: " in table and "not a model folder" in table
+    assert (
+        tmp_path / "v" / f"00-{good.strip('/').replace('/', '-')[-60:]}" / "manifest.json"
+    ).is_file()
+
+
+def test_validate_command_succeeds(
+    tiny_source: TinySource, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["validate", "--models", str(tiny_source("bert", "masked_lm")), "--variants", "fp32,fp16"]
+    )
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert code == 0 and [r.split()[1] for r in rows] == ["fp32", "fp16"]
+    assert all(" pass " in r for r in rows)
+
+
+def test_bad_variant_name_is_a_usage_error(tiny_source: TinySource, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main([str(tiny_source("bert", "classification")), "-o", str(tmp_path), "--variants", "fp8"])

@@ -1,0 +1,125 @@
+"""The pipeline's decisions: reuse, the fused-or-unfused fp32 choice, failed variants, overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tei_ort.errors import PackageError, UnsupportedModel
+from tei_ort.export import fuse, validate
+from tei_ort.export.pipeline import export_model
+from tei_ort.package import Pooling, Task, VariantName, read_manifest
+from tei_ort.runtime import Model, RuntimeOptions
+from tests.export.conftest import TINY_OPTIONS, TinySource
+
+
+def test_second_export_is_reused_until_sources_or_options_change(
+    tiny_source: TinySource, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(tiny_source("bert", "classification"), source)
+    first = export_model(str(source), tmp_path / "pkg", TINY_OPTIONS)
+    again = export_model(str(source), tmp_path / "pkg", TINY_OPTIONS)
+    assert not first.reused and again.reused
+    assert again.manifest == first.manifest and "onnx_export" not in again.seconds
+    other_options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.FP16))
+    with_fp16 = export_model(str(source), tmp_path / "pkg", other_options)
+    assert not with_fp16.reused and [v.name for v in with_fp16.manifest.variants] == [
+        VariantName.FP32,
+        VariantName.FP16,
+    ]
+    (source / "tokenizer_config.json").write_text(
+        (source / "tokenizer_config.json").read_text() + " "
+    )
+    assert not export_model(str(source), tmp_path / "pkg", other_options).reused
+    assert not (tmp_path / "pkg" / ".work").exists()
+
+
+def test_a_fused_graph_that_changes_the_numbers_is_not_served(
+    tiny_source: TinySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fuse = fuse.fuse
+
+    def corrupting_fuse(raw: Path, out: Path, *args: object, **kwargs: object) -> fuse.FusionReport:
+        report = real_fuse(raw, out, *args, **kwargs)  # type: ignore[arg-type]
+        graph = onnx.load(str(out))
+        target = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        target.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(target) * 1.5, target.name))
+        onnx.save(graph, str(out))
+        return report
+
+    monkeypatch.setattr(fuse, "fuse", corrupting_fuse)
+    result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", TINY_OPTIONS)
+    fp32 = result.manifest.variant(VariantName.FP32).validation
+    assert fp32 is not None and fp32.passed
+    assert fp32.note.startswith("graph: unfused (the fused graph failed: FAILED")
+    ops = {n.op_type for n in onnx.load(str(result.path / "model.onnx")).graph.node}
+    assert "Attention" not in ops
+
+
+def test_a_failed_variant_is_recorded_and_never_served_by_default(
+    tiny_source: TinySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = (validate.OutputKind.LOGITS, VariantName.FP16)
+    monkeypatch.setitem(validate.THRESHOLDS, key, validate.Thresholds(max_abs_diff=0.0))
+    options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.FP16))
+    result = export_model(str(tiny_source("roberta", "classification")), tmp_path / "pkg", options)
+    fp16 = read_manifest(result.path).variant(VariantName.FP16)
+    assert fp16.validation is not None and not fp16.validation.passed and not fp16.is_servable
+    assert "FAILED max abs diff" in fp16.validation.note
+    with pytest.raises(PackageError, match="did not pass validation"):
+        Model.load(result.path, RuntimeOptions(provider="cpu", variant="fp16"))
+    assert Model.load(result.path, RuntimeOptions(provider="cpu")).variant.name is VariantName.FP32
+
+
+def test_fp16_keeps_int64_inputs_and_float32_outputs(
+    tiny_source: TinySource, tmp_path: Path
+) -> None:
+    options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.FP16))
+    result = export_model(str(tiny_source("bert", "masked_lm")), tmp_path / "pkg", options)
+    graph = onnx.load(str(result.path / "model.fp16.onnx"))
+    assert {i.type.tensor_type.elem_type for i in graph.graph.input} == {onnx.TensorProto.INT64}
+    assert [o.type.tensor_type.elem_type for o in graph.graph.output] == [onnx.TensorProto.FLOAT]
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    fp16 = result.manifest.variant(VariantName.FP16)
+    assert fp16.validation is not None and fp16.validation.passed and fp16.providers == ("cuda",)
+
+
+def test_a_plain_encoder_needs_a_pooling(tiny_source: TinySource, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(tiny_source("distilbert", "embedding"), source)
+    (source / "modules.json").unlink()
+    with pytest.raises(UnsupportedModel, match="--pooling"):
+        export_model(str(source), tmp_path / "pkg", TINY_OPTIONS)
+    options = dataclasses.replace(TINY_OPTIONS, pooling=Pooling.MEAN)
+    result = export_model(str(source), tmp_path / "pkg", options)
+    assert result.manifest.pooling is Pooling.MEAN and result.manifest.max_input_length == 64
+    assert result.manifest.variant(VariantName.FP32).is_servable
+
+
+def test_task_and_pooling_overrides(tiny_source: TinySource, tmp_path: Path) -> None:
+    """A masked LM exported for embeddings uses its bare encoder; an ST model's pooling can be
+    overridden (and the reference follows the override)."""
+    mlm = export_model(
+        str(tiny_source("mpnet", "masked_lm")),
+        tmp_path / "mlm",
+        dataclasses.replace(TINY_OPTIONS, task=Task.EMBEDDING, pooling=Pooling.CLS),
+    )
+    assert (mlm.manifest.task, mlm.manifest.architecture, mlm.manifest.output_name) == (
+        Task.EMBEDDING,
+        "MPNetForMaskedLM",
+        "last_hidden_state",
+    )
+    assert mlm.manifest.variant(VariantName.FP32).is_servable
+    st = export_model(
+        str(tiny_source("bert", "embedding")),
+        tmp_path / "st",
+        dataclasses.replace(TINY_OPTIONS, pooling=Pooling.CLS),
+    )
+    assert st.manifest.pooling is Pooling.CLS and st.manifest.variant(VariantName.FP32).is_servable

@@ -1,0 +1,151 @@
+"""The real models that install offline: all-MiniLM-L6-v2 (embeddings) and SPLADE-tiny (sparse),
+exported once, validated on a few hundred paragraphs of real prose, then checked on hard inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tei_ort.export.pipeline import ExportResult
+from tei_ort.package import Pooling, Task, VariantName
+from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.tokenization import TruncationDirection
+from tests.export import tiny_models
+
+pytestmark = pytest.mark.slow
+
+LONG = "The quick brown fox jumps over the lazy dog. " * 2300  # ~100k characters
+HARD_INPUTS = [
+    "",
+    "   \t\n  ",
+    LONG,
+    "I love this 😀🎉👍🏽 — emoji 👨‍👩‍👧‍👦 family",
+    "مرحبا بالعالم، هذا نص من اليمين إلى اليسار",
+    "עברית: שלום עולם",
+    "zero\u200bwidth\u200cjoin\u200dand\ufeffBOM",
+    "Short query",
+]
+
+
+@pytest.fixture(scope="module")
+def st_model():  # type: ignore[no-untyped-def]
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_models.MINILM), device="cpu", local_files_only=True)
+
+
+def test_minilm_manifest(minilm: ExportResult) -> None:
+    m = minilm.manifest
+    assert (m.task, m.pooling, m.normalize, m.dimensions) == (
+        Task.EMBEDDING,
+        Pooling.MEAN,
+        True,
+        384,
+    )
+    # sentence_bert_config.json's 256, not the 512 positions nor the tokenizer.json's baked-in 128.
+    assert m.max_input_length == 256
+    assert m.uses_token_type_ids and m.pad_token_id == 0
+    assert set(m.source.files) >= {
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+    }
+    assert all(len(digest) == 64 for digest in m.source.files.values())
+
+
+def test_minilm_tokenizer_has_no_baked_in_truncation_or_padding(minilm: ExportResult) -> None:
+    data = json.loads((minilm.path / "tokenizer.json").read_text())
+    assert data["truncation"] is None and data["padding"] is None
+    source = json.loads((tiny_models.MINILM / "tokenizer.json").read_text())
+    assert source["padding"]["strategy"] == {"Fixed": 128}  # the trap this guards against
+    assert data["model"] == source["model"]
+
+
+def test_minilm_fp32(minilm: ExportResult) -> None:
+    v = minilm.manifest.variant(VariantName.FP32).validation
+    assert v is not None and v.passed and v.texts == 208
+    assert v.cosine_min is not None and v.cosine_min >= 0.99999
+    assert v.max_abs_diff is not None and v.max_abs_diff <= 1e-4
+    assert v.overlap_at_10 == 1.0
+
+
+def test_minilm_fp16(minilm: ExportResult) -> None:
+    variant = minilm.manifest.variant(VariantName.FP16)
+    assert variant.providers == ("cuda",) and variant.output_dtype == "float32"
+    v = variant.validation
+    assert v is not None and v.passed
+    assert v.cosine_min is not None and v.cosine_min >= 0.999
+    assert v.overlap_at_10 is not None and v.overlap_at_10 >= 0.95
+
+
+def test_minilm_int8_when_the_quantizer_exists(minilm: ExportResult) -> None:
+    names = [v.name for v in minilm.manifest.variants]
+    try:
+        import tei_ort.export.quantize  # noqa: F401
+    except ImportError:
+        assert VariantName.INT8 not in names
+        return
+    v = minilm.manifest.variant(VariantName.INT8).validation
+    assert v is not None and v.cosine_min is not None and v.overlap_at_10 is not None
+    assert v.passed == (v.cosine_min >= 0.995 and v.overlap_at_10 >= 0.95)
+
+
+def test_minilm_hard_inputs_match_sentence_transformers(minilm: ExportResult, st_model) -> None:  # type: ignore[no-untyped-def]
+    model = Model.load(minilm.path, RuntimeOptions(provider="cpu", variant="fp32"))
+    got = model.embed(HARD_INPUTS)  # (n, 384)
+    want = st_model.encode(HARD_INPUTS, convert_to_numpy=True)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_minilm_truncation_left_and_right(minilm: ExportResult, st_model) -> None:  # type: ignore[no-untyped-def]
+    model = Model.load(minilm.path, RuntimeOptions(provider="cpu", variant="fp32"))
+    text = " ".join(f"word{i}" for i in range(400))  # far past 256 tokens
+    for direction in TruncationDirection:
+        encoded = model.encode([text], direction=direction)
+        assert len(encoded[0]) == 256
+        got = model.forward(encoded)
+        got = got / np.linalg.norm(got, axis=1, keepdims=True)
+        st_model.tokenizer.truncation_side = direction.value
+        try:
+            want = st_model.encode([text], convert_to_numpy=True)
+        finally:
+            st_model.tokenizer.truncation_side = "right"
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    left, right = (model.encode([text], direction=d)[0].ids for d in TruncationDirection)
+    assert not np.array_equal(left, right)
+
+
+def test_minilm_batch_invariance(minilm: ExportResult) -> None:
+    model = Model.load(minilm.path, RuntimeOptions(provider="cpu", variant="fp32"))
+    batch = model.embed(HARD_INPUTS)
+    for index, text in enumerate(HARD_INPUTS):
+        np.testing.assert_allclose(model.embed([text])[0], batch[index], atol=1e-5, rtol=0)
+
+
+def test_splade(splade: ExportResult) -> None:
+    m = splade.manifest
+    assert (m.task, m.output_name, m.dimensions, m.max_input_length) == (
+        Task.SPARSE_EMBEDDING,
+        "sparse_embedding",
+        30522,
+        512,
+    )
+    v = m.variant(VariantName.FP32).validation
+    assert v is not None and v.passed and v.max_abs_diff is not None and v.max_abs_diff <= 1e-3
+    assert "non-zero term mismatches: 0" in v.note
+    fp16 = m.variant(VariantName.FP16).validation
+    assert fp16 is not None and fp16.cosine_min is not None and fp16.cosine_min >= 0.999
+
+
+def test_splade_hard_inputs(splade: ExportResult) -> None:
+    model = Model.load(splade.path, RuntimeOptions(provider="cpu", variant="fp32"))
+    out = model.embed_sparse(HARD_INPUTS)  # (n, vocab)
+    assert out.shape == (len(HARD_INPUTS), 30522)
+    assert np.all(np.isfinite(out)) and np.all(out >= 0)
+    assert (out[2] > 0).sum() > 0  # the 100k-character text was truncated, not rejected
+    for index, text in enumerate(HARD_INPUTS):
+        np.testing.assert_allclose(model.embed_sparse([text])[0], out[index], atol=1e-5, rtol=0)

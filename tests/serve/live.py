@@ -1,0 +1,99 @@
+"""A real server on a loopback socket: the Sanic app runs in its own thread and event loop, the
+tests talk to it over TCP with real HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tei_ort.serve.access import AccessPolicy
+from tei_ort.serve.app import create_app
+from tei_ort.serve.engine_api import EngineAPI
+from tei_ort.serve.operations import ServeContext
+
+PAYLOAD_LIMIT = 64 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def context(engine: EngineAPI, **overrides: object) -> ServeContext:
+    values: dict[str, object] = {
+        "engine": engine,
+        "model_id": "fake/model",
+        "served_model_name": "fake-model",
+        "revision": None,
+        "dtype": "float32",
+        "version": "test",
+        "created": 1700000000,
+    }
+    values.update(overrides)
+    return ServeContext(**values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def serve(
+    ctx: ServeContext,
+    *,
+    api_key: str | None = None,
+    origins: tuple[str, ...] = (),
+    payload_limit: int = PAYLOAD_LIMIT,
+) -> Iterator[str]:
+    """Yields the base URL; stops the server (and the engine) on exit."""
+    app = create_app(ctx, payload_limit=payload_limit, access=AccessPolicy(api_key, origins))
+    # Sanic's TouchUp rewrites its HTTP class in place, once per process: a second app would fail.
+    app.config.TOUCHUP = False
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        server = await app.create_server(
+            host="127.0.0.1", port=port, return_asyncio_server=True, access_log=False
+        )
+        assert server is not None
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+        ready.set()
+        await stop.wait()
+        await server.before_stop()
+        await server.close()
+        # Keep-alive connections outlive the listening socket: close them, as Sanic's runner does.
+        for connection in list(server.connections):
+            connection.close_if_idle()
+        for _ in range(50):
+            if not server.connections:
+                break
+            await asyncio.sleep(0.02)
+        for connection in list(server.connections):
+            connection.abort()
+        await server.after_stop()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name=f"sanic-{port}", daemon=True)
+    thread.start()
+    if not ready.wait(30) or failure:
+        raise RuntimeError(f"server did not start: {failure}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)

@@ -1,0 +1,152 @@
+"""The real runtime on a real all-MiniLM-L6-v2 package: the server's vectors equal the runtime's,
+the ONNX-folder path reads the model as TEI does, and `tei-serve` starts from the command line
+(on the embedded default model, HOSTNAME set to the machine's name) and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tei_ort.engine import Engine, EngineConfig
+from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.serve import model_source
+from tei_ort.serve.settings import load_settings
+from tests.serve.fakes import MINILM
+from tests.serve.live import context, free_port, serve
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "tests" / "hub"  # exported once, reused by the export's cache key
+TEXTS = ["What is Deep Learning?", "Paris is the capital of France.", "a" * 3000]
+
+
+@pytest.fixture(scope="session")
+def minilm_package() -> Path:
+    pytest.importorskip("torch")
+    settings = load_settings(["--variant", "fp32", "--huggingface-hub-cache", str(CACHE)], {})
+    return model_source.resolve(settings, "cpu").path
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_package: Path) -> Model:
+    return Model.load(minilm_package, RuntimeOptions(provider="cpu", variant="fp32"))
+
+
+@pytest.fixture(scope="module")
+def real_server(minilm: Model) -> Iterator[httpx.Client]:
+    engine = Engine(minilm, EngineConfig())
+    with serve(context(engine)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def test_vectors_equal_the_runtime(real_server: httpx.Client, minilm: Model) -> None:
+    want = minilm.embed(TEXTS, normalize=True)
+    got = real_server.post("/embed", json={"inputs": TEXTS}).json()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    body = real_server.post(
+        "/v1/embeddings", json={"input": TEXTS, "encoding_format": "base64"}
+    ).json()
+    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body["data"]]
+    np.testing.assert_allclose(decoded, want, atol=1e-5)
+    assert body["usage"]["total_tokens"] == sum(len(e) for e in minilm.encode(TEXTS))
+    short = real_server.post("/embed", json={"inputs": TEXTS[:1], "dimensions": 128}).json()
+    np.testing.assert_allclose(
+        short, minilm.embed(TEXTS[:1], normalize=True, dimensions=128), atol=1e-5
+    )
+
+
+def test_too_long_without_truncation(real_server: httpx.Client) -> None:
+    r = real_server.post("/embed", json={"inputs": "word " * 400, "truncate": False})
+    assert r.status_code == 422 and "must have less than 256 tokens" in r.json()["error"]
+    assert real_server.post("/embed", json={"inputs": "word " * 400}).status_code == 200
+
+
+def test_onnx_folder_is_read_as_tei_does(
+    tmp_path: Path, minilm_package: Path, minilm: Model
+) -> None:
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    for item in MINILM.iterdir():
+        if item.name != "model.safetensors":
+            (folder / item.name).symlink_to(item)
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").symlink_to(minilm_package / "model.onnx")
+    settings = load_settings(
+        ["--model-id", str(folder), "--huggingface-hub-cache", str(tmp_path / "c")], {}
+    )
+    resolved = model_source.resolve(settings, "cpu")
+    assert resolved.allow_unvalidated
+    model = Model.load(resolved.path, RuntimeOptions(provider="cpu", allow_unvalidated=True))
+    assert (model.manifest.pooling, model.manifest.normalize, model.manifest.max_input_length) == (
+        minilm.manifest.pooling,
+        True,
+        256,
+    )
+    np.testing.assert_allclose(model.embed(TEXTS), minilm.embed(TEXTS), atol=1e-6)
+
+
+def test_plain_model_without_export_extra_says_run_tei_export(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(model_source, "EXPORT_MODULES", ("no_such_module_for_tests",))
+    settings = load_settings(
+        ["--model-id", str(MINILM), "--huggingface-hub-cache", str(tmp_path)], {}
+    )
+    with pytest.raises(Exception, match="tei-export"):
+        model_source.resolve(settings, "cpu")
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"tei-serve exited: {process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("tei-serve did not become healthy")
+
+
+def test_cli_default_model_end_to_end(minilm_package: Path, minilm: Model) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOSTNAME": socket.gethostname(),
+        "PORT": str(port),
+        "HUGGINGFACE_HUB_CACHE": str(CACHE),
+        "VARIANT": "fp32",
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("MODEL_ID", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tei_ort.serve.cli"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", process)
+        got = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": TEXTS[:2]}).json()
+        np.testing.assert_allclose(got, minilm.embed(TEXTS[:2], normalize=True), atol=1e-5)
+        info = httpx.get(f"http://127.0.0.1:{port}/info").json()
+        assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Ready: sentence-transformers/all-MiniLM-L6-v2 (embedded default" in output

@@ -1,0 +1,82 @@
+"""Settings: TEI's flags, env vars and defaults; CLI over env; HOSTNAME from the shell."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tei_ort.serve.settings import (
+    ANY_ADDRESS,
+    FLAGS,
+    build_parser,
+    load_settings,
+    resolve_bind_host,
+)
+
+
+def test_defaults_match_tei() -> None:
+    s = load_settings([], {})
+    assert (s.max_concurrent_requests, s.max_batch_tokens, s.max_batch_requests) == (
+        512,
+        16384,
+        None,
+    )
+    assert (s.auto_truncate, s.payload_limit, s.hostname, s.port) == (
+        True,
+        2_000_000,
+        "0.0.0.0",
+        3000,
+    )
+    assert s.otlp_service_name == "text-embeddings-inference.server" and s.prometheus_port == 9000
+    assert s.max_client_batch_size >= 1000  # clients sending 1,000 inputs per request work
+
+
+def test_env_then_cli() -> None:
+    env = {
+        "MODEL_ID": "env/model",
+        "PORT": "80",
+        "AUTO_TRUNCATE": "false",
+        "MAX_BATCH_TOKENS": "4096",
+        "CORS_ALLOW_ORIGIN": "https://a,https://b",
+        "API_KEY": "sekrit-key",
+        "TASK": "sentence-similarity",
+    }
+    s = load_settings(["--port", "8080", "--json-output"], env)
+    assert (s.model_id, s.port, s.auto_truncate, s.max_batch_tokens) == (
+        "env/model",
+        8080,
+        False,
+        4096,
+    )
+    assert (
+        s.cors_allow_origin == ("https://a", "https://b")
+        and s.json_output
+        and s.task == "sentence-similarity"
+    )
+    assert load_settings(["--auto-truncate", "true"], env).auto_truncate is True
+    assert "sekrit" not in str(s.redacted()) and "sekrit" not in repr(s)
+
+
+def test_dtype_maps_to_variant_and_prompts_exclude() -> None:
+    assert load_settings(["--dtype", "float16"], {}).variant_name == "fp16"
+    assert load_settings(["--dtype", "float16", "--variant", "int8"], {}).variant_name == "int8"
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        load_settings(["--default-prompt", "q: ", "--default-prompt-name", "query"], {})
+
+
+def test_help_documents_every_flag_with_its_env_var() -> None:
+    text = " ".join(build_parser().format_help().split())
+    for flag in FLAGS:
+        assert f"--{flag.name.replace('_', '-')}" in text and f"env: {flag.env}" in text
+
+
+def test_shell_hostname_does_not_break_binding() -> None:
+    machine = socket.gethostname()
+    assert load_settings([], {"HOSTNAME": machine}).bind_host() == ANY_ADDRESS
+    assert load_settings([], {"HOSTNAME": "no-such-host.invalid"}).bind_host() == ANY_ADDRESS
+    assert load_settings([], {"HOSTNAME": "127.0.0.1"}).bind_host() == "127.0.0.1"
+    assert (
+        load_settings(["--hostname", "localhost"], {"HOSTNAME": machine}).bind_host() == "localhost"
+    )
+    assert resolve_bind_host("localhost", from_env=True) == "localhost"
