@@ -1,5 +1,5 @@
 # The README names these targets; each is a thin wrapper over scripts/.
-.PHONY: help setup serve test check bench validate
+.PHONY: help setup serve test check bench validate soak
 
 help:
 	@echo "make serve     set up and start tei-serve on the embedded default model (port 8080)"
@@ -7,6 +7,7 @@ help:
 	@echo "make check     lint, format check, mypy, import layering (after setup)"
 	@echo "make validate  export and validate the offline models, print the fidelity table"
 	@echo "make bench     run the benchmark (see README)"
+	@echo "make soak      10 minutes at saturation, resident memory sampled (see README)"
 
 setup:
 	scripts/setup
@@ -28,3 +29,6 @@ validate:
 
 bench:
 	.venv/bin/python -m tei_ort.bench
+
+soak:
+	scripts/soak

@@ -6,7 +6,8 @@ in one table (serve/errors.py), as TEI does.
     ├── UnsupportedModel      an architecture or task this tool cannot export or serve
     ├── ProviderUnavailable   an execution provider that was asked for explicitly is absent
     ├── ValidationError       a request breaks a rule (422 in TEI)
-    │   └── EmptyInput        an empty request (400 in TEI)
+    │   ├── EmptyInput        an empty request (400 in TEI)
+    │   └── BatchSizeError    more inputs than --max-client-batch-size (422; its own metric label)
     ├── TokenizationError     the tokenizer rejected an input (422 in TEI)
     ├── Overloaded            admission is full (429)
     ├── WrongModelType        the route does not fit the model's task (424 in TEI)
@@ -38,6 +39,10 @@ class ValidationError(TeiOrtError):
 
 
 class EmptyInput(ValidationError):
+    pass
+
+
+class BatchSizeError(ValidationError):
     pass
 
 

@@ -2,7 +2,12 @@
 off the event loop, continuous token-budget batching, post-processing. See engine.py."""
 
 from tei_ort.engine.backend import ModelBackend
-from tei_ort.engine.config import DEFAULT_MAX_CLIENT_BATCH_SIZE, EngineConfig, EngineStats
+from tei_ort.engine.config import (
+    DEFAULT_MAX_CLIENT_BATCH_SIZE,
+    BatchReport,
+    EngineConfig,
+    EngineStats,
+)
 from tei_ort.engine.engine import Engine
 from tei_ort.engine.types import (
     EmbedInput,
@@ -22,6 +27,7 @@ from tei_ort.engine.types import (
 
 __all__ = [
     "DEFAULT_MAX_CLIENT_BATCH_SIZE",
+    "BatchReport",
     "EmbedInput",
     "EmbedRequest",
     "EmbedResult",

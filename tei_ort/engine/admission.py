@@ -23,6 +23,7 @@ class Admission:
         self._idle = asyncio.Event()
 
     def open(self) -> None:
+        self._idle = asyncio.Event()  # for the running loop (an engine may restart in another)
         self.is_open = True
 
     async def close(self) -> None:

@@ -6,8 +6,9 @@
 
 At most two batches are handed to the forward thread: one running and one prepared, so that the
 thread starts the next forward the moment the current one ends, without waiting for the event
-loop (which may be busy parsing or serializing). Formed later than that, a batch would be smaller
-and less length-sorted; formed earlier, the thread would idle between batches.
+loop (which may be busy parsing or serializing). A batch is prepared ahead only when the queue
+holds enough tokens to fill it; otherwise it is formed when the thread frees up, and so takes in
+everything that arrived during the running forward (fewer, fuller, better length-sorted batches).
 
 The run loop is the one place that catches broad exceptions: a failed forward (BackendError from
 the runtime, or anything else) fails only the requests in that batch, is logged once here, and
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tei_ort.engine.backend import FloatArray, ModelBackend
+from tei_ort.engine.config import BatchReport
 from tei_ort.engine.queue import ForwardKind, Group, Item, LengthQueue
 from tei_ort.errors import BackendError, Unhealthy
 from tei_ort.tokenization import Encoded
@@ -73,8 +75,11 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        # Batches handed to the forward thread, oldest first, with their pending outputs.
+        self._flights: deque[tuple[list[Item], asyncio.Future[_Outcome | BaseException]]] = deque()
         self.is_healthy = True
         self.counters = BatchCounters()
+        self.listeners: list[Callable[[BatchReport], None]] = []
 
     @property
     def queue_size(self) -> int:
@@ -92,7 +97,7 @@ class Batcher:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            await self._task
+            await asyncio.wait([self._task])  # a crash was logged by _on_loop_exit already
             self._task = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # idle by now; never block the loop
@@ -103,8 +108,10 @@ class Batcher:
     ) -> tuple[list[T], GroupTiming]:
         """Queue one request's inputs and wait for all their outputs, in input order. Cancelling
         the caller cancels the group's future, which drops whatever is still queued."""
-        if self._task is None or self._stopping:
+        if self._task is None or self._task.done() or self._stopping:
             raise Unhealthy("the engine is not running")
+        if not encodings:
+            return [], GroupTiming(0.0, 0.0)  # a group of none would never complete
         loop = asyncio.get_running_loop()
         group: Group[T] = Group(
             future=loop.create_future(),
@@ -139,10 +146,11 @@ class Batcher:
         # A bug in the loop itself: fail what waits rather than leave it hanging.
         logger.critical("the batcher loop crashed", exc_info=task.exception())
         self.is_healthy = False
-        for queue in self._queues.values():
-            for group in queue.groups():
-                if not group.future.done():
-                    group.future.set_exception(BackendError("the batcher stopped"))
+        waiting = [g for q in self._queues.values() for g in q.groups()]
+        waiting += [item.group for items, _ in self._flights for item in items]
+        for group in waiting:
+            if not group.future.done():
+                group.future.set_exception(BackendError("the batcher stopped"))
 
     def _close(self, group: Group[Any], queue: LengthQueue) -> None:
         group.closed = True
@@ -155,15 +163,16 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        flights: deque[tuple[list[Item], asyncio.Future[_Outcome | BaseException]]] = deque()
+        flights = self._flights
         while True:
             # No await between clear() and wait(): every set() after it is seen.
             self._wake.clear()
             # The forward thread is a FIFO of one worker: flights end in order.
             while flights and flights[0][1].done():
-                items, future = flights.popleft()
+                items, future = flights[0]
                 self._finish(items, future.result())
-            while len(flights) < _PIPELINE_DEPTH:
+                flights.popleft()  # only now: if _finish fails, _on_loop_exit still sees them
+            while len(flights) < _PIPELINE_DEPTH and (not flights or self._can_fill_a_batch()):
                 items = self._next_batch()
                 if not items:
                     break
@@ -173,6 +182,12 @@ class Batcher:
             if self._stopping and not flights and self.queue_size == 0:
                 return
             await self._wake.wait()
+
+    def _can_fill_a_batch(self) -> bool:
+        tokens = sum(queue.tokens for queue in self._queues.values())
+        items = self.queue_size
+        cap = self._max_batch_requests
+        return tokens >= self._max_batch_tokens or (cap is not None and items >= cap)
 
     def _next_batch(self) -> list[Item]:
         # Kinds share one round-robin of requests: neither starves the other.
@@ -218,23 +233,37 @@ class Batcher:
         return None
 
     def _finish(self, items: list[Item], outcome: _Outcome | BaseException) -> None:
-        self.counters.batches += 1
         if isinstance(outcome, BaseException):
+            self.counters.batches += 1
             self._fail(items, outcome)
+            self._report(items, 0.0, failed=True)
             return
-        if outcome.items:
-            self.is_healthy = True
+        if not outcome.items:
+            return  # every client of the batch went away before its forward: nothing ran
+        self.counters.batches += 1
+        self.is_healthy = True
         inference_s = outcome.ended - outcome.started
         for item, output in zip(outcome.items, outcome.outputs, strict=True):
             if not item.group.closed:
                 queue_s = outcome.started - item.enqueued_at
                 item.group.deliver(item.index, output, queue_s, inference_s)
-        logger.debug(
-            "batch of %d inputs, %d padded tokens: %.1f ms",
-            len(outcome.items),
-            max((i.length for i in outcome.items), default=0) * len(outcome.items),
-            inference_s * 1000,
+        self._report(outcome.items, inference_s, failed=False)
+
+    def _report(self, items: list[Item], inference_s: float, failed: bool) -> None:
+        longest = max((item.length for item in items), default=0)
+        report = BatchReport(
+            size=len(items),
+            tokens=sum(item.length for item in items),
+            padded_tokens=longest * len(items),
+            inference_s=inference_s,
+            failed=failed,
         )
+        logger.debug("batch: %s", report)
+        for listener in self.listeners:
+            try:
+                listener(report)
+            except Exception:  # a metrics bug must not stop the batcher
+                logger.exception("batch listener %r failed", listener)
 
     def _fail(self, items: list[Item], exc: BaseException) -> None:
         self.counters.failures += 1

@@ -7,12 +7,17 @@ the token-budget batcher, and per-request post-processing in numpy.
       inputs.encode_inputs         in the tokenization thread pool (the Rust tokenizer's batch call)
       Batcher.run                  per-input items, shared batches, one forward thread
       outputs.*                    truncate dimensions, normalize, classify: numpy per request
+
+Metadata per request: tokenization_s and total_s are the request's wall times (waiting for a
+tokenization thread included); queue_s and inference_s are means over its inputs, which may have
+run in several batches (TEI reports per-input averages for batches too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +31,12 @@ from tei_ort.engine import results, validation
 from tei_ort.engine.admission import Admission
 from tei_ort.engine.backend import FloatArray, ModelBackend
 from tei_ort.engine.batcher import Batcher, GroupTiming
-from tei_ort.engine.config import EngineConfig, EngineStats, default_tokenization_workers
+from tei_ort.engine.config import (
+    BatchReport,
+    EngineConfig,
+    EngineStats,
+    default_tokenization_workers,
+)
 from tei_ort.engine.inputs import Encodings, encode_inputs
 from tei_ort.engine.queue import ForwardKind
 from tei_ort.engine.types import (
@@ -46,7 +56,7 @@ from tei_ort.errors import BackendError, Unhealthy
 from tei_ort.runtime import outputs
 from tei_ort.tokenization import Token
 
-__all__ = ["Engine", "EngineConfig", "EngineStats"]
+__all__ = ["BatchReport", "Engine", "EngineConfig", "EngineStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +75,8 @@ class Engine:
         self._model = model
         self._config = config
         self._workers = config.tokenization_workers or default_tokenization_workers()
-        self._batcher = Batcher(model, config.max_batch_tokens, config.max_batch_requests)
+        batch_tokens = min(config.max_batch_tokens, config.target_batch_tokens or sys.maxsize)
+        self._batcher = Batcher(model, batch_tokens, config.max_batch_requests)
         self._pool: ThreadPoolExecutor | None = None
         self._admission = Admission(config.max_concurrent_requests)
 
@@ -78,8 +89,7 @@ class Engine:
         return self._config
 
     @property
-    def tokenization_workers(self) -> int:
-        """The tokenization threads in use (config.tokenization_workers or the default)."""
+    def tokenization_workers(self) -> int:  # config.tokenization_workers or the default
         return self._workers
 
     @property
@@ -96,21 +106,24 @@ class Engine:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tei-tokenize")
         await self._batcher.start()
         started = time.perf_counter()
+        warmed_up = False
         try:
             warm_up = await self._run_in_pool(self._warm_up_encodings)
             await self._batcher.probe(warm_up.encodings)
-        except BaseException:
-            await self._shutdown_threads()
-            raise
+            warmed_up = True
+        finally:
+            if not warmed_up:
+                await self._shutdown_threads()
         self._admission.open()
         config = self._config
         logger.info(
             "engine ready: %s model, max_input_length %d, max_batch_tokens %d, "
-            "max_batch_requests %s, max_concurrent_requests %d, max_client_batch_size %d, "
+            "target_batch_tokens %s, max_batch_requests %s, max_concurrent_requests %d, max_client_batch_size %d, "
             "%d tokenization workers, warm-up %.2f s",
             self._model.task.value,
             self._model.manifest.max_input_length,
             config.max_batch_tokens,
+            config.target_batch_tokens or config.max_batch_tokens,
             config.max_batch_requests or "unlimited",
             config.max_concurrent_requests,
             config.max_client_batch_size,
@@ -138,6 +151,10 @@ class Engine:
         except BackendError:
             return False
         return True
+
+    def add_batch_listener(self, listener: Callable[[BatchReport], None]) -> None:
+        """Called on the loop after every forward (failed ones too); keep it quick."""
+        self._batcher.listeners.append(listener)
 
     def stats(self) -> EngineStats:
         counters = self._batcher.counters

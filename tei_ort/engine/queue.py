@@ -54,6 +54,7 @@ class Group(Generic[T]):
     outputs: list[T | None]
     remaining: int
     queued: int = 0  # items still waiting in the queue
+    queued_tokens: int = 0  # their tokens
     pending: deque[Item] = field(default_factory=deque)  # its queued items, oldest first
     turn: int = 0  # position in the round-robin of requests; lower goes first
     queue_s_sum: float = 0.0
@@ -94,6 +95,7 @@ class LengthQueue:
         self._buckets: dict[int, deque[Item]] = {}
         self._lengths: list[int] = []  # sorted keys of _buckets
         self.size = 0  # live items
+        self.tokens = 0  # their real tokens: a full batch is ready when this reaches the budget
 
     def push(self, group: Group[Any], items: list[Item]) -> None:
         for item in items:
@@ -103,8 +105,11 @@ class LengthQueue:
                 bisect.insort(self._lengths, item.length)
             bucket.append(item)
         group.pending.extend(items)
+        tokens = sum(item.length for item in items)
         group.queued += len(items)
+        group.queued_tokens += tokens
         self.size += len(items)
+        self.tokens += tokens
         group.turn = next(_turns)
         self._rotation.append(group)
 
@@ -112,6 +117,8 @@ class LengthQueue:
         """The group closed: its queued items are dead. Returns how many were dropped."""
         dropped, group.queued = group.queued, 0
         self.size -= dropped
+        self.tokens -= group.queued_tokens
+        group.queued_tokens = 0
         group.pending.clear()
         return dropped
 
@@ -182,7 +189,9 @@ class LengthQueue:
     def _take(self, item: Item) -> None:
         item.taken = True
         item.group.queued -= 1
+        item.group.queued_tokens -= item.length
         self.size -= 1
+        self.tokens -= item.length
 
     def _live_at(self, index: int, step: int) -> tuple[Item | None, int]:
         """The first live item at _lengths[index], moving by `step` past exhausted buckets."""

@@ -40,4 +40,5 @@ def metadata(encoded: Encodings, timing: GroupTiming, started: float) -> Metadat
         queue_s=timing.queue_s,
         inference_s=timing.inference_s,
         total_s=time.perf_counter() - started,
+        input_tokens=tuple(len(e) for e in encoded.encodings),
     )

@@ -67,6 +67,8 @@ class Metadata:
     queue_s: float
     inference_s: float
     total_s: float
+    # Tokens of each input, in input order (TEI's per-input te_request_input_length).
+    input_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

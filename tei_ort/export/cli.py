@@ -22,6 +22,11 @@ from tei_ort.package import Pooling, Task, VariantName
 
 logger = logging.getLogger(__name__)
 
+# --pooling values: ours and TEI's ("last-token").
+POOLING_CHOICES: dict[str, Pooling] = {p.value: p for p in Pooling} | {
+    "last-token": Pooling.LAST_TOKEN
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -73,8 +78,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pooling",
-        choices=[p.value for p in Pooling if p is not Pooling.SPLADE],
-        help="override the sentence-transformers pooling (required for a plain encoder)",
+        choices=sorted(POOLING_CHOICES),
+        help="override the sentence-transformers pooling (required for a plain encoder); "
+        "TEI's spellings: splade means --task sparse_embedding",
     )
     parser.add_argument(
         "--variants",
@@ -116,9 +122,13 @@ def _options(parsed: argparse.Namespace) -> ExportOptions:
         variants = tuple(VariantName(v.strip()) for v in parsed.variants.split(",") if v.strip())
     except ValueError as exc:
         raise SystemExit(f"tei-export: --variants: {exc}") from exc
+    pooling = POOLING_CHOICES[parsed.pooling] if parsed.pooling else None
+    task = Task(parsed.task) if parsed.task else None
+    if pooling is Pooling.SPLADE:  # TEI's `--pooling splade` selects the SPLADE task
+        task, pooling = task or Task.SPARSE_EMBEDDING, None
     return ExportOptions(
-        task=Task(parsed.task) if parsed.task else None,
-        pooling=Pooling(parsed.pooling) if parsed.pooling else None,
+        task=task,
+        pooling=pooling,
         variants=variants,
         opset=parsed.opset,
     )

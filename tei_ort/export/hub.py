@@ -83,8 +83,11 @@ def _download(
             cache_dir=cache,
             allow_patterns=[*METADATA_PATTERNS, *weights],
         )
-    except huggingface_hub.errors.HfHubHTTPError as exc:
-        raise PackageError(f"{repo_id}: download failed ({exc})") from exc
+    except (huggingface_hub.errors.HfHubHTTPError, OSError, ValueError) as exc:
+        # OSError covers connection failures and offline mode with nothing cached.
+        raise PackageError(
+            f"{repo_id}: not a local folder, and the hub download failed ({exc})"
+        ) from exc
     local = Path(folder)
     commit = local.name if _COMMIT.match(local.name) else revision
     return Location(local, repo_id, commit)

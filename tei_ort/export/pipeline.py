@@ -20,7 +20,13 @@ from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
 from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
 from tei_ort.export.source import SourceModel, read_source
 from tei_ort.export.validate import validation_set
-from tei_ort.export.variants import DERIVED_BUILDERS, Graphs, Validator, build_fp32
+from tei_ort.export.variants import (
+    DERIVED_BUILDERS,
+    VARIANT_SPECS,
+    Graphs,
+    Validator,
+    build_fp32,
+)
 from tei_ort.package import (
     Manifest,
     Pooling,
@@ -76,6 +82,7 @@ def export_model(
     source = read_source(location)
     subject = plan(source, options)
     key, key_inputs = cache_key(source, options)
+    timer.lap("source")  # locate (download), read, hash
     if is_package(out) and writer.read_export_key(out) == key:
         logger.info(
             "%s: reusing the package in %s (same sources, options, tool version)", model, out
@@ -102,6 +109,7 @@ def export_model(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     manifest = replace(base, variants=tuple(variants))
+    _remove_stale_graphs(out, manifest)
     write_manifest(out, manifest)
     writer.write_export_record(out, key, key_inputs)
     logger.info("%s -> %s in %.1f s: %s", model, out, sum(timer.seconds.values()), timer.seconds)
@@ -193,6 +201,15 @@ def _base_manifest(subject: Subject, out: Path) -> Manifest:
         default_prompt_name=st.default_prompt_name if st else None,
         id2label=dict(source.id2label) if task in (Task.CLASSIFICATION, Task.RERANKER) else {},
     )
+
+
+def _remove_stale_graphs(out: Path, manifest: Manifest) -> None:
+    """Graphs an earlier export left that this manifest does not list (a variant no longer asked
+    for, or one the quantizer could not build)."""
+    listed = {variant.file for variant in manifest.variants}
+    for spec in VARIANT_SPECS.values():
+        if spec.file not in listed:
+            (out / spec.file).unlink(missing_ok=True)
 
 
 class _Timer:

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from tei_ort.errors import PackageError
+from tei_ort.errors import PackageError, UnsupportedModel
 from tei_ort.export import recipes, st_config
 from tei_ort.export.hub import WEIGHT_LAYOUTS, Location, read_json
 from tei_ort.export.st_config import SentenceTransformersConfig
@@ -122,8 +122,10 @@ def _architecture(config: dict[str, object], relative: str) -> tuple[str, str]:
     # Some sentence-transformers repos omit `architectures`: the bare encoder of the model type.
     family = recipes.FAMILIES_BY_MODEL_TYPE.get(model_type)
     if family is None:
-        recipes.lookup(f"<model_type {model_type}>")
-        raise AssertionError("unreachable: lookup raised")
+        raise UnsupportedModel(
+            f"{relative}: model_type {model_type!r} without architectures is not supported; "
+            f"supported: {recipes.supported()}"
+        )
     return family.class_prefix + recipes.BASE.class_suffix, model_type
 
 

@@ -32,7 +32,8 @@ from tei_ort.tokenization import Tokenizer
 logger = logging.getLogger(__name__)
 
 Feeds = dict[str, npt.NDArray[np.int64]]
-QuantizeInt8 = Callable[[Path, Path, list[Feeds]], None]
+# tei_ort.export.quantize.quantize_int8(fp32_onnx, out_onnx, calibration) -> its report
+QuantizeInt8 = Callable[[Path, Path, list[Feeds]], object]
 
 CALIBRATION_TEXTS = 64
 CALIBRATION_BATCH = 8
@@ -124,8 +125,13 @@ def build_int8(validator: Validator, graphs: Graphs, done: Sequence[Variant]) ->
         return None
     feeds = calibration_feeds(validator.package, validator.base)
     # The unfused graph: the quantizer sees plain MatMuls rather than fused contrib ops.
-    quantize(graphs.raw, validator.package / VARIANT_SPECS[VariantName.INT8].file, feeds)
-    return _variant(VariantName.INT8, validator.check(done, VariantName.INT8))
+    report = quantize(graphs.raw, validator.package / VARIANT_SPECS[VariantName.INT8].file, feeds)
+    validation = validator.check(done, VariantName.INT8)
+    quantized, kept = getattr(report, "quantized_matmuls", None), getattr(report, "kept_fp32", ())
+    if quantized is not None:
+        summary = f"int8 MatMuls: {quantized}, kept fp32: {len(kept)}"
+        validation = replace(validation, note=f"{summary}; {validation.note}")
+    return _variant(VariantName.INT8, validation)
 
 
 # fp32 is built first by build_fp32 (the others derive from it); then these, in this order.

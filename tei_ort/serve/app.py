@@ -3,6 +3,7 @@ and the engine's lifecycle (started before the socket listens, drained after it 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Coroutine
@@ -13,9 +14,11 @@ from sanic.response import HTTPResponse
 
 from tei_ort.serve import errors, openapi
 from tei_ort.serve.access import AccessPolicy
+from tei_ort.serve.observed_engine import ObservedEngine
 from tei_ort.serve.operations import Operation, ServeContext, parse_json
 from tei_ort.serve.replies import json_response, to_response
 from tei_ort.serve.routes import dispatch, docs, health, openai, rerank_compat, tei
+from tei_ort.serve.telemetry import Telemetry, TelemetryOptions, method_of
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,23 @@ GET_ROUTES: dict[str, RouteHandler] = {
 # Routes whose clients expect OpenAI's error body.
 OPENAI_PATHS = frozenset({*openai.PATHS, openai.MODELS_PATH})
 _names = itertools.count()
+# Seconds Sanic waits, after SIGTERM, for in-flight requests before it drops their connections:
+# under Kubernetes' default 30 s grace period, so that the process exits by itself (status 0)
+# before the kubelet's SIGKILL.
+GRACEFUL_SHUTDOWN_S = 25.0
 
 
 def _post(operation: Operation) -> RouteHandler:
+    span_name = f"POST {operation.path}"
+
     async def handle(request: Request) -> HTTPResponse:
-        body = parse_json(request.body)
-        return await to_response(await operation.handler(request.app.ctx.serve, body))
+        telemetry: Telemetry = request.app.ctx.telemetry
+        with telemetry.request(span_name, request.headers, metered=operation.metered) as record:
+            body = parse_json(request.body)
+            telemetry.count(record, method_of(operation.path, body))
+            reply = await operation.handler(request.app.ctx.serve, body)
+            record.metadata = reply.metadata
+            return await to_response(reply)
 
     return handle
 
@@ -63,8 +77,16 @@ def create_app(
     *,
     payload_limit: int,
     access: AccessPolicy,
+    telemetry: Telemetry | None = None,
     on_started: Callable[[], None] | None = None,
 ) -> Sanic:  # type: ignore[type-arg]  # Sanic's generics are for typed ctx/config; ours are plain
+    """`telemetry` defaults to metrics on /metrics only (no tracing, no separate listener)."""
+    telemetry = telemetry or Telemetry.build(ctx, TelemetryOptions())
+    engine = ctx.engine
+    # Routes reach the engine through the telemetry decorator; start/stop/health pass through.
+    ctx = dataclasses.replace(
+        ctx, engine=ObservedEngine(engine, telemetry.metrics, telemetry.tracing)
+    )
     # Sanic keeps a registry of apps by name; tests build many apps in one process.
     app: Sanic = Sanic(f"tei_ort_{next(_names)}", configure_logging=False)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = payload_limit
@@ -73,7 +95,9 @@ def create_app(
     app.config.FALLBACK_ERROR_FORMAT = "json"
     # Long client batches (thousands of inputs) can take a while on a CPU.
     app.config.RESPONSE_TIMEOUT = 600
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = GRACEFUL_SHUTDOWN_S
     app.ctx.serve = ctx
+    app.ctx.telemetry = telemetry
     app.ctx.access = access
     app.ctx.openapi = openapi.build(OPERATIONS, ctx.version)
 
@@ -94,13 +118,16 @@ def create_app(
         response.headers.update(access.cors_headers(request))
 
     async def start_engine(app: Sanic) -> None:  # type: ignore[type-arg]
-        await ctx.engine.start()
+        # Before the socket listens: the first request finds the model loaded and warmed up.
+        await engine.start()
+        telemetry.start()
         if on_started is not None:
             on_started()
 
     async def stop_engine(app: Sanic) -> None:  # type: ignore[type-arg]
         # Sanic has stopped accepting and finished its in-flight requests; the engine drains.
-        await ctx.engine.stop()
+        await engine.stop()
+        telemetry.stop()
 
     app.on_request(check_access)
     app.on_response(add_cors)  # type: ignore[no-untyped-call]  # untyped in Sanic 25

@@ -49,3 +49,22 @@ def _is_bindable(hostname: str) -> bool:
             continue
         return True
     return False
+
+
+def bind_unlistening(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) but not listening: until the server listens on it (after
+    the engine's warm-up), connections are refused rather than left waiting in the kernel's
+    backlog, so probes and load balancers see no server before it can answer. Sanic would bind
+    and listen before its start-up listeners run."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if not _is_ip(host):
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock

@@ -7,9 +7,7 @@ already, so extra Sanic workers would only multiply the model's memory."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 
@@ -24,8 +22,11 @@ from tei_ort.runtime.providers import resolve as resolve_provider
 from tei_ort.serve import model_source
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
+from tei_ort.serve.bind_address import bind_unlistening
+from tei_ort.serve.logs import configure_logging
 from tei_ort.serve.operations import ServeContext
 from tei_ort.serve.settings import Settings, load_settings
+from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 
 logger = logging.getLogger("tei_ort.serve")
 
@@ -33,29 +34,6 @@ logger = logging.getLogger("tei_ort.serve")
 VARIANT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
 # The prompt name that carries --default-prompt's literal text.
 LITERAL_PROMPT = "--default-prompt"
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "timestamp": self.formatTime(record),
-            "level": record.levelname,
-            "target": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
-
-
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        JsonFormatter()
-        if settings.json_output
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
@@ -117,9 +95,20 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         version=__version__,
         root_is_similarity=settings.task == "sentence-similarity",
         created=int(time.time()),
+        provider=provider.value,
+        variant=model.variant.name.value,
     )
     loaded = time.perf_counter()
     host = settings.bind_host()
+    telemetry = Telemetry.build(
+        ctx,
+        TelemetryOptions(
+            otlp_endpoint=settings.otlp_endpoint,
+            otlp_service_name=settings.otlp_service_name,
+            prometheus_port=settings.prometheus_port,
+            prometheus_host=host,
+        ),
+    )
 
     def summary() -> None:
         ready = time.perf_counter()
@@ -128,7 +117,8 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             "Ready: %s (%s) task=%s provider=%s variant=%s dims=%d max_input_length=%d | "
             "max_concurrent_requests=%d max_batch_tokens=%d max_batch_requests=%s "
             "max_client_batch_size=%d auto_truncate=%s payload_limit=%d | load %.1f s, engine "
-            "start and warm-up %.1f s | listening on http://%s:%d",
+            "start and warm-up %.1f s | metrics on port %s, traces to %s | listening on "
+            "http://%s:%d",
             resolved.model_id,
             resolved.origin,
             manifest.task.value,
@@ -144,6 +134,8 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             settings.payload_limit,
             loaded - started,
             ready - loaded,
+            telemetry.listener.port or "-",
+            settings.otlp_endpoint or "-",
             host,
             settings.port,
         )
@@ -152,26 +144,29 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         ctx,
         payload_limit=settings.payload_limit,
         access=AccessPolicy(settings.api_key, settings.cors_allow_origin),
+        telemetry=telemetry,
         on_started=summary,
     )
 
 
+def run(app: Sanic, host: str, port: int) -> None:  # type: ignore[type-arg]
+    """Serve until SIGINT or SIGTERM, then drain in-flight requests and return. One process:
+    Sanic workers would each load the model and keep their own metrics, so none are started.
+    The socket listens once the engine has warmed up (see bind_unlistening)."""
+    sock = bind_unlistening(host, port)
+    app.run(sock=sock, single_process=True, access_log=False, motd=False)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
-    configure_logging(settings)
+    configure_logging(settings.log_level, json_output=settings.json_output)
     logger.debug("settings: %s", settings.redacted())
     try:
         app = build(settings)
     except TeiOrtError as exc:
         logger.error("cannot start: %s", exc)
         raise SystemExit(2) from exc
-    app.run(
-        host=settings.bind_host(),
-        port=settings.port,
-        single_process=True,
-        access_log=False,
-        motd=False,
-    )
+    run(app, settings.bind_host(), settings.port)
 
 
 if __name__ == "__main__":

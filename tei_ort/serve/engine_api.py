@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from tei_ort.engine.config import EngineStats
 from tei_ort.engine.types import (
     EmbedRequest,
     EmbedResult,
@@ -62,6 +63,8 @@ class EngineAPI(Protocol):
     async def stop(self) -> None: ...
 
     async def check_health(self) -> bool: ...
+
+    def stats(self) -> EngineStats: ...
 
     async def embed(self, request: EmbedRequest) -> EmbedResult: ...
 

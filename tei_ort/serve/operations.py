@@ -33,6 +33,8 @@ class ServeContext:
     # TEI's TASK=sentence-similarity: POST / on an embedding model means /similarity.
     root_is_similarity: bool = False
     created: int = 0  # unix time the server started (OpenAI's model `created`)
+    provider: str | None = None  # the execution provider in use ("cpu", "cuda"), for te_model_info
+    variant: str | None = None  # the graph variant served ("fp32", "int8", "fp16")
 
 
 Handler = Callable[[ServeContext, JsonObject], Awaitable[Reply]]
@@ -46,6 +48,8 @@ class Operation:
     summary: str
     tag: str
     response_example: object = None  # shown in the OpenAPI document
+    # Counted in te_request_* (TEI counts inference routes, not /tokenize or /decode).
+    metered: bool = True
 
 
 def parse_json(raw: bytes) -> JsonObject:

@@ -205,14 +205,19 @@ FLAGS: tuple[Flag, ...] = (
         kind="list",
     ),
     Flag("json_output", "Log JSON lines instead of text.", kind="bool"),
-    Flag("otlp_endpoint", "OpenTelemetry OTLP endpoint for traces."),
+    Flag(
+        "otlp_endpoint",
+        "OpenTelemetry collector for traces, spoken to over OTLP/HTTP "
+        "(e.g. http://collector:4318; /v1/traces is added to a URL without a path). Default: none.",
+    ),
     Flag(
         "otlp_service_name",
         "OpenTelemetry service.name. Default: text-embeddings-inference.server.",
     ),
     Flag(
         "prometheus_port",
-        "Port of the separate Prometheus listener. Default: 9000.",
+        "Port of the separate Prometheus listener (0: none; /metrics on the main port always "
+        "answers). Default: 9000.",
     ),
 )
 # TEI reads these from the environment only.

@@ -1,4 +1,4 @@
-"""Batching, admission, cancellation, failures and lifecycle, against the fake model."""
+"""Batching, admission and cancellation, against the fake model."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from tei_ort.engine import EmbedRequest, Engine, EngineConfig
-from tei_ort.errors import BackendError, Overloaded, Unhealthy
+from tei_ort.engine import BatchReport, EmbedRequest
+from tei_ort.errors import Overloaded
 from tests.engine.conftest import asynchronous, forward_started, running, until
 from tests.engine.fakes import FakeModel, vector
 
@@ -53,6 +53,8 @@ async def test_big_client_batch_is_split_under_the_token_budget_in_input_order()
     model = FakeModel()
     texts = texts_of_mixed_length(1000)
     async with running(model, max_batch_tokens=256) as engine:
+        reports: list[BatchReport] = []
+        engine.add_batch_listener(reports.append)
         result = await engine.embed(EmbedRequest([*texts]))
     np.testing.assert_allclose(result.embeddings, expected(model, texts), rtol=1e-6)
     assert sum(len(batch) for batch in model.batches) == 1000
@@ -63,6 +65,11 @@ async def test_big_client_batch_is_split_under_the_token_budget_in_input_order()
     # Batches are formed by length: padding stays under 5% of what the graph computes.
     assert real / sum(padded) > 0.95
     assert result.metadata.compute_tokens == real
+    assert result.metadata.input_tokens == tuple(len(e) for e in model.encode(texts))
+    # Listeners saw every forward pass, with the batches' real figures.
+    assert [r.size for r in reports] == [len(batch) for batch in model.batches]
+    assert [r.padded_tokens for r in reports] == padded and not any(r.failed for r in reports)
+    assert sum(r.tokens for r in reports) == real
 
 
 @asynchronous
@@ -85,6 +92,17 @@ async def test_a_small_request_does_not_wait_behind_a_bulk_one() -> None:
 
 
 @asynchronous
+async def test_target_batch_tokens_forms_smaller_batches_under_the_cap() -> None:
+    model = FakeModel()
+    texts = texts_of_mixed_length(300)
+    async with running(model, max_batch_tokens=4096, target_batch_tokens=128) as engine:
+        result = await engine.embed(EmbedRequest([*texts]))
+    np.testing.assert_allclose(result.embeddings, expected(model, texts), rtol=1e-6)
+    padded = [max(len(ids) for ids in batch) * len(batch) for batch in model.batches]
+    assert max(padded) <= 128 and sum(len(batch) for batch in model.batches) == 300
+
+
+@asynchronous
 async def test_max_batch_requests_caps_inputs_per_batch() -> None:
     model = FakeModel()
     async with running(model, max_batch_requests=7) as engine:
@@ -94,22 +112,39 @@ async def test_max_batch_requests_caps_inputs_per_batch() -> None:
 
 
 @asynchronous
-async def test_one_batch_is_prepared_while_another_runs() -> None:
+async def test_a_full_batch_is_prepared_while_another_runs() -> None:
+    model = FakeModel()
+    sixteen_tokens = "hello " * 14  # [CLS] + 14 + [SEP]
+    async with running(model, max_batch_tokens=64) as engine:
+        model.gate.clear()
+        first = asyncio.create_task(engine.embed(EmbedRequest(["first"])))
+        await forward_started(model)
+        second = asyncio.create_task(engine.embed(EmbedRequest([sixteen_tokens] * 4)))
+        await until(lambda: engine.stats().batch_next_size == 4)
+        third = asyncio.create_task(engine.embed(EmbedRequest(["third"])))
+        await until(lambda: engine.stats().queue_size == 1)
+        # The second batch (64 tokens: full) was formed and handed over while the first runs.
+        stats = engine.stats()
+        assert (stats.batch_next_size, stats.batch_next_padded_tokens) == (4, 64)
+        assert (stats.queue_size, stats.in_flight) == (1, 3)
+        model.gate.set()
+        await asyncio.gather(first, second, third)
+    assert [len(batch) for batch in model.batches] == [1, 4, 1]
+
+
+@asynchronous
+async def test_a_light_batch_waits_for_the_forward_thread_and_takes_in_later_arrivals() -> None:
     model = FakeModel()
     async with running(model) as engine:
         model.gate.clear()
         first = asyncio.create_task(engine.embed(EmbedRequest(["first"])))
         await forward_started(model)
-        second = asyncio.create_task(engine.embed(EmbedRequest(["second", "second too"])))
-        await until(lambda: engine.stats().batch_next_size == 2)
-        third = asyncio.create_task(engine.embed(EmbedRequest(["third"] * 3)))
+        later = [asyncio.create_task(engine.embed(EmbedRequest([t]))) for t in ("b", "c", "d")]
         await until(lambda: engine.stats().queue_size == 3)
-        # The second batch was formed and handed over while the first runs; the third waits.
-        stats = engine.stats()
-        assert (stats.batch_next_size, stats.queue_size, stats.in_flight) == (2, 3, 3)
+        assert engine.stats().batch_next_size == 1  # nothing formed: 3 inputs don't fill one
         model.gate.set()
-        await asyncio.gather(first, second, third)
-    assert [len(batch) for batch in model.batches] == [1, 2, 3]
+        await asyncio.gather(first, *later)
+    assert [len(batch) for batch in model.batches] == [1, 3]
 
 
 @asynchronous
@@ -136,12 +171,13 @@ async def test_overload_is_immediate_and_admitted_requests_still_succeed() -> No
 @asynchronous
 async def test_cancelled_requests_are_dropped_before_the_forward_pass() -> None:
     model = FakeModel()
-    async with running(model) as engine:
+    sixteen_tokens = "world " * 14  # [CLS] + 14 + [SEP]
+    async with running(model, max_batch_tokens=64) as engine:
         model.gate.clear()
         running_one = asyncio.create_task(engine.embed(EmbedRequest(["alpha"])))
         await forward_started(model)
-        prepared = asyncio.create_task(engine.embed(EmbedRequest(["bravo"])))
-        await until(lambda: engine.stats().batch_next_size == 1 and engine.stats().in_flight == 2)
+        prepared = asyncio.create_task(engine.embed(EmbedRequest([sixteen_tokens] * 4)))
+        await until(lambda: engine.stats().batch_next_size == 4 and engine.stats().in_flight == 2)
         queued = asyncio.create_task(engine.embed(EmbedRequest(["charlie", "charlie two"])))
         kept = asyncio.create_task(engine.embed(EmbedRequest(["delta"])))
         await until(lambda: engine.stats().queue_size == 3)
@@ -152,118 +188,12 @@ async def test_cancelled_requests_are_dropped_before_the_forward_pass() -> None:
         model.gate.set()
         alpha, delta = await running_one, await kept
         assert prepared.cancelled() and queued.cancelled()
-        assert engine.stats().dropped_inputs_total == 3
+        assert engine.stats().dropped_inputs_total == 6
         assert engine.stats().in_flight == 0
     seen = model.seen_ids()
-    never = [model.encode([t])[0].ids.tolist() for t in ("bravo", "charlie", "charlie two")]
+    never = [model.encode([t])[0].ids.tolist() for t in (sixteen_tokens, "charlie", "charlie two")]
     assert not [ids for ids in never if ids in seen]
     assert model.encode(["delta"])[0].ids.tolist() in seen
+    assert [len(batch) for batch in model.batches] == [1, 1]  # the prepared batch never ran
     np.testing.assert_allclose(alpha.embeddings, expected(model, ["alpha"]), rtol=1e-6)
     np.testing.assert_allclose(delta.embeddings, expected(model, ["delta"]), rtol=1e-6)
-
-
-@asynchronous
-async def test_failed_batch_fails_only_its_requests_and_health_recovers() -> None:
-    model = FakeModel()
-    bad = int(model.encode(["explode"])[0].ids[1])
-    model.fail_if = lambda encodings: any(bad in e.ids for e in encodings)
-    async with running(model) as engine:
-        model.gate.clear()
-        failing = asyncio.create_task(engine.embed(EmbedRequest(["explode"])))
-        await forward_started(model)
-        fine = asyncio.create_task(engine.embed(EmbedRequest(["fine", "also fine"])))
-        await until(lambda: engine.stats().batch_next_size == 2)
-        model.gate.set()
-        with pytest.raises(BackendError, match="fake forward failed"):
-            await failing
-        result = await fine
-        np.testing.assert_allclose(result.embeddings, expected(model, ["fine", "also fine"]))
-        assert engine.is_healthy  # the later batch succeeded
-
-        with pytest.raises(BackendError):
-            await engine.embed(EmbedRequest(["explode"]))
-        assert not engine.is_healthy and engine.stats().batch_failures_total == 2
-        model.fail_if = lambda _: True
-        assert not await engine.check_health()
-        model.fail_if = lambda _: False
-        assert await engine.check_health()  # a real forward ran and succeeded
-        assert engine.is_healthy
-
-
-@asynchronous
-async def test_any_runtime_exception_becomes_backend_error() -> None:
-    model = FakeModel()
-
-    def explode(_: object) -> bool:
-        raise RuntimeError("onnxruntime exploded")
-
-    async with running(model) as engine:
-        model.fail_if = explode
-        with pytest.raises(BackendError, match="onnxruntime exploded"):
-            await engine.embed(EmbedRequest(["x"]))
-        assert not engine.is_healthy
-        model.fail_if = lambda _: False
-        result = await engine.embed(EmbedRequest(["x"]))
-        np.testing.assert_allclose(result.embeddings, expected(model, ["x"]), rtol=1e-6)
-        assert engine.is_healthy
-
-
-@asynchronous
-async def test_stop_answers_admitted_requests_then_refuses() -> None:
-    model = FakeModel()
-    engine = Engine(model, EngineConfig())
-    with pytest.raises(Unhealthy):
-        await engine.embed(EmbedRequest(["too early"]))
-    await engine.start()
-    assert engine.is_healthy and await engine.check_health()
-    await engine.embed(EmbedRequest(["done before stop"]))  # in-flight went back to zero once
-    model.gate.clear()
-    pending = asyncio.create_task(engine.embed(EmbedRequest(["in flight"])))
-    await until(lambda: engine.stats().in_flight == 1)
-    stopping = asyncio.create_task(engine.stop())
-    await until(lambda: not engine.is_healthy)
-    with pytest.raises(Unhealthy):
-        await engine.embed(EmbedRequest(["too late"]))
-    model.gate.set()
-    result = await pending
-    await stopping
-    np.testing.assert_allclose(result.embeddings, expected(model, ["in flight"]), rtol=1e-6)
-    assert not await engine.check_health()
-
-
-@asynchronous
-async def test_stop_waits_for_requests_still_tokenizing() -> None:
-    model = FakeModel()
-    engine = Engine(model, EngineConfig())
-    await engine.start()
-    await engine.embed(EmbedRequest(["done before stop"]))
-    model.encode_gate.clear()
-    pending = asyncio.create_task(engine.embed(EmbedRequest(["tokenizing"])))
-    await until(lambda: engine.stats().in_flight == 1)
-    stopping = asyncio.create_task(engine.stop())
-    await asyncio.sleep(0.05)
-    assert not stopping.done()
-    model.encode_gate.set()
-    result = await pending
-    await stopping
-    np.testing.assert_allclose(result.embeddings, expected(model, ["tokenizing"]), rtol=1e-6)
-
-
-@asynchronous
-async def test_warm_up_failure_fails_start() -> None:
-    model = FakeModel()
-    model.fail_if = lambda _: True
-    engine = Engine(model, EngineConfig())
-    with pytest.raises(BackendError):
-        await engine.start()
-    assert not engine.is_healthy
-    # The warm-up forward used the model's longest input.
-    assert [len(ids) for batch in model.batches for ids in batch] == [32]
-
-
-def test_config_limits_are_checked() -> None:
-    with pytest.raises(ValueError, match="max_batch_tokens"):
-        Engine(FakeModel(max_input_length=512), EngineConfig(max_batch_tokens=256))
-    with pytest.raises(ValueError, match="max_concurrent_requests"):
-        EngineConfig(max_concurrent_requests=0)
-    assert EngineConfig().max_client_batch_size >= 1000

@@ -58,7 +58,13 @@ def test_validate_command_succeeds(
     tiny_source: TinySource, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
-        ["validate", "--models", str(tiny_source("bert", "masked_lm")), "--variants", "fp32,fp16"]
+        [
+            "validate",
+            "--models",
+            str(tiny_source("bert", "classification")),
+            "--variants",
+            "fp32,fp16",
+        ]
     )
     rows = capsys.readouterr().out.splitlines()[1:]
     assert code == 0 and [r.split()[1] for r in rows] == ["fp32", "fp16"]
@@ -68,3 +74,22 @@ def test_validate_command_succeeds(
 def test_bad_variant_name_is_a_usage_error(tiny_source: TinySource, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main([str(tiny_source("bert", "classification")), "-o", str(tmp_path), "--variants", "fp8"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "task", "pooling"),
+    [
+        (["--pooling", "last-token"], None, "last_token"),
+        (["--pooling", "splade"], "sparse_embedding", None),
+        (["--task", "embedding", "--pooling", "cls"], "embedding", "cls"),
+    ],
+)
+def test_pooling_flag_accepts_tei_spellings(
+    flags: list[str], task: str | None, pooling: str | None
+) -> None:
+    from tei_ort.export import cli
+
+    parsed = cli._export_parser().parse_args(["m", "-o", "out", *flags])
+    options = cli._options(parsed)
+    assert (options.task.value if options.task else None) == task
+    assert (options.pooling.value if options.pooling else None) == pooling

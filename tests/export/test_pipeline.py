@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import fuse, validate
+from tei_ort.export import fuse, validate, variants
 from tei_ort.export.pipeline import export_model
 from tei_ort.package import Pooling, Task, VariantName, read_manifest
 from tei_ort.runtime import Model, RuntimeOptions
@@ -34,10 +34,12 @@ def test_second_export_is_reused_until_sources_or_options_change(
         VariantName.FP32,
         VariantName.FP16,
     ]
+    assert (tmp_path / "pkg" / "model.fp16.onnx").is_file()
     (source / "tokenizer_config.json").write_text(
         (source / "tokenizer_config.json").read_text() + " "
     )
-    assert not export_model(str(source), tmp_path / "pkg", other_options).reused
+    assert not export_model(str(source), tmp_path / "pkg", TINY_OPTIONS).reused
+    assert not (tmp_path / "pkg" / "model.fp16.onnx").exists()  # no longer listed: removed
     assert not (tmp_path / "pkg" / ".work").exists()
 
 
@@ -123,3 +125,28 @@ def test_task_and_pooling_overrides(tiny_source: TinySource, tmp_path: Path) -> 
         dataclasses.replace(TINY_OPTIONS, pooling=Pooling.CLS),
     )
     assert st.manifest.pooling is Pooling.CLS and st.manifest.variant(VariantName.FP32).is_servable
+
+
+def test_int8_calls_the_quantizer_with_real_calibration_feeds(
+    tiny_source: TinySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quantizer itself is tested beside it (export/quantize.py); here: what it is given, and
+    that its graph is validated and recorded like any other variant."""
+    seen: list[list[dict[str, np.ndarray]]] = []
+
+    def fake_quantize(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+        seen.append(feeds)
+        shutil.copyfile(fp32, out)  # an "int8" graph identical to fp32: it must validate
+
+    monkeypatch.setattr(variants, "_quantizer", lambda: fake_quantize)
+    options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.INT8))
+    result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
+    (feeds,) = seen
+    assert len(feeds) == variants.CALIBRATION_TEXTS // variants.CALIBRATION_BATCH
+    assert set(feeds[0]) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(f["input_ids"].dtype == np.int64 and f["input_ids"].shape[0] == 8 for f in feeds)
+    assert max(f["input_ids"].shape[1] for f in feeds) <= result.manifest.max_input_length
+    assert 0 in feeds[0]["attention_mask"]  # mixed lengths, padded
+    int8 = result.manifest.variant(VariantName.INT8)
+    assert int8.providers == ("cpu",) and int8.is_servable
+    assert Model.load(result.path, RuntimeOptions(provider="cpu")).variant.name is VariantName.INT8

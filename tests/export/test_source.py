@@ -167,6 +167,7 @@ def test_hub_download_fetches_only_the_needed_files(
     )
     assert calls["list"] == ("org/model", "v1", "secret")
     repo_id, kwargs = calls["download"]  # type: ignore[misc]
+    assert repo_id == "org/model"
     assert kwargs["revision"] == "v1" and kwargs["token"] == "secret"
     assert kwargs["cache_dir"] == str(tmp_path / "cache")
     patterns = kwargs["allow_patterns"]

@@ -5,6 +5,7 @@ expected values from the same FakeModel, so every vector the server returns can 
 from __future__ import annotations
 
 import importlib.metadata
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tei_ort import errors
+from tei_ort.engine.config import EngineStats
 from tei_ort.engine.types import (
     EmbedInput,
     EmbedRequest,
@@ -147,6 +149,9 @@ class FakeEngine:
     # Set to an exception to make the next engine call raise it (overload, backend failure).
     fail_next: Exception | None = None
     started: bool = False
+    batches: int = 0
+    last_batch: int = 0
+    last_tokens: int = 0
 
     @property
     def model(self) -> FakeModel:
@@ -168,6 +173,21 @@ class FakeEngine:
 
     async def check_health(self) -> bool:
         return self.healthy
+
+    def stats(self) -> EngineStats:
+        """One batch per engine call that got past validation."""
+        return EngineStats(
+            queue_size=0,
+            in_flight=0,
+            batch_next_size=self.last_batch,
+            batch_next_tokens=self.last_tokens,
+            batch_next_padded_tokens=self.last_tokens,
+            batches_total=self.batches,
+            batch_failures_total=0,
+            dropped_inputs_total=0,
+            overloaded_total=0,
+            is_healthy=self.healthy,
+        )
 
     def _admit(self, count: int, *tasks: Task) -> None:
         if self.fail_next is not None:
@@ -192,6 +212,8 @@ class FakeEngine:
             inputs, truncate=truncate, direction=tok.direction, prompt_name=tok.prompt_name
         )
         chars = sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in inputs)
+        self.batches += 1
+        self.last_batch, self.last_tokens = len(encoded), sum(len(e) for e in encoded)
         took = time.perf_counter() - started
         return encoded, Metadata(
             chars, sum(len(e) for e in encoded), took, 0.0, 0.001, took + 0.001
@@ -253,3 +275,31 @@ class FakeEngine:
         return [
             self.model.tokenizer.decode(i, skip_special_tokens=skip_special_tokens) for i in ids
         ]
+
+
+class SlowModel(FakeModel):
+    """FakeModel with a forward pass that takes time (so that requests overlap), can fail on
+    demand (a runtime failure) and counts the inputs it ran (to see dropped work)."""
+
+    def __init__(
+        self, task: Task = Task.EMBEDDING, forward_s: float = 0.05, warm_up_s: float = 0.0
+    ) -> None:
+        super().__init__(task)
+        self.forward_s = forward_s
+        self.warm_up_s = warm_up_s
+        self.failing = False
+        self.inputs_run = 0
+        self.forwards = 0
+        self._lock = threading.Lock()
+
+    def forward(self, encodings: Sequence[Encoded]) -> FloatArray:
+        with self._lock:
+            self.forwards += 1
+            first = self.forwards == 1
+        # The engine's first forward is its warm-up: the server must not listen before it ends.
+        time.sleep(self.warm_up_s if first else self.forward_s)
+        if self.failing:
+            raise RuntimeError("the device fell off the bus")
+        with self._lock:
+            self.inputs_run += len(encodings)
+        return super().forward(encodings)

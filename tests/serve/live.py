@@ -13,6 +13,7 @@ from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
 from tei_ort.serve.engine_api import EngineAPI
 from tei_ort.serve.operations import ServeContext
+from tei_ort.serve.telemetry import Telemetry
 
 PAYLOAD_LIMIT = 64 * 1024
 
@@ -44,9 +45,12 @@ def serve(
     api_key: str | None = None,
     origins: tuple[str, ...] = (),
     payload_limit: int = PAYLOAD_LIMIT,
+    telemetry: Telemetry | None = None,
 ) -> Iterator[str]:
     """Yields the base URL; stops the server (and the engine) on exit."""
-    app = create_app(ctx, payload_limit=payload_limit, access=AccessPolicy(api_key, origins))
+    app = create_app(
+        ctx, payload_limit=payload_limit, access=AccessPolicy(api_key, origins), telemetry=telemetry
+    )
     # Sanic's TouchUp rewrites its HTTP class in place, once per process: a second app would fail.
     app.config.TOUCHUP = False
     port = free_port()

@@ -22,20 +22,13 @@ from tei_ort.engine import Engine, EngineConfig
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.serve import model_source
 from tei_ort.serve.settings import load_settings
+from tests.conftest import PACKAGE_CACHE as CACHE
+from tests.conftest import REPO
 from tests.serve.fakes import MINILM
 from tests.serve.live import context, free_port, serve
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-CACHE = REPO / ".cache" / "tests" / "hub"  # exported once, reused by the export's cache key
 TEXTS = ["What is Deep Learning?", "Paris is the capital of France.", "a" * 3000]
-
-
-@pytest.fixture(scope="session")
-def minilm_package() -> Path:
-    pytest.importorskip("torch")
-    settings = load_settings(["--variant", "fp32", "--huggingface-hub-cache", str(CACHE)], {})
-    return model_source.resolve(settings, "cpu").path
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +121,7 @@ def test_cli_default_model_end_to_end(minilm_package: Path, minilm: Model) -> No
         "PORT": str(port),
         "HUGGINGFACE_HUB_CACHE": str(CACHE),
         "VARIANT": "fp32",
+        "PROMETHEUS_PORT": "0",  # no second listener on 0.0.0.0:9000 from a test
         "PYTHONPATH": str(REPO),
     }
     env.pop("MODEL_ID", None)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import prometheus_client
 from sanic import Request
 from sanic.response import HTTPResponse
 
 from tei_ort.engine.config import default_tokenization_workers
 from tei_ort.package import Manifest, Task
+from tei_ort.serve.metrics import CONTENT_TYPE
 from tei_ort.serve.operations import JsonObject, ServeContext
 from tei_ort.serve.replies import json_response
+from tei_ort.serve.telemetry import Telemetry
 
 HEALTH_PATHS = ("/health", "/", "/ping")
 
@@ -66,7 +67,5 @@ async def info(request: Request) -> HTTPResponse:
 
 
 async def metrics(request: Request) -> HTTPResponse:
-    # The registry's metrics (TEI's te_* set is added by the observability work, issue 5).
-    return HTTPResponse(
-        prometheus_client.generate_latest(), content_type=prometheus_client.CONTENT_TYPE_LATEST
-    )
+    telemetry: Telemetry = request.app.ctx.telemetry
+    return HTTPResponse(telemetry.metrics.exposition(), content_type=CONTENT_TYPE)

@@ -169,6 +169,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "Tokenize",
         "TEI",
         [[{"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None}]],
+        metered=False,
     ),
-    Operation("/decode", decode, schemas.DecodeBody, "Token ids to text", "TEI", ["hello"]),
+    Operation(
+        "/decode", decode, schemas.DecodeBody, "Token ids to text", "TEI", ["hello"], metered=False
+    ),
 )

