@@ -59,12 +59,12 @@ def parse_args() -> argparse.Namespace:
 def _package(args: argparse.Namespace) -> Path:
     if args.package:
         return Path(args.package)
-    from tei_ort.export.pipeline import ExportOptions, export
+    from tei_ort.export.pipeline import export_model
 
-    start = time.perf_counter()
-    result = export(str(args.source), args.out / "package", ExportOptions())
-    print(f"export: {time.perf_counter() - start:.1f} s -> {result}")
-    return Path(result)
+    result = export_model(str(args.source), args.out / "package")
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    print(f"export: {'reused' if result.reused else stages} -> {result.path}")
+    return result.path
 
 
 def main() -> None:
