@@ -128,10 +128,11 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
 
     def static(method: CalibrationMethod, **extra: Any) -> Callable[[Path, Path], None]:
         def build(s: Path, d: Path) -> None:
-            # ORT's histogram calibrators stack every batch: they need one common shape.
-            width = max(f["input_ids"].shape[1] for f in feeds)
+            # ORT's histogram calibrators stack every batch, so they need one common shape, and
+            # hold every activation in memory: the batches up to 96 tokens, padded to 96.
+            width = 96
             same = [{k: np.pad(v, ((0, 0), (0, width - v.shape[1]))) for k, v in f.items()}
-                    for f in feeds]
+                    for f in feeds if f["input_ids"].shape[1] <= width]
             quantize_static(s, d, Reader(same), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, op_types_to_quantize=["MatMul"],

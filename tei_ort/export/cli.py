@@ -3,6 +3,7 @@ model-validation pipeline over a list of models.
 
     tei-export sentence-transformers/all-MiniLM-L6-v2 -o packages/minilm --variants fp32,int8
     tei-export validate --models ./models/minilm,./models/splade --out /tmp/validation
+    tei-export validate --models offline   # the models that install from PyPI
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from tei_ort import __version__
 from tei_ort.errors import TeiOrtError
+from tei_ort.export import offline_models
 from tei_ort.export.pipeline import ExportOptions, ExportResult, HubOptions, export_model
 from tei_ort.export.report import format_table, rows_for
 from tei_ort.package import Pooling, Task, VariantName
@@ -49,21 +51,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_validate(parsed: argparse.Namespace) -> int:
     """Export and validate each model; the table lists every variant; exit 1 when any fp32 fails
     (a failed fp16/int8 is recorded in its package and not served, which is not a CI failure)."""
-    models = [m.strip() for m in parsed.models.split(",") if m.strip()]
+    try:
+        models = offline_models.expand([m.strip() for m in parsed.models.split(",") if m.strip()])
+    except TeiOrtError as exc:
+        logger.error("%s", exc)
+        return 1
     with tempfile.TemporaryDirectory(prefix="tei-validate-") as tmp:
         root = parsed.out or Path(tmp)
         rows = []
         failed = False
-        for index, model in enumerate(models):
-            out = root / f"{index:02d}-{_slug(model)}"
+        for index, (name, model) in enumerate(models):
+            out = root / f"{index:02d}-{_slug(name)}"
             try:
                 result: ExportResult = export_model(model, out, _options(parsed), _hub(parsed))
             except TeiOrtError as exc:
-                logger.error("%s: %s", model, exc)
-                rows.append((model, "-", "-", "-", "-", "-", f"error: {exc}"))
+                logger.error("%s: %s", name, exc)
+                rows.append((name, "-", "-", "-", "-", "-", f"error: {exc}"))
                 failed = True
                 continue
-            rows += rows_for(model, result)
+            rows += rows_for(name, result)
             failed |= not result.manifest.variant(VariantName.FP32).is_servable
         print(format_table(rows))
     return 1 if failed else 0
@@ -111,7 +117,13 @@ def _validate_parser() -> argparse.ArgumentParser:
         prog="tei-export validate",
         description="Export and validate a list of models; print a table; exit 1 if any fp32 fails.",
     )
-    parser.add_argument("--models", required=True, help="comma-separated hub ids or folders")
+    parser.add_argument(
+        "--models",
+        required=True,
+        help="comma-separated hub ids, folders or offline model names ('offline' = all of: "
+        + ", ".join(offline_models.OFFLINE_MODELS)
+        + ")",
+    )
     parser.add_argument("--out", type=Path, help="keep the packages here (default: a temp folder)")
     _common(parser)
     return parser

@@ -159,7 +159,10 @@ def test_listens_after_warm_up_and_drains_on_sigterm(in_flight: int) -> None:
         _wait_for(lines, READY, seen)
         url = f"http://127.0.0.1:{port}"
         texts = [f"in flight {i}" for i in range(in_flight)]
-        with ThreadPoolExecutor(in_flight) as pool, httpx.Client(base_url=url) as client:
+        with (
+            ThreadPoolExecutor(in_flight) as pool,
+            httpx.Client(base_url=url, timeout=30) as client,
+        ):
             futures = [
                 pool.submit(httpx.post, f"{url}/embed", json={"inputs": t}, timeout=60)
                 for t in texts
