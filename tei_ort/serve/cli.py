@@ -18,6 +18,7 @@ from tei_ort.engine import Engine, EngineConfig
 from tei_ort.errors import TeiOrtError, ValidationError
 from tei_ort.package import Manifest, Pooling, Task
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.providers import PROVIDERS
 from tei_ort.runtime.providers import resolve as resolve_provider
 from tei_ort.serve import model_source
 from tei_ort.serve.access import AccessPolicy
@@ -84,6 +85,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         max_client_batch_size=settings.max_client_batch_size,
         auto_truncate=settings.auto_truncate,
         tokenization_workers=settings.tokenization_workers,
+        target_batch_tokens=PROVIDERS[model.provider].target_batch_tokens,
     )
     engine = Engine(model, config)
     ctx = ServeContext(

@@ -3,9 +3,10 @@ satisfies it structurally, and tests can drive the server with a fake that does 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from tei_ort.engine.config import EngineStats
+from tei_ort.engine.config import BatchReport, EngineStats
 from tei_ort.engine.types import (
     EmbedRequest,
     EmbedResult,
@@ -65,6 +66,8 @@ class EngineAPI(Protocol):
     async def check_health(self) -> bool: ...
 
     def stats(self) -> EngineStats: ...
+
+    def add_batch_listener(self, listener: Callable[[BatchReport], None]) -> None: ...
 
     async def embed(self, request: EmbedRequest) -> EmbedResult: ...
 

@@ -38,7 +38,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tei_ort import errors
-from tei_ort.engine.config import EngineStats
+from tei_ort.engine.config import BatchReport, EngineStats
 from tei_ort.engine.types import Metadata
 
 # _created series double the series count and TEI has none. Process-wide, and this is our process.
@@ -76,16 +76,12 @@ FAILURE_LABELS: dict[type[BaseException], str] = {
     asyncio.CancelledError: "dropped",  # the client went away; Sanic cancels its handler
 }
 INTERNAL = "internal"
-# Until the engine raises BatchSizeError, its ValidationError says so in TEI's words.
-_BATCH_SIZE_MESSAGE = re.compile(r"^batch size \d+ > maximum allowed batch size")
 
 
 def failure_label(exc: BaseException) -> str:
     for cls in type(exc).__mro__:
         label = FAILURE_LABELS.get(cls)
         if label is not None:
-            if label == "validation" and _BATCH_SIZE_MESSAGE.match(str(exc)):
-                return "batch_size"
             return label
     return INTERNAL
 
@@ -206,7 +202,6 @@ class Metrics:
         self.families = {family: _FamilyMetrics(family, registry) for family in Family}
         registry.register(_EngineCollector(stats, info))
         prometheus_client.ProcessCollector(registry=registry)
-        self._batches_seen = 0
 
     # -- per HTTP request ---------------------------------------------------------------------
 
@@ -235,14 +230,10 @@ class Metrics:
         metrics.phases.observe(total_s, metadata, times=inputs)
         observe_many(self.input_length, metadata.compute_tokens / max(inputs, 1), inputs)
 
-    def batches_formed(self, stats: EngineStats) -> None:
-        """Sampled: the engine reports its last batch only, so when several batches ended since
-        the previous call, only the last is observed (see the engine hook asked for in
-        ARCHITECTURE.md)."""
-        if stats.batches_total > self._batches_seen:
-            self._batches_seen = stats.batches_total
-            self.batch_size.observe(stats.batch_next_size)
-            self.batch_tokens.observe(stats.batch_next_tokens)
+    def batch_done(self, report: BatchReport) -> None:
+        """The engine's batch listener: every forward pass, failed ones included."""
+        self.batch_size.observe(report.size)
+        self.batch_tokens.observe(report.tokens)
 
     # -- exposition ---------------------------------------------------------------------------
 

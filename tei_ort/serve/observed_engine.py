@@ -6,10 +6,10 @@ engine know about Prometheus or OpenTelemetry."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from tei_ort.engine.config import EngineStats
+from tei_ort.engine.config import BatchReport, EngineStats
 from tei_ort.engine.types import (
     EmbedRequest,
     EmbedResult,
@@ -41,6 +41,7 @@ class ObservedEngine:
         self._engine = engine
         self._metrics = metrics
         self._tracing = tracing
+        engine.add_batch_listener(metrics.batch_done)
 
     @property
     def model(self) -> ModelView:
@@ -65,6 +66,9 @@ class ObservedEngine:
 
     def stats(self) -> EngineStats:
         return self._engine.stats()
+
+    def add_batch_listener(self, listener: Callable[[BatchReport], None]) -> None:
+        self._engine.add_batch_listener(listener)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         return await self._observe(Family.EMBED, len(request.inputs), self._engine.embed(request))
@@ -97,10 +101,7 @@ class ObservedEngine:
         started_ns = time.time_ns()
         started = time.perf_counter()
         self._metrics.inputs_received(family, inputs)
-        try:
-            result = await call
-        finally:
-            self._metrics.batches_formed(self._engine.stats())
+        result = await call
         self._metrics.inputs_answered(
             family, inputs, time.perf_counter() - started, result.metadata
         )

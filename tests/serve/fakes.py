@@ -7,14 +7,14 @@ from __future__ import annotations
 import importlib.metadata
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tei_ort import errors
-from tei_ort.engine.config import EngineStats
+from tei_ort.engine.config import BatchReport, EngineStats
 from tei_ort.engine.types import (
     EmbedInput,
     EmbedRequest,
@@ -152,6 +152,10 @@ class FakeEngine:
     batches: int = 0
     last_batch: int = 0
     last_tokens: int = 0
+    listeners: list[Callable[[BatchReport], None]] = field(default_factory=list)
+
+    def add_batch_listener(self, listener: Callable[[BatchReport], None]) -> None:
+        self.listeners.append(listener)
 
     @property
     def model(self) -> FakeModel:
@@ -201,7 +205,7 @@ class FakeEngine:
             raise errors.EmptyInput("`inputs` cannot be empty")
         limit = self.config.max_client_batch_size
         if count > limit:
-            raise errors.ValidationError(f"batch size {count} > maximum allowed batch size {limit}")
+            raise errors.BatchSizeError(f"batch size {count} > maximum allowed batch size {limit}")
 
     def _encode(
         self, inputs: Sequence[TextInput], tok: Tokenization
@@ -215,6 +219,9 @@ class FakeEngine:
         self.batches += 1
         self.last_batch, self.last_tokens = len(encoded), sum(len(e) for e in encoded)
         took = time.perf_counter() - started
+        padded = len(encoded) * max((len(e) for e in encoded), default=0)
+        for listener in self.listeners:
+            listener(BatchReport(self.last_batch, self.last_tokens, padded, 0.001, failed=False))
         return encoded, Metadata(
             chars, sum(len(e) for e in encoded), took, 0.0, 0.001, took + 0.001
         )
