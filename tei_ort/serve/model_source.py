@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -127,8 +126,9 @@ def _download(repo_id: str, settings: Settings) -> Path:
 
 def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
     """Export with tei_ort.export (cached: the same source, options and tool version reuse the
-    package). Imported here and only here, by name, so that the serving path never loads torch
-    and a server without the export extra still starts on packages."""
+    package). Imported here and only here, lazily, so that the serving path never loads torch and
+    a server without the export extra still starts on packages (the one import import-linter
+    allows from serve into export: see pyproject.toml)."""
     missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise PackageError(
@@ -137,7 +137,7 @@ def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
             "a machine that has it (pip install 'tei-ort[export]') and pass the package folder "
             "to --model-id."
         )
-    pipeline = importlib.import_module("tei_ort.export.pipeline")
+    from tei_ort.export import pipeline
     variant = settings.variant_name
     variants = (
         (VariantName.FP32, VariantName(variant))
