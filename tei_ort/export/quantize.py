@@ -40,9 +40,14 @@ I8 = npt.NDArray[np.int8]
 Feed = dict[str, npt.NDArray[np.int64]]
 
 _MS = "com.microsoft"
-# Smoothing strengths and zero points tried per layer; the lowest output error wins.
+# Smoothing strengths, zero points and static-range clip ratios tried per layer.
 _ALPHAS = (0.0, 0.5, 0.75)
+_STATIC_ALPHAS = (0.5, 0.75, 1.0)
 _ZERO_POINTS = (128, 96, 64, 32, 16)
+_CLIPS = (1.0, 0.9, 0.8)
+# A static range (no per-token work at run time) is used when its output error is within this
+# factor of the per-token error.
+_STATIC_TOLERANCE = 1.3
 _MAX_ROWS = 2048  # calibration tokens kept per layer: enough for a 1536-wide Hessian
 _GPTQ_BLOCK = 128
 _GPTQ_DAMP = 0.01
@@ -62,6 +67,7 @@ class LayerChoice:
     """What one group of weight MatMuls sharing an input got."""
 
     nodes: tuple[str, ...]
+    activation: str  # "per-token" (scale per row at run time) or "static" (calibrated)
     alpha: float  # smoothing strength; 0 = none
     zero_point: int  # activation zero point (uint8)
     error: float  # relative output error on the calibration rows, int8 vs fp32
@@ -111,20 +117,21 @@ def quantize_int8(
     rewritten = 0
     for index, group in enumerate(groups):
         x = rows[group.input]
-        alpha, zero_point, smooth = _choose(x, group.weights)
+        plan = _choose(x, group.weights)
         widths = np.cumsum([w.shape[1] for w in group.weights])[:-1]
         # Columns are independent in GPTQ: one run over the concatenated weights shares the
         # Hessian work among Q, K and V.
-        wq, ws = _gptq(np.concatenate(group.weights, 1) * smooth[:, None], x / smooth)
-        error = _error(x, group.weights, smooth, zero_point, wq, ws)
+        w = np.concatenate(group.weights, 1)
+        wq, ws = _gptq(w * plan.smooth[:, None], x / plan.smooth)
+        error = _error(x, w, plan, wq, ws)
         nodes = [graph.node[i] for i in group.nodes]
         names = tuple(n.name or n.output[0] for n in nodes)
         if error > _MAX_LAYER_ERROR:
             kept.extend(names)
             continue
-        layers.append(LayerChoice(names, alpha, zero_point, round(error, 5)))
+        layers.append(LayerChoice(names, plan.mode, plan.alpha, plan.zero_point, round(error, 5)))
         p = f"int8_{index}_"
-        rows_q = emit.quantize_rows(p, group.input, smooth if alpha else None, zero_point)
+        act = emit.quantize(p, group.input, plan)
         parts = zip(np.split(wq, widths, axis=1), np.split(ws, widths), strict=True)
         if nodes[0].op_type == "Attention":
             rewritten += 1
@@ -132,19 +139,16 @@ def quantize_int8(
             gemms = [
                 n
                 for j, (q, s) in enumerate(parts)
-                for n in emit.matmul(f"{p}{j}_", rows_q, q, s, qkv[j])
+                for n in emit.matmul(f"{p}{j}_", act, q, s, qkv[j])
             ]
-            new_nodes[group.nodes[0]] = [
-                *rows_q.nodes,
-                *gemms,
-                _multi_head_attention(nodes[0], qkv),
-            ]
+            mha = _multi_head_attention(nodes[0], qkv)
+            new_nodes[group.nodes[0]] = [*act.nodes, *gemms, mha]
         else:
-            new_nodes[group.nodes[0]] = list(rows_q.nodes)
+            new_nodes[group.nodes[0]] = list(act.nodes)
             for j, (position, node, (q, s)) in enumerate(
                 zip(group.nodes, nodes, parts, strict=True)
             ):
-                gemm = emit.matmul(f"{p}{j}_", rows_q, q, s, node.output[0])
+                gemm = emit.matmul(f"{p}{j}_", act, q, s, node.output[0])
                 new_nodes.setdefault(position, []).extend(gemm)
     spliced = [n for i, node in enumerate(graph.node) for n in new_nodes.get(i, [node])]
     del graph.node[:]
@@ -155,9 +159,10 @@ def quantize_int8(
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_onnx), save_as_external_data=model.ByteSize() > 1_800_000_000)
     return QuantizationReport(
-        method="per-token int8 activations, SmoothQuant + GPTQ int8 weights, calibrated",
+        method="int8 GEMMs, SmoothQuant + GPTQ weights, per-token or static activations",
         weights="int8 symmetric per output channel, GPTQ rounding",
-        activations="uint8, scale per token at run time, zero point per layer from calibration",
+        activations="uint8; scale per token at run time, or a calibrated static range where "
+        "that is as accurate; zero point per layer from calibration",
         ops="com.microsoft.MatMulIntegerToFloat (u8 x s8) after QuantizeLinear",
         layers=tuple(layers),
         kept_fp32=tuple(kept),
@@ -258,25 +263,41 @@ def _calibration_rows(
     return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
-def _smoothing(x: F32, weights: list[F32], alpha: float) -> F32:
+@dataclass(frozen=True)
+class _Plan:
+    """How one group's input is quantized."""
+
+    mode: str  # "per-token" or "static"
+    alpha: float
+    smooth: F32  # per input channel; x / smooth is what gets quantized
+    zero_point: int
+    scale: float = 0.0  # the static scale; per-token scales are computed in the graph
+
+
+def _smoothing(x: F32, w: F32, alpha: float) -> F32:
     """SmoothQuant: activation channel k is divided by s_k and weight row k multiplied by it,
     s = max|x_k|^alpha / max|w_k|^(1-alpha), normalized to a geometric mean of 1."""
     if alpha == 0.0:
         return np.ones(x.shape[1], np.float32)
     amax = np.maximum(np.abs(x).max(0), 1e-5)
-    wmax = np.maximum(np.abs(np.concatenate(weights, 1)).max(1), 1e-5)
+    wmax = np.maximum(np.abs(w).max(1), 1e-5)
     s = amax**alpha / wmax ** (1 - alpha)
     return np.asarray(s / np.exp(np.log(s).mean()), dtype=np.float32)
 
 
-def _fake_rows(x: F32, zero_point: int) -> F32:
-    """What the graph's prologue computes, in numpy: a scale per row that covers the row's
-    range around the fixed zero point, round, saturate, dequantize."""
-    hi = np.maximum(x.max(1, keepdims=True), 0) / (255 - zero_point)
-    lo = -np.minimum(x.min(1, keepdims=True), 0) / zero_point
-    scale = np.maximum(np.maximum(hi, lo), 1e-12)
-    q = np.clip(np.round(x / scale) + zero_point, 0, 255)
-    return np.asarray((q - zero_point) * scale, dtype=np.float32)
+def _fake(x: F32, plan: _Plan) -> F32:
+    """What the graph computes, in numpy: scale (per row, covering the row's range around the
+    fixed zero point, or static), round, saturate, dequantize."""
+    xs = x / plan.smooth
+    zp = plan.zero_point
+    if plan.mode == "static":
+        scale: F32 | float = plan.scale
+    else:
+        hi = np.maximum(xs.max(1, keepdims=True), 0) / (255 - zp)
+        lo = -np.minimum(xs.min(1, keepdims=True), 0) / zp
+        scale = np.maximum(np.maximum(hi, lo), 1e-12)
+    q = np.clip(np.round(xs / scale) + zp, 0, 255)
+    return np.asarray((q - zp) * scale, dtype=np.float32)
 
 
 def _round_to_nearest(w: F32) -> tuple[I8, F32]:
@@ -284,22 +305,40 @@ def _round_to_nearest(w: F32) -> tuple[I8, F32]:
     return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
-def _choose(x: F32, weights: list[F32]) -> tuple[float, int, F32]:
-    """The smoothing strength and zero point with the lowest output error, judged with
-    round-to-nearest weights (GPTQ lowers every candidate's error alike, at 20x the cost)."""
+def _candidates(x: F32, w: F32) -> list[_Plan]:
+    plans = []
+    for alpha in dict.fromkeys(_ALPHAS + _STATIC_ALPHAS):
+        smooth = _smoothing(x, w, alpha)
+        if alpha in _ALPHAS:
+            plans += [_Plan("per-token", alpha, smooth, zp) for zp in _ZERO_POINTS]
+        if alpha in _STATIC_ALPHAS:
+            xs = x / smooth
+            lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
+            for clip in _CLIPS:
+                scale = max((hi - lo) * clip / 255, 1e-12)
+                zp = int(np.clip(np.round(-lo * clip / scale), 1, 254))
+                plans.append(_Plan("static", alpha, smooth, zp, scale))
+    return plans
+
+
+def _choose(x: F32, weights: list[F32]) -> _Plan:
+    """The plan with the lowest output error, judged with round-to-nearest weights (GPTQ lowers
+    every candidate's error alike, at 20x the cost); static when within _STATIC_TOLERANCE of
+    the best per-token plan, since it skips the per-token work at run time."""
     sample = x[::2]
-    ref = sample @ np.concatenate(weights, 1)
-    best: tuple[float, float, int, F32] | None = None
-    for alpha in _ALPHAS:
-        smooth = _smoothing(x, weights, alpha)
-        q, s = _round_to_nearest(np.concatenate(weights, 1) * smooth[:, None])
-        deq = q.astype(np.float32) * s
-        for zp in _ZERO_POINTS:
-            err = float(np.linalg.norm(_fake_rows(sample / smooth, zp) @ deq - ref))
-            if best is None or err < best[0]:
-                best = (err, alpha, zp, smooth)
-    assert best is not None
-    return best[1], best[2], best[3]
+    w = np.concatenate(weights, 1)
+    ref = sample @ w
+    errors: dict[str, list[tuple[float, _Plan]]] = {"per-token": [], "static": []}
+    deq: dict[float, F32] = {}
+    for plan in _candidates(x, w):
+        if plan.alpha not in deq:
+            q, s = _round_to_nearest(w * plan.smooth[:, None])
+            deq[plan.alpha] = q.astype(np.float32) * s
+        err = float(np.linalg.norm(_fake(sample, plan) @ deq[plan.alpha] - ref))
+        errors[plan.mode].append((err, plan))
+    token = min(errors["per-token"], key=lambda e: e[0])
+    static = min(errors["static"], key=lambda e: e[0])
+    return static[1] if static[0] <= _STATIC_TOLERANCE * token[0] else token[1]
 
 
 def _gptq(w: F32, x: F32) -> tuple[I8, F32]:
@@ -331,23 +370,23 @@ def _gptq(w: F32, x: F32) -> tuple[I8, F32]:
     return q[np.argsort(order)].astype(np.int8), scale.astype(np.float32)
 
 
-def _error(x: F32, weights: list[F32], smooth: F32, zero_point: int, wq: I8, ws: F32) -> float:
-    ref = x @ np.concatenate(weights, 1)
-    out = _fake_rows(x / smooth, zero_point) @ (wq.astype(np.float32) * ws)
+def _error(x: F32, w: F32, plan: _Plan, wq: I8, ws: F32) -> float:
+    ref = x @ w
+    out = _fake(x, plan) @ (wq.astype(np.float32) * ws)
     return float(np.linalg.norm(out - ref) / max(float(np.linalg.norm(ref)), 1e-12))
 
 
 @dataclass(frozen=True)
-class _QuantizedRows:
+class _Quantized:
     nodes: tuple[onnx.NodeProto, ...]
-    q: str  # uint8 rows
-    scale: str  # (..., 1) float: each row's scale
-    one: str
+    q: str  # the uint8 activation
+    scale: str  # the GEMM's activation scale: the static scale, or 1 with per-token scaling
     zero_point: str
+    row_scale: str | None  # (..., 1) per-token scales to multiply the GEMM output by
 
 
 class _Emitter:
-    """Writes the per-token quantization prologue and the int8 GEMMs into the graph."""
+    """Writes the activation quantization and the int8 GEMMs into the graph."""
 
     def __init__(self, graph: onnx.GraphProto, opset: int) -> None:
         self.graph = graph
@@ -364,15 +403,24 @@ class _Emitter:
             )
         return helper.make_node(op, [x], [out], name=out, axes=[-1], keepdims=1)
 
-    def quantize_rows(self, p: str, x: str, smooth: F32 | None, zp: int) -> _QuantizedRows:
-        """q = saturate(round(x / s_row) + zp), s_row = max(max(x)/(255-zp), -min(x)/zp)."""
+    def quantize(self, p: str, x: str, plan: _Plan) -> _Quantized:
+        """static: q = saturate(round(x / scale) + zp), one pass.
+        per-token: the same with scale_row = max(max(x)/(255-zp), -min(x)/zp) per row."""
         nodes = []
-        if smooth is not None:
-            inv = self.const(p + "inv_smooth", 1 / smooth)
+        if plan.alpha:
+            inv = self.const(p + "inv_smooth", 1 / plan.smooth)
             nodes.append(helper.make_node("Mul", [x, inv], [p + "xs"], name=p + "smooth"))
             x = p + "xs"
-        hi, lo = self.const(p + "c_hi", 1 / (255 - zp)), self.const(p + "c_lo", -1 / zp)
-        one, zero = self.const(p + "one", 1.0), self.const(p + "zp", zp, np.uint8)
+        zp = self.const(p + "zp", plan.zero_point, np.uint8)
+        if plan.mode == "static":
+            scale = self.const(p + "scale", plan.scale)
+            nodes.append(
+                helper.make_node("QuantizeLinear", [x, scale, zp], [p + "q"], name=p + "q")
+            )
+            return _Quantized(tuple(nodes), p + "q", scale, zp, None)
+        hi = self.const(p + "c_hi", 1 / (255 - plan.zero_point))
+        lo = self.const(p + "c_lo", -1 / plan.zero_point)
+        one = self.const(p + "one", 1.0)
         nodes += [
             self._reduce("ReduceMax", x, p + "max"),
             self._reduce("ReduceMin", x, p + "min"),
@@ -387,28 +435,31 @@ class _Emitter:
             ),
             helper.make_node("Reciprocal", [p + "s"], [p + "inv"], name=p + "inv"),
             helper.make_node("Mul", [x, p + "inv"], [p + "xn"], name=p + "xn"),
-            # QuantizeLinear takes only a scalar zero point, so the row scale was applied above
-            # and scale 1 here just rounds, shifts and saturates, in one vectorized kernel.
-            helper.make_node("QuantizeLinear", [p + "xn", one, zero], [p + "q"], name=p + "q"),
+            # QuantizeLinear takes one scale per tensor (or per channel, but ORT's per-axis
+            # kernel is slower than this Mul), so rows are scaled above and scale 1 here just
+            # rounds, shifts and saturates.
+            helper.make_node("QuantizeLinear", [p + "xn", one, zp], [p + "q"], name=p + "q"),
         ]
-        return _QuantizedRows(tuple(nodes), p + "q", p + "s", one, zero)
+        return _Quantized(tuple(nodes), p + "q", one, zp, p + "s")
 
-    def matmul(
-        self, p: str, rows: _QuantizedRows, wq: I8, ws: F32, out: str
-    ) -> list[onnx.NodeProto]:
-        """u8 x s8 GEMM with the per-channel weight scales fused, then the per-row scale."""
+    def matmul(self, p: str, act: _Quantized, wq: I8, ws: F32, out: str) -> list[onnx.NodeProto]:
+        """u8 x s8 GEMM with the weight scales fused, then the per-token scale if any."""
         inputs = [
-            rows.q,
+            act.q,
             self.const(p + "w", wq, np.int8),
-            rows.one,
+            act.scale,
             self.const(p + "w_scale", ws),
-            rows.zero_point,
+            act.zero_point,
         ]
+        if act.row_scale is None:
+            return [
+                helper.make_node("MatMulIntegerToFloat", inputs, [out], name=p + "gemm", domain=_MS)
+            ]
         return [
             helper.make_node(
                 "MatMulIntegerToFloat", inputs, [p + "acc"], name=p + "gemm", domain=_MS
             ),
-            helper.make_node("Mul", [p + "acc", rows.scale], [out], name=p + "rescale"),
+            helper.make_node("Mul", [p + "acc", act.row_scale], [out], name=p + "rescale"),
         ]
 
 

@@ -34,10 +34,13 @@ async def test_concurrent_requests_share_batches_and_match_one_at_a_time() -> No
         assert len(model.batches) == 60
         model.batches.clear()
         model.gate.clear()
+        while model.entered.acquire(blocking=False):  # forget the 60 forwards above
+            pass
         blocker = asyncio.create_task(engine.embed(EmbedRequest(["blocker"])))
         await forward_started(model)
         tasks = [asyncio.create_task(engine.embed(EmbedRequest([t]))) for t in texts]
-        await until(lambda: engine.stats().in_flight == 61 and engine.stats().queue_size > 0)
+        # All 60 tokenized and queued (they cannot fill a batch, so none is prepared ahead).
+        await until(lambda: engine.stats().in_flight == 61 and engine.stats().queue_size == 60)
         model.gate.set()
         together = [(await task).embeddings[0] for task in tasks]
         await blocker

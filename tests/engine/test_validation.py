@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tei_ort.engine import EmbedRequest, Engine, PredictRequest, RerankRequest, Tokenization
-from tei_ort.errors import EmptyInput, TeiOrtError, ValidationError, WrongModelType
+from tei_ort.errors import BatchSizeError, EmptyInput, TeiOrtError, ValidationError, WrongModelType
 from tei_ort.package import Task
 from tests.engine.conftest import asynchronous, running
 from tests.engine.fakes import FakeModel
@@ -28,7 +28,7 @@ CASES: list[tuple[str, Task, Call, type[TeiOrtError], str]] = [
         "too many inputs",
         Task.EMBEDDING,
         lambda e: e.embed(EmbedRequest(["a"] * 5)),
-        ValidationError,
+        BatchSizeError,
         "batch size 5 > maximum allowed batch size 4",
     ),
     ("empty ids", Task.EMBEDDING, lambda e: e.embed(EmbedRequest([[]])), EmptyInput, "token-id"),
@@ -150,7 +150,7 @@ CASES: list[tuple[str, Task, Call, type[TeiOrtError], str]] = [
         "too many texts",
         Task.RERANKER,
         lambda e: e.rerank(RerankRequest("q", ["a"] * 5)),
-        ValidationError,
+        BatchSizeError,
         "batch size 5 > maximum allowed batch size 4",
     ),
     ("empty tokenize", Task.EMBEDDING, lambda e: e.tokenize([], True, None), EmptyInput, "inputs"),

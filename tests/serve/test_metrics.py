@@ -155,7 +155,8 @@ def test_separate_prometheus_listener(fake_models: dict[Task, FakeModel]) -> Non
 def test_failure_label_table() -> None:
     assert metrics.failure_label(asyncio.CancelledError()) == "dropped"
     assert metrics.failure_label(errors.EmptyInput("x")) == "validation"
-    assert metrics.failure_label(errors.ValidationError("batch size 3 > maximum allowed batch size 2")) == "batch_size"  # fmt: skip
+    assert metrics.failure_label(errors.BatchSizeError("batch size 3 > max 2")) == "batch_size"
+    assert metrics.failure_label(errors.ValidationError("bad dimensions")) == "validation"
     assert metrics.failure_label(errors.Unhealthy("x")) == "unhealthy"
     assert metrics.input_length_buckets(512)[-1] == 512
     assert (
