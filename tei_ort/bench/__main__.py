@@ -154,7 +154,7 @@ def _raw_short_query(model: Model) -> Measurement:
 def _ratios(measurements: list[Measurement], extra: dict[str, object]) -> None:
     by_name = {m.name: m for m in measurements}
     server_best = max(
-        (m for m in measurements if m.group == "server" and m.concurrency),
+        (m for m in measurements if m.name.startswith("server c=")),
         key=lambda m: m.tokens_per_s,
         default=None,
     )

