@@ -11,21 +11,11 @@ import argparse
 import time
 from pathlib import Path
 
+from tei_ort.bench.engines import budget_batches
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
 
 BUDGETS = (1024, 2048, 4096, 8192, 16384)
-
-
-def batches(lengths: list[int], order: list[int], budget: int) -> list[list[int]]:
-    out: list[list[int]] = []
-    current: list[int] = []
-    for index in order:  # ascending length: the newest item is the longest
-        if current and lengths[index] * (len(current) + 1) > budget:
-            out.append(current)
-            current = []
-        current.append(index)
-    return [*out, current]
 
 
 def main() -> None:
@@ -40,10 +30,9 @@ def main() -> None:
         model = Model.load(args.package, options)
         encodings = model.encode(texts)
         lengths = [len(e) for e in encodings]
-        order = sorted(range(len(encodings)), key=lambda i: lengths[i])
         rates = {}
         for budget in BUDGETS:
-            plan = batches(lengths, order, budget)
+            plan = budget_batches(encodings, budget)
             best = float("inf")
             for _ in range(3):
                 start = time.perf_counter()

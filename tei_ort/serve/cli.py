@@ -74,6 +74,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             provider=provider.value,
             variant=settings.variant_name,
             intra_op_threads=settings.intra_op_threads,
+            allow_spinning=settings.ort_spinning,
             allow_unvalidated=resolved.allow_unvalidated,
         ),
     )

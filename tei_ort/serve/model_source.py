@@ -138,6 +138,7 @@ def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
             "to --model-id."
         )
     from tei_ort.export import pipeline
+
     variant = settings.variant_name
     variants = (
         (VariantName.FP32, VariantName(variant))

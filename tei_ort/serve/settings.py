@@ -49,6 +49,9 @@ class Settings(pydantic.BaseModel):
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     variant: Literal["fp32", "fp16", "int8"] | None = None
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
+    # Off: on a 2-core machine spinning ORT threads starve the event loop and tokenizer threads
+    # (server tok/s 1.2-1.4x higher without, python -m tei_ort.bench --serve-args, see the note).
+    ort_spinning: bool = False
     # batching and limits
     max_concurrent_requests: int = pydantic.Field(default=512, ge=1)
     max_batch_tokens: int = pydantic.Field(default=16384, ge=1)
@@ -158,6 +161,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "intra_op_threads",
         "ONNX Runtime intra-op threads. Default: one per physical core.",
+    ),
+    Flag(
+        "ort_spinning",
+        "Let ONNX Runtime's threads busy-wait between operators: lower latency in "
+        "isolation, but the spinning threads compete with tokenization and HTTP work. "
+        "Default: false.",
+        kind="bool",
     ),
     Flag(
         "max_concurrent_requests",
