@@ -50,6 +50,7 @@ _CLIPS = (1.0, 0.9, 0.8)
 # feels) stays within this factor of full per-token quantization's.
 _MODES = ("static", "per-token-max", "per-token")
 _TOLERANCE = 1.1
+_RANK = "fro"
 _MAX_ROWS = 2048  # calibration tokens kept per layer: enough for a 1536-wide Hessian
 _GPTQ_BLOCK = 128
 _GPTQ_DAMP = 0.01
@@ -289,11 +290,17 @@ def _calibration_rows(
     for feed in calibration:
         outs = session.run(wanted, {k: v for k, v in feed.items() if k in inputs})
         mask = feed["attention_mask"].astype(bool)
+        lengths = mask.sum(1)
         for name, out in zip(wanted, outs, strict=True):
             arr = np.asarray(out, dtype=np.float32)
-            real = arr[mask] if arr.shape[:2] == mask.shape else arr.reshape(-1, arr.shape[-1])
+            if arr.shape[:2] == mask.shape:
+                real = arr[mask]
+                weight = np.repeat(1.0 / lengths, lengths)
+            else:
+                real = arr.reshape(-1, arr.shape[-1])
+                weight = np.ones(len(real))
             if len(real) > quota:
-                real = real[rng.choice(len(real), quota, replace=False)]
+                real = real[rng.choice(len(real), quota, replace=False, p=weight / weight.sum())]
             found[name].append(real)
     return {name: np.concatenate(parts) for name, parts in found.items()}
 
@@ -371,9 +378,10 @@ def _choose(x: F32, weights: list[F32]) -> _Plan:
             q, s = _round_to_nearest(w * plan.smooth[:, None])
             deq[plan.alpha] = q.astype(np.float32) * s
         diff = _fake(sample, plan) @ deq[plan.alpha] - ref
-        err = float(np.linalg.norm(diff))
+        tail = float(np.percentile(np.linalg.norm(diff, axis=1) / ref_norms, 99))
+        fro = float(np.linalg.norm(diff))
+        err = {"fro": fro, "tail": tail, "mix": fro / float(np.linalg.norm(ref)) + tail}[_RANK]
         if plan.mode not in best or err < best[plan.mode][0]:
-            tail = float(np.percentile(np.linalg.norm(diff, axis=1) / ref_norms, 99))
             best[plan.mode] = (err, tail, plan)
     limit = _TOLERANCE * best["per-token"][1]
     return next(best[m][2] for m in _MODES if m in best and best[m][1] <= limit)

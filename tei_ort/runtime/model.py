@@ -41,7 +41,7 @@ class RuntimeOptions:
     provider: str = "auto"  # "auto", "cpu" or "cuda"
     variant: str | None = None  # None: the provider's best variant that passed validation
     intra_op_threads: int | None = None
-    allow_spinning: bool = True
+    allow_spinning: bool = False  # see SessionOptions
     device_id: int = 0
     # Serve a variant whose validation failed or is missing (never the default).
     allow_unvalidated: bool = False
