@@ -26,18 +26,19 @@ TABLE_PLACEHOLDER
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 F32 = npt.NDArray[np.float32]
 I8 = npt.NDArray[np.int8]
-Feed = dict[str, npt.NDArray[np.int64]]
 
 _MS = "com.microsoft"
 # Smoothing strengths, zero points and static-range clip ratios tried per layer.
@@ -50,7 +51,6 @@ _CLIPS = (1.0, 0.9, 0.8)
 # feels) stays within this factor of full per-token quantization's.
 _MODES = ("static", "per-token-max", "per-token")
 _TOLERANCE = 1.1
-_RANK = "fro"
 _MAX_ROWS = 2048  # calibration tokens kept per layer: enough for a 1536-wide Hessian
 _GPTQ_BLOCK = 128
 _GPTQ_DAMP = 0.01
@@ -104,7 +104,7 @@ class _Group:
 
 
 def quantize_int8(
-    fp32_onnx: Path, out_onnx: Path, calibration: Sequence[Feed]
+    fp32_onnx: Path, out_onnx: Path, calibration: Sequence[Mapping[str, npt.NDArray[Any]]]
 ) -> QuantizationReport:
     """Quantize `fp32_onnx` (an optimum export, BERT-fused or not) into `out_onnx`, calibrated
     on `calibration`: ORT feeds of real text, whose attention masks pick the real tokens."""
@@ -115,69 +115,38 @@ def quantize_int8(
     groups = _find_groups(graph)
     rows = _calibration_rows(model, [g.input for g in groups], calibration)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    emit = _Emitter(graph, opset)
-    consumers = _consumers(graph)
-    new_nodes: dict[int, list[onnx.NodeProto]] = {}
+    rewrite = _Rewriter(graph, opset)
     layers: list[LayerChoice] = []
     kept: list[str] = []
-    rewritten = 0
     for index, group in enumerate(groups):
         x = rows[group.input]
         plan = _choose(x, group.weights)
-        widths = np.cumsum([w.shape[1] for w in group.weights])[:-1]
+        w = np.concatenate(group.weights, 1)
         # Columns are independent in GPTQ: one run over the concatenated weights shares the
         # Hessian work among Q, K and V.
-        w = np.concatenate(group.weights, 1)
         wq, ws = _gptq(w * plan.smooth[:, None], x / plan.smooth)
         error = _error(x, w, plan, wq, ws)
-        nodes = [graph.node[i] for i in group.nodes]
-        names = tuple(n.name or n.output[0] for n in nodes)
+        names = tuple(graph.node[i].name or graph.node[i].output[0] for i in group.nodes)
         if error > _MAX_LAYER_ERROR:
             kept.extend(names)
             continue
+        rewrite.group(f"int8_{index}_", group, plan, wq, ws)
         layers.append(LayerChoice(names, plan.mode, plan.alpha, plan.zero_point, round(error, 5)))
-        p = f"int8_{index}_"
-        act = emit.quantize(p, group.input, plan)
-        parts = zip(np.split(wq, widths, axis=1), np.split(ws, widths), strict=True)
-        if nodes[0].op_type == "Attention":
-            rewritten += 1
-            qkv = [f"{p}{j}_out" for j in range(3)]
-            gemms = [
-                n
-                for j, (q, s) in enumerate(parts)
-                for n in emit.matmul(f"{p}{j}_", act, q, s, qkv[j])
-            ]
-            mha = _multi_head_attention(nodes[0], qkv)
-            new_nodes[group.nodes[0]] = [*act.nodes, *gemms, mha]
-        else:
-            new_nodes[group.nodes[0]] = list(act.nodes)
-            for j, (position, node, (q, s)) in enumerate(
-                zip(group.nodes, nodes, parts, strict=True)
-            ):
-                out, bias = node.output[0], ""
-                fold = _bias_add(graph, consumers, out) if act.row_scale is None else None
-                if fold is not None:  # the GEMM adds the bias itself: one pass less
-                    add, bias, out = fold
-                    new_nodes[add] = []
-                gemm = emit.matmul(f"{p}{j}_", act, q, s, out, bias)
-                new_nodes.setdefault(position, []).extend(gemm)
-    spliced = [n for i, node in enumerate(graph.node) for n in new_nodes.get(i, [node])]
-    del graph.node[:]
-    graph.node.extend(spliced)
-    _drop_unused_initializers(graph)
+    rewrite.splice()
     if not any(o.domain == _MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(_MS, 1))
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out_onnx), save_as_external_data=model.ByteSize() > 1_800_000_000)
+    big = model.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit
+    onnx.save(model, str(out_onnx), save_as_external_data=big, location=out_onnx.name + ".data")
     return QuantizationReport(
-        method="int8 GEMMs, SmoothQuant + GPTQ weights, per-token or static activations",
+        method="int8 GEMMs; SmoothQuant + GPTQ weights; per-token or static activations",
         weights="int8 symmetric per output channel, GPTQ rounding",
-        activations="uint8; scale per token at run time, or a calibrated static range where "
-        "that is as accurate; zero point per layer from calibration",
+        activations="uint8; scale per token at run time, or a calibrated static scale where "
+        "its worst tokens fare as well; zero point per layer from calibration",
         ops="com.microsoft.MatMulIntegerToFloat (u8 x s8) after QuantizeLinear",
         layers=tuple(layers),
         kept_fp32=tuple(kept),
-        attention_rewritten=rewritten,
+        attention_rewritten=rewrite.attention_rewritten,
         calibration_tokens=int(sum(int(f["attention_mask"].sum()) for f in calibration)),
     )
 
@@ -263,11 +232,14 @@ def _multi_head_attention(node: onnx.NodeProto, qkv: list[str]) -> onnx.NodeProt
 
 
 def _calibration_rows(
-    model: onnx.ModelProto, tensors: list[str], calibration: Sequence[Feed]
+    model: onnx.ModelProto,
+    tensors: list[str],
+    calibration: Sequence[Mapping[str, npt.NDArray[Any]]],
 ) -> dict[str, F32]:
-    """Each group's input on the real (unmasked) tokens, subsampled to about _MAX_ROWS rows."""
-    import onnxruntime as ort
-
+    """Each group's input on the real (unmasked) tokens, subsampled to about _MAX_ROWS rows.
+    A token is drawn with weight 1/(its text's length), as mean pooling weighs it: a 5-token
+    text's [CLS] and [SEP] rows (outliers in BERT) move its embedding far more than one token
+    of a long passage does, and uniform sampling all but ignores them."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     wanted = list(dict.fromkeys(tensors))
@@ -290,12 +262,12 @@ def _calibration_rows(
     for feed in calibration:
         outs = session.run(wanted, {k: v for k, v in feed.items() if k in inputs})
         mask = feed["attention_mask"].astype(bool)
-        lengths = mask.sum(1)
+        lengths = np.maximum(mask.sum(1), 1)
         for name, out in zip(wanted, outs, strict=True):
             arr = np.asarray(out, dtype=np.float32)
             if arr.shape[:2] == mask.shape:
                 real = arr[mask]
-                weight = np.repeat(1.0 / lengths, lengths)
+                weight = np.repeat(1.0 / lengths, mask.sum(1))
             else:
                 real = arr.reshape(-1, arr.shape[-1])
                 weight = np.ones(len(real))
@@ -352,8 +324,9 @@ def _candidates(x: F32, w: F32) -> list[_Plan]:
     for alpha in dict.fromkeys(_ALPHAS + _STATIC_ALPHAS):
         smooth = _smoothing(x, w, alpha)
         if alpha in _ALPHAS:
-            plans += [_Plan(m, alpha, smooth, zp) for m in _MODES[1:] for zp in _ZERO_POINTS]
-        if alpha in _STATIC_ALPHAS:
+            dynamic = [m for m in _MODES if m != "static"]
+            plans += [_Plan(m, alpha, smooth, zp) for m in dynamic for zp in _ZERO_POINTS]
+        if alpha in _STATIC_ALPHAS and "static" in _MODES:
             xs = x / smooth
             lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
             for clip in _CLIPS:
@@ -378,13 +351,12 @@ def _choose(x: F32, weights: list[F32]) -> _Plan:
             q, s = _round_to_nearest(w * plan.smooth[:, None])
             deq[plan.alpha] = q.astype(np.float32) * s
         diff = _fake(sample, plan) @ deq[plan.alpha] - ref
-        tail = float(np.percentile(np.linalg.norm(diff, axis=1) / ref_norms, 99))
-        fro = float(np.linalg.norm(diff))
-        err = {"fro": fro, "tail": tail, "mix": fro / float(np.linalg.norm(ref)) + tail}[_RANK]
+        err = float(np.linalg.norm(diff))
         if plan.mode not in best or err < best[plan.mode][0]:
+            tail = float(np.percentile(np.linalg.norm(diff, axis=1) / ref_norms, 99))
             best[plan.mode] = (err, tail, plan)
-    limit = _TOLERANCE * best["per-token"][1]
-    return next(best[m][2] for m in _MODES if m in best and best[m][1] <= limit)
+    limit = _TOLERANCE * best[_MODES[-1]][1]
+    return next(best[m][2] for m in _MODES if best[m][1] <= limit)
 
 
 def _gptq(w: F32, x: F32) -> tuple[I8, F32]:
@@ -431,12 +403,54 @@ class _Quantized:
     row_scale: str | None  # (..., 1) per-token scales to multiply the GEMM output by
 
 
-class _Emitter:
-    """Writes the activation quantization and the int8 GEMMs into the graph."""
+class _Rewriter:
+    """Writes the activation quantization and the int8 GEMMs into the graph, in place of the
+    fp32 MatMuls (and Attention QKV GEMMs); `splice` then puts every new node in order."""
 
     def __init__(self, graph: onnx.GraphProto, opset: int) -> None:
         self.graph = graph
         self.opset = opset
+        self.consumers = _consumers(graph)
+        self.new_nodes: dict[int, list[onnx.NodeProto]] = {}  # position -> its replacement
+        self.attention_rewritten = 0
+
+    def group(self, p: str, group: _Group, plan: _Plan, wq: I8, ws: F32) -> None:
+        act = self.quantize(p, group.input, plan)
+        widths = np.cumsum([w.shape[1] for w in group.weights])[:-1]
+        parts = list(zip(np.split(wq, widths, axis=1), np.split(ws, widths), strict=True))
+        first = self.graph.node[group.nodes[0]]
+        if first.op_type == "Attention":
+            self.attention_rewritten += 1
+            qkv = [f"{p}{j}_out" for j in range(3)]
+            gemms = [
+                n
+                for j, (q, s) in enumerate(parts)
+                for n in self.matmul(f"{p}{j}_", act, q, s, qkv[j])
+            ]
+            mha = _multi_head_attention(first, qkv)
+            self.new_nodes[group.nodes[0]] = [*act.nodes, *gemms, mha]
+            return
+        # The quantization goes before the group's first MatMul, where its input exists.
+        self.new_nodes[group.nodes[0]] = list(act.nodes)
+        for j, (position, (q, s)) in enumerate(zip(group.nodes, parts, strict=True)):
+            out, bias = self.graph.node[position].output[0], ""
+            fold = None if act.row_scale else _bias_add(self.graph, self.consumers, out)
+            if fold is not None:  # the GEMM adds the bias itself: one pass less
+                add, bias, out = fold
+                self.new_nodes[add] = []
+            self.new_nodes.setdefault(position, []).extend(
+                self.matmul(f"{p}{j}_", act, q, s, out, bias)
+            )
+
+    def splice(self) -> None:
+        graph = self.graph
+        nodes = [n for i, node in enumerate(graph.node) for n in self.new_nodes.get(i, [node])]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        keep = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
 
     def const(self, name: str, value: npt.ArrayLike, dtype: type[np.generic] = np.float32) -> str:
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), name))
@@ -503,13 +517,6 @@ class _Emitter:
             ),
             helper.make_node("Mul", [p + "acc", act.row_scale], [out], name=p + "rescale"),
         ]
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
 
 
 def quantized_op_counts(path: Path) -> dict[str, int]:
