@@ -8,6 +8,8 @@ Layout of a package folder::
     model.onnx           fp32 graph (fused); other variants beside it (model.fp16.onnx, model.int8.onnx)
     dense_0.npz ...      sentence-transformers Dense layers (weight (out, in), bias (out,)), if any
     config.json          the source config.json, kept for reference
+    export.json          the export's cache key (source hashes, options, tool version): a second
+                         export of the same input reuses the package; absent after a failed export
 
 The manifest is the only thing the serving path reads to know what a graph does. Every graph takes
 `input_ids`, `attention_mask` and, when `Manifest.uses_token_type_ids`, `token_type_ids`, each
