@@ -6,7 +6,10 @@ without it is an error, not a silent fallback: a user who asked for a GPU should
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import enum
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,18 +57,43 @@ def _usable(provider: Provider) -> bool:
 
 
 def _cuda_device_count() -> int:
-    import ctypes
-
-    for lib in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
-        try:
-            cudart = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if cudart.cudaGetDeviceCount(ctypes.byref(count)) == 0:
-            return int(count.value)
+    cudart = _load_cudart()
+    if cudart is None:
         return 0
+    count = ctypes.c_int(0)
+    if cudart.cudaGetDeviceCount(ctypes.byref(count)) == 0:
+        return int(count.value)
     return 0
+
+
+_CUDART_NAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so")
+
+
+def _load_cudart() -> ctypes.CDLL | None:
+    """The CUDA runtime from the loader's path (a CUDA image, LD_LIBRARY_PATH), else from the
+    nvidia-* pip packages through onnxruntime's own preload_dlls (pip installs of CUDA)."""
+    for attempt in range(2):
+        for lib in _CUDART_NAMES:
+            try:
+                return ctypes.CDLL(lib)
+            except OSError:
+                continue
+        if attempt == 0 and not _preload_pip_cuda():
+            return None
+    return None
+
+
+def _preload_pip_cuda() -> bool:
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    # preload_dlls prints each library it cannot find; on a machine without CUDA that is noise.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            preload(cuda=True, cudnn=True)
+        except Exception:  # it raises on odd installs; no CUDA then
+            return False
+    return True
 
 
 def resolve(name: str) -> Provider:

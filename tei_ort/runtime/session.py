@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from tei_ort.errors import BackendError, PackageError
+from tei_ort.errors import BackendError, PackageError, ProviderUnavailable
 from tei_ort.runtime.padding import Feeds
 from tei_ort.runtime.providers import PROVIDERS, Provider, ort_providers
 
@@ -50,6 +50,14 @@ class GraphSession:
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph classes
             raise PackageError(f"{graph}: ONNX Runtime could not load it ({exc})") from exc
+        placed = self._session.get_providers()
+        if placed[0] != PROVIDERS[provider].ort_name:
+            # ORT falls back to the CPU, with only a log line, when the CUDA EP cannot load.
+            raise ProviderUnavailable(
+                f"{PROVIDERS[provider].ort_name} could not be created (ONNX Runtime placed the "
+                f"graph on {', '.join(placed)}); it needs CUDA 13 and cuDNN 9 libraries on the "
+                "loader's path (LD_LIBRARY_PATH) or onnxruntime-gpu[cuda,cudnn], or use --provider cpu"
+            )
         self.provider = provider
         self.output_name = output_name
         self.input_names = frozenset(i.name for i in self._session.get_inputs())

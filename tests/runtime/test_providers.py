@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from tei_ort.errors import ProviderUnavailable
 from tei_ort.runtime import providers
 from tei_ort.runtime.providers import Provider
+from tei_ort.runtime.session import GraphSession, SessionOptions
 
 
 def test_cpu_is_always_available() -> None:
@@ -34,3 +39,27 @@ def test_cuda_provider_keeps_cpu_fallback_for_unsupported_nodes() -> None:
         ("CUDAExecutionProvider", {"device_id": 1}),
         "CPUExecutionProvider",
     ]
+
+
+@pytest.mark.skipif(Provider.CUDA in providers.available(), reason="this machine has CUDA")
+def test_a_cuda_session_that_ort_put_on_the_cpu_is_an_error(tmp_path: Path) -> None:
+    # onnxruntime-gpu without the CUDA libraries logs one line and runs on the CPU; we refuse.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path
+    )
+    with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider could not be created"):
+        GraphSession(path, Provider.CUDA, "y", SessionOptions())
+    assert GraphSession(path, Provider.CPU, "y", SessionOptions()).provider is Provider.CPU
+
+
+def test_no_cuda_runtime_means_no_cuda_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(providers, "_load_cudart", lambda: None)
+    assert providers._cuda_device_count() == 0
+    assert Provider.CUDA not in providers.available()
