@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--package", type=Path, required=True, help="package with an fp16 variant")
     p.add_argument("--source", type=Path, required=True, help="sentence-transformers folder")
     p.add_argument("--reference", type=Path, help="npz with texts and reference embeddings")
-    p.add_argument("--texts", type=int, default=2048)
+    p.add_argument("--texts", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("bench-out/gpu"))
     return p.parse_args()
