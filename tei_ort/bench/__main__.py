@@ -73,7 +73,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     package = _package(args)
     texts = corpus.mixed(args.texts)
-    probe = Model.load(package, RuntimeOptions(provider="cpu", allow_unvalidated=True))
+    # The first provider's default variant: what the server serves there (the short-query floor).
+    probe = Model.load(package, RuntimeOptions(provider=args.providers.split(",")[0]))
     token_counts = [len(e) for e in probe.encode(texts)]
     tokens = sum(token_counts)
     print(

@@ -51,8 +51,11 @@ class Server:
 @contextmanager
 def running_server(package: Path, extra_args: Sequence[str], log: Path) -> Iterator[Server]:
     port = _free_port()
+    script = Path(sys.executable).parent / "tei-serve"
+    # The installed command; `python -m tei_ort.serve` where the package is only on the path.
+    launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "tei_ort.serve"]
     command = [
-        str(Path(sys.executable).parent / "tei-serve"),
+        *launcher,
         "--model-id",
         str(package),
         "--hostname",

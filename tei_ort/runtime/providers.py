@@ -119,5 +119,9 @@ def resolve(name: str) -> Provider:
 def ort_providers(provider: Provider, device_id: int) -> list[Any]:
     spec = PROVIDERS[provider]
     if provider is Provider.CUDA:
-        return [(spec.ort_name, {"device_id": device_id}), "CPUExecutionProvider"]
+        # use_tf32 off: ORT's default rounds fp32 MatMul inputs to TF32 (10-bit mantissa), which
+        # moved a fp32 graph's outputs by up to 3e-4 on an H200 and breaks the fp32 variant's
+        # validated fidelity; fp16 graphs do not use it.
+        options = {"device_id": device_id, "use_tf32": 0}
+        return [(spec.ort_name, options), "CPUExecutionProvider"]
     return [spec.ort_name]

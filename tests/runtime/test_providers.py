@@ -36,7 +36,7 @@ def test_unknown_provider_lists_choices() -> None:
 
 def test_cuda_provider_keeps_cpu_fallback_for_unsupported_nodes() -> None:
     assert providers.ort_providers(Provider.CUDA, 1) == [
-        ("CUDAExecutionProvider", {"device_id": 1}),
+        ("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}),
         "CPUExecutionProvider",
     ]
 
