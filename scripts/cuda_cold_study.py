@@ -1,0 +1,87 @@
+"""How much the first forward of a new (batch, length) shape costs on the CUDA EP, and what removes
+it: CUDA's lazy module loading (the default) against CUDA_MODULE_LOADING=EAGER, and the engine's
+warm-up grid (Model.warm_up_shapes). Each mode runs in a fresh process.
+
+    python scripts/cuda_cold_study.py PACKAGE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+MODES = {
+    "lazy (CUDA default), one warm-up forward": {},
+    "eager module loading, one warm-up forward": {"CUDA_MODULE_LOADING": "EAGER"},
+    "lazy, warm-up grid": {"STUDY_GRID": "1"},
+}
+
+
+def child(package: str) -> None:
+    from tei_ort.runtime import Model, RuntimeOptions
+    from tei_ort.tokenization import Encoded
+
+    start = time.perf_counter()
+    model = Model.load(package, RuntimeOptions(provider="cuda"))
+    base = model.encode(["warm up " * 400])[0]
+
+    def run(batch: int, length: int) -> float:
+        one = Encoded(base.ids[:length], base.type_ids[:length])
+        t = time.perf_counter()
+        model.forward([one] * batch)
+        return (time.perf_counter() - t) * 1000
+
+    run(1, len(base))
+    load_s = time.perf_counter() - start
+    grid_s, shapes_n = 0.0, 0
+    if os.environ.get("STUDY_GRID"):
+        t = time.perf_counter()
+        shapes = model.warm_up_shapes(16384)
+        for shape in shapes:
+            run(*shape)
+        grid_s, shapes_n = time.perf_counter() - t, len(shapes)
+    rng = random.Random(1)
+    probes = [(rng.choice([1, 2, 3, 5, 8, 13, 21, 34, 50]), rng.randint(5, 256)) for _ in range(40)]
+    cold = [run(*s) for s in probes]
+    warm = [run(*s) for s in probes]
+
+    def stats(ms: list[float]) -> dict[str, float]:
+        return {f"p{q}": round(float(np.percentile(ms, q)), 2) for q in (50, 90, 100)}
+
+    print(
+        json.dumps(
+            {
+                "load_and_first_forward_s": round(load_s, 2),
+                "grid_s": round(grid_s, 2),
+                "grid_shapes": shapes_n,
+                "cold_ms": stats(cold),
+                "warm_ms": stats(warm),
+            }
+        )
+    )
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(sys.argv[2])
+        return
+    for name, env in MODES.items():
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", sys.argv[1]],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        result = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr[-800:]
+        print(f"{name}: {result}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
