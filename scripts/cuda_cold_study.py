@@ -17,9 +17,24 @@ import time
 import numpy as np
 
 MODES = {
-    "lazy (CUDA default), one warm-up forward": {},
-    "eager module loading, one warm-up forward": {"CUDA_MODULE_LOADING": "EAGER"},
-    "lazy, warm-up grid": {"STUDY_GRID": "1"},
+    "defaults, one warm-up forward": {},
+    "no memory pattern": {"STUDY_NO_MEM_PATTERN": "1"},
+    "no memory pattern, warm-up grid": {"STUDY_NO_MEM_PATTERN": "1", "STUDY_GRID": "1"},
+    "no memory pattern, eager modules": {
+        "STUDY_NO_MEM_PATTERN": "1",
+        "CUDA_MODULE_LOADING": "EAGER",
+    },
+    "flash attention off": {"ORT_DISABLE_FLASH_ATTENTION": "1"},
+    "flash + memory-efficient attention off": {
+        "ORT_DISABLE_FLASH_ATTENTION": "1",
+        "ORT_DISABLE_MEMORY_EFFICIENT_ATTENTION": "1",
+    },
+    "all fused attention off": {
+        "ORT_DISABLE_FLASH_ATTENTION": "1",
+        "ORT_DISABLE_MEMORY_EFFICIENT_ATTENTION": "1",
+        "ORT_DISABLE_FUSED_ATTENTION": "1",
+        "ORT_DISABLE_TRT_FLASH_ATTENTION": "1",
+    },
 }
 
 
@@ -29,6 +44,15 @@ def child(package: str) -> None:
 
     start = time.perf_counter()
     model = Model.load(package, RuntimeOptions(provider="cuda"))
+    if os.environ.get("STUDY_NO_MEM_PATTERN"):
+        from tei_ort.runtime.session import GraphSession, SessionOptions
+
+        model.session = GraphSession(
+            model.path / model.variant.file,
+            model.provider,
+            model.manifest.output_name,
+            SessionOptions(memory_pattern=False),
+        )
     base = model.encode(["warm up " * 400])[0]
 
     def run(batch: int, length: int) -> float:
@@ -72,14 +96,19 @@ def main() -> None:
         child(sys.argv[2])
         return
     for name, env in MODES.items():
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", sys.argv[1]],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        result = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr[-800:]
+        try:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", sys.argv[1]],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            print(f"{name}: timed out after 60 s", flush=True)
+            continue
+        ok = out.returncode == 0
+        result = out.stdout.strip().splitlines()[-1] if ok else out.stderr[-800:]
         print(f"{name}: {result}", flush=True)
 
 
