@@ -42,10 +42,6 @@ class ModelBackend(Protocol):
         """Texts or pairs -> encodings with special tokens (and the prompt). Thread-safe."""
         ...
 
-    def warm_up_shapes(self, max_batch_tokens: int) -> list[tuple[int, int]]:
-        """(batch, length) shapes the engine runs once before it admits requests."""
-        ...
-
     def forward(self, encodings: Sequence[Encoded]) -> FloatArray:
         """One padded forward pass: (batch, dimensions) pooled + Dense, not normalized, for
         embedding models; (batch, vocab) for sparse ones; (batch, num_labels) raw logits for

@@ -54,7 +54,7 @@ from tei_ort.engine.types import (
 )
 from tei_ort.errors import BackendError, Unhealthy
 from tei_ort.runtime import outputs
-from tei_ort.tokenization import Encoded, Token
+from tei_ort.tokenization import Token
 
 __all__ = ["BatchReport", "Engine", "EngineConfig", "EngineStats"]
 
@@ -99,9 +99,8 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the threads and the batcher, then warm up with the model's warm-up shapes (on
-        the CPU one forward of the longest input); BackendError (and nothing started) if a
-        warm-up forward fails."""
+        """Start the threads and the batcher, then warm up with one forward of the longest
+        input; BackendError (and nothing started) if that forward fails."""
         if self._admission.is_open:
             return
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tei-tokenize")
@@ -110,11 +109,7 @@ class Engine:
         warmed_up = False
         try:
             warm_up = await self._run_in_pool(self._warm_up_encodings)
-            longest = warm_up.encodings[0]
-            shapes = self._model.warm_up_shapes(self._config.max_batch_tokens)
-            for batch, length in shapes:
-                one = Encoded(longest.ids[:length], longest.type_ids[:length])
-                await self._batcher.probe([one] * batch)
+            await self._batcher.probe(warm_up.encodings)
             warmed_up = True
         finally:
             if not warmed_up:
@@ -124,7 +119,7 @@ class Engine:
         logger.info(
             "engine ready: %s model, max_input_length %d, max_batch_tokens %d, "
             "target_batch_tokens %s, max_batch_requests %s, max_concurrent_requests %d, max_client_batch_size %d, "
-            "%d tokenization workers, warm-up %.2f s (%d shapes)",
+            "%d tokenization workers, warm-up %.2f s",
             self._model.task.value,
             self._model.manifest.max_input_length,
             config.max_batch_tokens,
@@ -134,7 +129,6 @@ class Engine:
             config.max_client_batch_size,
             self._workers,
             time.perf_counter() - started,
-            len(shapes),
         )
 
     async def stop(self) -> None:

@@ -34,7 +34,6 @@ FloatArray = npt.NDArray[np.float32]
 
 # Batches the high-level methods form after sorting inputs by length (padding stays small).
 DEFAULT_BATCH_SIZE = 32
-WARM_UP_BATCHES = (1, 8, 64)  # batch sizes of the warm-up grid (providers with warm_up_step)
 
 
 @dataclass(frozen=True)
@@ -148,21 +147,6 @@ class Model:
         return self.tokenizer.encode_batch(
             inputs, truncate=truncate, direction=direction, prompt=self.prompt(prompt_name)
         )
-
-    def warm_up_shapes(self, max_batch_tokens: int) -> list[tuple[int, int]]:
-        """(batch, length) shapes to run once before serving, largest first."""
-        longest = self.manifest.max_input_length
-        step = PROVIDERS[self.provider].warm_up_step
-        if step is None:
-            return [(1, longest)]
-        lengths = sorted({*range(step, longest, step), longest}, reverse=True)
-        shapes = [
-            (batch, length)
-            for batch in WARM_UP_BATCHES
-            for length in lengths
-            if batch * length <= max_batch_tokens
-        ]
-        return sorted(shapes, key=lambda s: -s[0] * s[1])
 
     def forward(self, encodings: Sequence[Encoded]) -> FloatArray:
         """One padded forward pass. Returns, by task:

@@ -33,11 +33,6 @@ class ProviderSpec:
     # small batches run faster per token (activations stay in cache): MiniLM on 2 cores ran
     # ~2x the tokens/s at 2,048 than at 16,384 (scripts/batch_tokens_study.py). None: no target.
     target_batch_tokens: int | None
-    # Warm up every sequence length in steps of this many tokens, at a few batch sizes, before
-    # serving (None: one forward of the longest input). On CUDA the first forward of each new
-    # shape cost ~50 ms on an H200 (kernels loaded and chosen on first use), which put 150 ms of
-    # latency on most requests at concurrency 8 and more; see scripts/cuda_cold_study.py.
-    warm_up_step: int | None = None
 
 
 PROVIDERS: dict[Provider, ProviderSpec] = {
@@ -45,11 +40,7 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         "CPUExecutionProvider", ("int8", "fp32"), uses_io_binding=False, target_batch_tokens=2048
     ),
     Provider.CUDA: ProviderSpec(
-        "CUDAExecutionProvider",
-        ("fp16", "fp32"),
-        uses_io_binding=True,
-        target_batch_tokens=None,
-        warm_up_step=8,
+        "CUDAExecutionProvider", ("fp16", "fp32"), uses_io_binding=True, target_batch_tokens=None
     ),
 }
 

@@ -141,9 +141,6 @@ class FakeModel:
         if self.fail_if(encodings):
             raise BackendError("fake forward failed")
 
-    def warm_up_shapes(self, max_batch_tokens: int) -> list[tuple[int, int]]:
-        return [(1, self.manifest.max_input_length)]
-
     def forward(self, encodings: Sequence[Encoded]) -> FloatArray:
         self._enter(encodings)
         if self.task is Task.EMBEDDING:
