@@ -4,8 +4,7 @@ the token-budget batcher, and per-request post-processing in numpy.
     Engine.embed(request)
       validation.check_*           cheap rules, on the loop, before admission
       Admission.slot()             at most max_concurrent_requests in flight, else Overloaded (429)
-      inputs.encode_inputs         in the tokenization thread pool (the Rust tokenizer's batch call);
-                                   requests of <= INLINE_TOKENIZATION_CHARS on the loop itself
+      inputs.encode_inputs         in the tokenization thread pool (the Rust tokenizer's batch call)
       Batcher.run                  per-input items, shared batches, one forward thread
       outputs.*                    truncate dimensions, normalize, classify: numpy per request
 
@@ -62,10 +61,6 @@ __all__ = ["BatchReport", "Engine", "EngineConfig", "EngineStats"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Requests of at most this many characters (token ids count one each) are tokenized on the event
-# loop rather than in the tokenization pool.
-INLINE_TOKENIZATION_CHARS = 512
 R = TypeVar("R")
 
 
@@ -268,12 +263,7 @@ class Engine:
             self._config.auto_truncate if tokenization.truncate is None else tokenization.truncate
         )
         started = time.perf_counter()
-        if _input_chars(inputs) <= INLINE_TOKENIZATION_CHARS:
-            # A short query tokenizes in tens of microseconds: less than the hand-off to a
-            # tokenization thread and back costs (scripts/short_query_study.py).
-            encoded = self._encode(inputs, tokenization, truncate)
-        else:
-            encoded = await self._run_in_pool(self._encode, inputs, tokenization, truncate)
+        encoded = await self._run_in_pool(self._encode, inputs, tokenization, truncate)
         # Wall time, waiting for a tokenization thread included.
         encoded = replace(encoded, seconds=time.perf_counter() - started)
         converted, timing = await self._batcher.run(encoded.encodings, kind, convert)
@@ -308,17 +298,3 @@ class Engine:
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # idle by now; never block the loop
             self._pool = None
-
-
-def _input_chars(inputs: Sequence[EmbedInput | PredictInput]) -> int:
-    total = 0
-    for item in inputs:
-        if isinstance(item, str):
-            total += len(item)
-        elif isinstance(item, tuple):
-            total += sum(len(part) for part in item)
-        else:
-            total += len(item)  # token ids
-        if total > INLINE_TOKENIZATION_CHARS:
-            break
-    return total

@@ -106,7 +106,6 @@ class FakeModel:
         self.entered = threading.Semaphore(0)  # released once per forward started
         self.encode_gate = threading.Event()  # encode waits for it, as gate for forward
         self.encode_gate.set()
-        self.encode_threads: list[str] = []  # the thread each encode call ran on
         self._lock = threading.Lock()
 
     @property
@@ -129,7 +128,6 @@ class FakeModel:
         direction: TruncationDirection = TruncationDirection.RIGHT,
         prompt_name: str | None = None,
     ) -> list[Encoded]:
-        self.encode_threads.append(threading.current_thread().name)
         self.encode_gate.wait(timeout=10)
         return self.tokenizer.encode_batch(
             inputs, truncate=truncate, direction=direction, prompt=self.prompt(prompt_name)

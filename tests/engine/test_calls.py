@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from tei_ort.engine import EmbedRequest, PredictRequest, RerankRequest, Tokenization
-from tei_ort.engine.engine import INLINE_TOKENIZATION_CHARS, _input_chars
 from tei_ort.package import Task
 from tei_ort.tokenization import Tokenizer, TruncationDirection
 from tests.engine.conftest import asynchronous, running
 from tests.engine.fakes import MINILM, FakeModel, logits, token_states, vector
-from tests.engine.test_batching import expected
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -166,27 +162,3 @@ async def test_tokenize_and_decode() -> None:
     assert [t.text for t in bare[0]] == ["query", ":", "hello", "world"]
     assert texts == ["hello world", "hello"]
     assert kept == ["[CLS] hello [SEP]"]
-
-
-@asynchronous
-async def test_short_requests_tokenize_on_the_loop_and_long_ones_in_the_pool() -> None:
-    model = FakeModel()
-    short, long = ["a short query"], ["a long passage " * 40]
-    async with running(model) as engine:
-        model.encode_threads.clear()
-        loop_thread = threading.current_thread().name
-        short_result = await engine.embed(EmbedRequest(short))
-        long_result = await engine.embed(EmbedRequest(long))
-    assert len(model.encode_threads) == 2
-    assert model.encode_threads[0] == loop_thread
-    assert model.encode_threads[1].startswith("tei-tokenize")
-    np.testing.assert_allclose(short_result.embeddings, expected(model, short), rtol=1e-6)
-    np.testing.assert_allclose(long_result.embeddings, expected(model, long), rtol=1e-6)
-
-
-def test_input_size_counts_characters_pairs_and_token_ids() -> None:
-    assert _input_chars(["abc", "de"]) == 5
-    assert _input_chars([("query", "passage")]) == 12
-    assert _input_chars([[1, 2, 3]]) == 3
-    # It stops counting once past the limit: a 1,000-input request costs no more than that.
-    assert INLINE_TOKENIZATION_CHARS < _input_chars(["x" * 600] * 1000) <= 2 * 600
