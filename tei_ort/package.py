@@ -54,6 +54,8 @@ class VariantName(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    # The fp32 graph compiled by OpenVINO at bfloat16 inference precision (AMX / AVX512_BF16).
+    BF16 = "bf16"
 
 
 class Activation(str, enum.Enum):

@@ -168,9 +168,7 @@ def main() -> None:
     encodings = model.encode(texts)
     tokens = sum(len(e) for e in encodings)
     short_tokens = sum(len(e) for e in model.encode(shorts))
-    print(
-        f"corpus: {len(texts)} texts, {tokens} real tokens; providers {model.session._session.get_providers()}"
-    )
+    print(f"corpus: {len(texts)} texts, {tokens} real tokens; provider {model.provider.value}")
 
     extra: dict[str, object] = {"package": str(args.package)}
     if args.reference:

@@ -41,7 +41,7 @@ from tei_ort.package import (
 
 logger = logging.getLogger(__name__)
 
-ALL_VARIANTS = (VariantName.FP32, VariantName.FP16, VariantName.INT8)
+ALL_VARIANTS = (VariantName.FP32, VariantName.FP16, VariantName.INT8, VariantName.BF16)
 WORK_DIR = ".work"
 
 

@@ -48,20 +48,25 @@ class Thresholds:
         return ", ".join(p for p in parts if p)
 
 
-# fp16 carries ~3 significant digits: cosine 0.999 keeps retrieval intact (overlap checks that).
+# fp16 carries ~3 significant digits: cosine 0.999 keeps retrieval intact (overlap checks that);
+# bf16 (OpenVINO) is held to the same embedding thresholds.
 # int8 thresholds are the issue's: cosine >= 0.995 and overlap@10 >= 0.95 on real text.
 THRESHOLDS: dict[tuple[OutputKind, VariantName], Thresholds] = {
     (OutputKind.DENSE, VariantName.FP32): Thresholds(0.99999, 1e-4),
     (OutputKind.DENSE, VariantName.FP16): Thresholds(0.999, None, 0.95),
     (OutputKind.DENSE, VariantName.INT8): Thresholds(0.995, None, 0.95),
+    (OutputKind.DENSE, VariantName.BF16): Thresholds(0.999, None, 0.95),
     # SPLADE fp32: the same non-zero terms with values within 1e-3 (a term that is zero on one
     # side and above 1e-3 on the other breaks the max abs diff).
     (OutputKind.SPARSE, VariantName.FP32): Thresholds(None, 1e-3),
     (OutputKind.SPARSE, VariantName.FP16): Thresholds(0.999, None, 0.95),
     (OutputKind.SPARSE, VariantName.INT8): Thresholds(0.995, None, 0.95),
+    (OutputKind.SPARSE, VariantName.BF16): Thresholds(0.999, None, 0.95),
     (OutputKind.LOGITS, VariantName.FP32): Thresholds(None, 1e-4),
     (OutputKind.LOGITS, VariantName.FP16): Thresholds(None, 2e-2),
     (OutputKind.LOGITS, VariantName.INT8): Thresholds(None, 1e-1),
+    # bf16 keeps 8 bits of mantissa to fp16's 11: ~8x fp16's relative error.
+    (OutputKind.LOGITS, VariantName.BF16): Thresholds(None, 5e-2),
 }
 
 

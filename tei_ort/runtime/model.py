@@ -24,8 +24,8 @@ from tei_ort.package import (
 )
 from tei_ort.runtime import outputs
 from tei_ort.runtime.padding import pad
-from tei_ort.runtime.providers import PROVIDERS, Provider, resolve
-from tei_ort.runtime.session import GraphSession, SessionOptions
+from tei_ort.runtime.providers import AUTO_ORDER, PROVIDERS, Provider, available, resolve
+from tei_ort.runtime.session import GraphSession, Session, SessionOptions
 from tei_ort.tokenization import Encoded, TextInput, Tokenizer, TruncationDirection
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ DEFAULT_BATCH_SIZE = 32
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    provider: str = "auto"  # "auto", "cpu" or "cuda"
+    provider: str = "auto"  # "auto", "cpu", "cuda" or "openvino"
     variant: str | None = None  # None: the provider's best variant that passed validation
     intra_op_threads: int | None = None
     allow_spinning: bool = False  # see SessionOptions
@@ -52,6 +52,49 @@ class DenseWeights:
     weight: FloatArray  # (out, in)
     bias: FloatArray | None  # (out,)
     activation: Activation
+
+
+def choose(manifest: Manifest, options: RuntimeOptions) -> tuple[Provider, Variant]:
+    """The provider and the variant to run. "auto" walks AUTO_ORDER from the best provider this
+    machine has, and moves on when the package has no servable variant for it (OpenVINO without
+    a validated bf16 variant runs no faster than the CPU EP's int8)."""
+    provider = resolve(options.provider)
+    if options.provider != "auto":
+        return provider, choose_variant(manifest, provider, options)
+    here = available()
+    candidates = [p for p in AUTO_ORDER[AUTO_ORDER.index(provider) :] if p in here]
+    for candidate in candidates:
+        try:
+            variant = choose_variant(manifest, candidate, options)
+        except PackageError:
+            if candidate is candidates[-1]:
+                raise
+            continue
+        # An explicit --variant under "auto": the first provider the variant was built for.
+        if candidate.value in variant.providers or candidate is candidates[-1]:
+            return candidate, variant
+    raise AssertionError("unreachable: the CPU is always available")
+
+
+def open_session(
+    graph: Path, provider: Provider, variant: Variant, manifest: Manifest, options: RuntimeOptions
+) -> Session:
+    if provider is Provider.OPENVINO:
+        from tei_ort.runtime.openvino_session import OpenVINOSession
+
+        return OpenVINOSession(
+            graph, variant.name.value, manifest.output_name, options.intra_op_threads
+        )
+    return GraphSession(
+        graph,
+        provider,
+        manifest.output_name,
+        SessionOptions(
+            intra_op_threads=options.intra_op_threads,
+            allow_spinning=options.allow_spinning,
+            device_id=options.device_id,
+        ),
+    )
 
 
 def choose_variant(manifest: Manifest, provider: Provider, options: RuntimeOptions) -> Variant:
@@ -80,7 +123,7 @@ class Model:
         path: Path,
         manifest: Manifest,
         tokenizer: Tokenizer,
-        session: GraphSession,
+        session: Session,
         variant: Variant,
         dense: Sequence[DenseWeights],
     ) -> None:
@@ -96,19 +139,9 @@ class Model:
         path = Path(path)
         options = options or RuntimeOptions()
         manifest = read_manifest(path)
-        provider = resolve(options.provider)
-        variant = choose_variant(manifest, provider, options)
+        provider, variant = choose(manifest, options)
         tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE, manifest.max_input_length)
-        session = GraphSession(
-            path / variant.file,
-            provider,
-            manifest.output_name,
-            SessionOptions(
-                intra_op_threads=options.intra_op_threads,
-                allow_spinning=options.allow_spinning,
-                device_id=options.device_id,
-            ),
-        )
+        session = open_session(path / variant.file, provider, variant, manifest, options)
         dense = [_load_dense(path / layer.file, layer.activation) for layer in manifest.dense]
         logger.debug("loaded %s (%s, %s)", path, variant.name.value, provider.value)
         return cls(path, manifest, tokenizer, session, variant, dense)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +17,16 @@ from tei_ort.runtime.padding import Feeds
 from tei_ort.runtime.providers import PROVIDERS, Provider, ort_providers
 
 logger = logging.getLogger(__name__)
+
+
+class Session(Protocol):
+    """What a Model runs its graph through: GraphSession (ONNX Runtime) or OpenVINOSession."""
+
+    provider: Provider
+    output_name: str
+    input_names: frozenset[str]
+
+    def run(self, feeds: Feeds) -> npt.NDArray[np.float32]: ...
 
 
 @dataclass(frozen=True)

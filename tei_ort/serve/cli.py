@@ -32,7 +32,7 @@ from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 logger = logging.getLogger("tei_ort.serve")
 
 # What /info's model_dtype says for each variant.
-VARIANT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+VARIANT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8", "bf16": "bfloat16"}
 # The prompt name that carries --default-prompt's literal text.
 LITERAL_PROMPT = "--default-prompt"
 
@@ -71,7 +71,9 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
     model = Model.load(
         resolved.path,
         RuntimeOptions(
-            provider=provider.value,
+            # "auto" again rather than the provider resolved above: Model.load moves on from
+            # OpenVINO when the package has no validated bf16 variant.
+            provider=settings.provider,
             variant=settings.variant_name,
             intra_op_threads=settings.intra_op_threads,
             allow_spinning=settings.ort_spinning,
@@ -98,7 +100,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         version=__version__,
         root_is_similarity=settings.task == "sentence-similarity",
         created=int(time.time()),
-        provider=provider.value,
+        provider=model.provider.value,
         variant=model.variant.name.value,
     )
     loaded = time.perf_counter()
@@ -125,7 +127,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             resolved.model_id,
             resolved.origin,
             manifest.task.value,
-            provider.value,
+            model.provider.value,
             model.variant.name.value,
             manifest.dimensions,
             manifest.max_input_length,

@@ -44,6 +44,8 @@ HUB_PATTERNS = (
 EXPORT_VARIANTS: dict[str, tuple[VariantName, ...]] = {
     "cpu": (VariantName.FP32, VariantName.INT8),
     "cuda": (VariantName.FP32, VariantName.FP16),
+    # int8 too: if bf16 fails validation, "auto" serves the CPU EP's int8 instead.
+    "openvino": (VariantName.FP32, VariantName.BF16, VariantName.INT8),
 }
 
 

@@ -46,8 +46,8 @@ class Settings(pydantic.BaseModel):
     hf_token: str | None = pydantic.Field(default=None, repr=False)
     huggingface_hub_cache: Path | None = None
     # ours
-    provider: Literal["auto", "cpu", "cuda"] = "auto"
-    variant: Literal["fp32", "fp16", "int8"] | None = None
+    provider: Literal["auto", "cpu", "cuda", "openvino"] = "auto"
+    variant: Literal["fp32", "fp16", "int8", "bf16"] | None = None
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
     # Off: on a 2-core machine spinning ORT threads starve the event loop and tokenizer threads
     # (server tok/s 1.2-1.4x higher without, python -m tei_ort.bench --serve-args, see the note).
@@ -153,10 +153,15 @@ FLAGS: tuple[Flag, ...] = (
         "Hub download cache; exported and "
         "on-the-fly packages are cached beside it. Default: ~/.cache/tei_ort.",
     ),
-    Flag("provider", "Execution provider: auto (CUDA when a GPU is usable), cpu, cuda."),
+    Flag(
+        "provider",
+        "Execution provider: auto (CUDA when a GPU is usable; else OpenVINO bf16 when the "
+        "openvino package is installed, the CPU has bfloat16 and the package a validated bf16 "
+        "variant; else the CPU EP), cpu, cuda, openvino.",
+    ),
     Flag(
         "variant",
-        "Graph variant: fp32, fp16 or int8. Default: the provider's best validated variant.",
+        "Graph variant: fp32, fp16, int8 or bf16. Default: the provider's best validated variant.",
     ),
     Flag(
         "intra_op_threads",
