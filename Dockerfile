@@ -17,7 +17,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS export
 # Empty: the embedded default (sentence-transformers/all-MiniLM-L6-v2, from its wheel, no download).
 ARG MODEL_ID=
-ARG VARIANTS=fp32,int8
+ARG VARIANTS=fp32,int8,bf16
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -35,7 +35,7 @@ FROM ${PYTHON_IMAGE} AS serve
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md /src/
 COPY tei_ort /src/tei_ort
-# replayed: install (core dependencies only: no torch, transformers or optimum)
+# replayed: install (core dependencies and OpenVINO only: no torch, transformers or optimum)
 RUN python3 -m venv /opt/tei && /opt/tei/bin/pip install --no-cache-dir "/src[openvino]" && rm -rf /src
 RUN useradd --system --uid 1000 --home-dir /data --shell /usr/sbin/nologin tei \
     && mkdir -p /data && chown tei /data

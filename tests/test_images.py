@@ -96,8 +96,9 @@ def test_dockerfile_shape(name: str) -> None:
     stages = parse(REPO / name)
     export, serve = stages["export"], stages["serve"]
     runs = export.all("RUN")
-    assert any("[export]" in run for run in runs) and any("tei-export" in run for run in runs)
-    assert not any("torch" in run or "[export]" in run for run in serve.all("RUN"))
+    with_export = re.compile(r"\[[^\]]*\bexport\b[^\]]*\]")
+    assert any(with_export.search(run) for run in runs) and any("tei-export" in run for run in runs)
+    assert not any("torch" in run or with_export.search(run) for run in serve.all("RUN"))
     (user,) = serve.all("USER")
     assert user not in ("root", "0")
     env = serve.env()
@@ -118,7 +119,7 @@ def test_dockerfile_shape(name: str) -> None:
 def _map(command: str, root: Path) -> str:
     """Image paths -> the same paths under `root`."""
     pattern = "|".join(re.escape(p) for p in IMAGE_PATHS)
-    return re.sub(rf"(?<![\w/.])({pattern})(?=[/\s\"':]|$)", lambda m: f"{root}{m[1]}", command)
+    return re.sub(rf"(?<![\w/.])({pattern})(?=[/\s\"':\[]|$)", lambda m: f"{root}{m[1]}", command)
 
 
 def _free_port() -> int:

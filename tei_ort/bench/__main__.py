@@ -12,8 +12,11 @@ from pathlib import Path
 
 from tei_ort.bench import engines, report, server
 from tei_ort.bench.measure import Measurement
+from tei_ort.errors import PackageError
 from tei_ort.export import corpus
+from tei_ort.package import read_manifest
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.providers import available
 
 
 def _default_source() -> Path | None:
@@ -44,8 +47,12 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every engine")
     p.add_argument("--repeats", type=int, default=3, help="in-process runs; the fastest counts")
-    p.add_argument("--variants", default="fp32,int8")
-    p.add_argument("--providers", default="cpu")
+    p.add_argument(
+        "--raw",
+        default="cpu:fp32,cpu:int8,openvino:bf16,cuda:fp16,cuda:fp32",
+        help="provider:variant pairs for the raw runtime; those this machine or package lacks "
+        "are left out",
+    )
     p.add_argument("--concurrency", type=_csv_ints, default=[1, 8, 32, 128])
     p.add_argument("--per-request", type=_csv_ints, default=[1, 32])
     p.add_argument("--duration", type=float, default=8.0, help="seconds of load per server point")
@@ -73,8 +80,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     package = _package(args)
     texts = corpus.mixed(args.texts)
-    # The first provider's default variant: what the server serves there (the short-query floor).
-    probe = Model.load(package, RuntimeOptions(provider=args.providers.split(",")[0]))
+    # The default provider and variant: what the server serves (the short-query floor).
+    probe = Model.load(package, RuntimeOptions(intra_op_threads=args.threads))
+    print(f"the server's default here: {probe.provider.value} {probe.variant.name.value}")
     token_counts = [len(e) for e in probe.encode(texts)]
     tokens = sum(token_counts)
     print(
@@ -88,11 +96,10 @@ def main() -> None:
             engines.sentence_transformers(args.source, texts, tokens, args.threads, args.repeats)
         )
         baselines.append(engines.tei_like(package, texts, args.threads, args.repeats))
-    for provider in args.providers.split(","):
-        for variant in args.variants.split(","):
-            results.append(
-                engines.raw_runtime(package, variant, provider, texts, args.threads, args.repeats)
-            )
+    for provider, variant in _raw_pairs(args.raw, package):
+        results.append(
+            engines.raw_runtime(package, variant, provider, texts, args.threads, args.repeats)
+        )
     results.append(_raw_short_query(probe))
 
     extra: dict[str, object] = {
@@ -136,6 +143,22 @@ def main() -> None:
         baselines + [m for m in results if m.group == "raw" and "short" not in m.name],
     )
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+
+
+def _raw_pairs(spec: str, package: Path) -> list[tuple[str, str]]:
+    manifest = read_manifest(package)
+    here = {p.value for p in available()}
+    pairs = [tuple(item.split(":", 1)) for item in spec.split(",") if item]
+    kept = []
+    for provider, variant in pairs:
+        if provider not in here:
+            continue
+        try:
+            if manifest.variant(variant).is_servable:
+                kept.append((provider, variant))
+        except PackageError:
+            continue  # the package has no such variant
+    return kept
 
 
 def _raw_short_query(model: Model) -> Measurement:

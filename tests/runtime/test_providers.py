@@ -20,6 +20,7 @@ def test_cpu_is_always_available() -> None:
 
 def test_auto_picks_cuda_only_when_a_gpu_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(providers, "_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(providers, "openvino_bf16", lambda: False)
     assert providers.resolve("auto") is Provider.CPU
 
 
