@@ -23,7 +23,7 @@ from tei_ort.package import (
     read_manifest,
 )
 from tei_ort.runtime import outputs
-from tei_ort.runtime.padding import pad
+from tei_ort.runtime.padding import Feeds, pad
 from tei_ort.runtime.providers import AUTO_ORDER, PROVIDERS, Provider, available, resolve
 from tei_ort.runtime.session import GraphSession, Session, SessionOptions
 from tei_ort.tokenization import Encoded, TextInput, Tokenizer, TruncationDirection
@@ -185,7 +185,7 @@ class Model:
         """One padded forward pass. Returns, by task:
         embedding (batch, dimensions) pooled + Dense, not normalized; sparse (batch, vocab);
         classification / reranker (batch, num_labels) raw logits."""
-        feeds = pad(encodings, self.manifest.pad_token_id, self.manifest.uses_token_type_ids)
+        feeds = self._pad(encodings)
         raw = self.session.run(feeds)
         if self.task is not Task.EMBEDDING:
             return raw
@@ -201,7 +201,7 @@ class Model:
             raise WrongModelType(
                 f"per-token embeddings need an embedding model, this is {self.task.value}"
             )
-        feeds = pad(encodings, self.manifest.pad_token_id, self.manifest.uses_token_type_ids)
+        feeds = self._pad(encodings)
         raw = self.session.run(feeds)  # (batch, seq, hidden)
         return [raw[row, : len(e)] for row, e in enumerate(encodings)]
 
@@ -272,6 +272,16 @@ class Model:
         pairs = [(query, text) for text in texts]
         logits = self._batched(self.encode(pairs, truncate=truncate), batch_size)
         return outputs.classify(logits[:, :1], raw_scores)[:, 0]
+
+    def _pad(self, encodings: Sequence[Encoded]) -> Feeds:
+        manifest = self.manifest
+        return pad(
+            encodings,
+            manifest.pad_token_id,
+            manifest.uses_token_type_ids,
+            multiple=PROVIDERS[self.provider].pad_multiple,
+            limit=manifest.max_input_length,
+        )
 
     def _require(self, *tasks: Task) -> None:
         if self.task not in tasks:

@@ -24,6 +24,7 @@ from tei_ort.runtime.providers import Provider
 logger = logging.getLogger(__name__)
 
 PRECISION = {"bf16": "bf16", "fp32": "f32"}  # our variant -> INFERENCE_PRECISION_HINT
+RUNTIME_CACHE_SHAPES = 256
 
 
 class OpenVINOSession:
@@ -41,6 +42,10 @@ class OpenVINOSession:
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": PRECISION[variant],
             "PERFORMANCE_HINT": "LATENCY",  # one request at a time, all threads on it
+            # Kernels compiled per input shape, kept up to this many shapes (~1 MB each; the
+            # default, 5,000, let memory grow by gigabytes). Model.forward pads lengths to
+            # multiples of 16, so a model's hot shapes fit.
+            "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES,
         }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads

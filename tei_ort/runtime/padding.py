@@ -12,9 +12,21 @@ from tei_ort.tokenization import Encoded
 Feeds = dict[str, npt.NDArray[np.int64]]
 
 
-def pad(encodings: Sequence[Encoded], pad_token_id: int, with_token_type_ids: bool) -> Feeds:
+def pad(
+    encodings: Sequence[Encoded],
+    pad_token_id: int,
+    with_token_type_ids: bool,
+    *,
+    multiple: int = 1,
+    limit: int | None = None,
+) -> Feeds:
+    """`multiple` rounds the padded length up (never past `limit`, the model's max input length,
+    unless an input is longer): fewer distinct shapes for runtimes that compile per shape."""
     batch = len(encodings)
-    max_len = max(len(e) for e in encodings)
+    longest = max(len(e) for e in encodings)
+    max_len = -(-longest // multiple) * multiple
+    if limit is not None:
+        max_len = max(longest, min(max_len, limit))
     input_ids = np.full((batch, max_len), pad_token_id, dtype=np.int64)  # (batch, seq)
     attention_mask = np.zeros((batch, max_len), dtype=np.int64)  # (batch, seq)
     token_type_ids = np.zeros((batch, max_len), dtype=np.int64)  # (batch, seq)
