@@ -15,6 +15,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from tei_ort.errors import BackendError, PackageError
 from tei_ort.export import corpus, fuse
 from tei_ort.export.runners import RUNTIME_RUNNERS, Subject, n_queries
 from tei_ort.export.validate import FloatArray, ValidationSet, compare
@@ -149,7 +150,13 @@ def build_bf16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) ->
             "(AMX or AVX512_BF16)"
         )
         return None
-    validation = validator.check(done, VariantName.BF16)
+    try:
+        validation = validator.check(done, VariantName.BF16)
+    except (PackageError, BackendError) as exc:
+        # An operator OpenVINO cannot compile or run: a failed variant, never a failed export.
+        logger.warning("bf16: OpenVINO could not run the graph: %s", exc)
+        validation = Validation(passed=False, texts=0, note=f"OpenVINO could not run it: {exc}")
+        return _variant(VariantName.BF16, validation)
     return _variant(VariantName.BF16, replace(validation, note=f"OpenVINO bf16; {validation.note}"))
 
 

@@ -14,7 +14,7 @@ from tests.export import tiny_models
 
 # Small validation sets for the tiny models: the point there is the graph, not the statistics.
 TINY_OPTIONS = ExportOptions(
-    variants=(VariantName.FP32,), validation_queries=8, validation_passages=24
+    variants=(VariantName.FP32, VariantName.BF16), validation_queries=8, validation_passages=24
 )
 # "A few hundred real sentences" for the real models.
 REAL_OPTIONS = ExportOptions(validation_queries=48, validation_passages=160)

@@ -12,6 +12,7 @@ import pytest
 
 from tei_ort.package import Pooling, Task, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.providers import openvino_bf16
 from tests.export import tiny_models
 from tests.export.conftest import TinyPackage, TinySource
 
@@ -56,6 +57,26 @@ def test_export_validates_fp32(tiny_package: TinyPackage, family: str, head: str
     assert fp32.validation is not None and fp32.validation.passed, fp32.validation
     assert fp32.validation.max_abs_diff is not None and fp32.validation.max_abs_diff < 1e-4
     assert fp32.validation.texts == (32 if head != "reranker" else 8 * 16)
+
+
+@pytest.mark.skipif(
+    not openvino_bf16(), reason="needs the openvino package and a CPU with bfloat16"
+)
+@pytest.mark.parametrize(("family", "head"), CASES)
+def test_export_validates_bf16_through_openvino(
+    tiny_package: TinyPackage, family: str, head: str
+) -> None:
+    bf16 = tiny_package(family, head).manifest.variant(VariantName.BF16)
+    assert bf16.file == "model.onnx" and bf16.providers == ("openvino",)
+    validation = bf16.validation
+    assert validation is not None and validation.texts > 0, validation  # OpenVINO ran it
+    if head in ("classification", "reranker"):
+        assert validation.passed, validation  # logits: element-wise thresholds only
+    else:
+        # Vectors: every cosine within bf16's threshold. Not `passed`: it also asks overlap@10,
+        # and a tiny random model's near-identical vectors rank 24 passages by rounding noise
+        # (roberta-embedding: cosine 0.99999999, overlap 0.94).
+        assert validation.cosine_min is not None and validation.cosine_min >= 0.999, validation
 
 
 @pytest.mark.parametrize(("family", "head"), CASES)

@@ -15,7 +15,8 @@ from tei_ort.errors import PackageError, UnsupportedModel
 from tei_ort.export import fuse, validate, variants
 from tei_ort.export.pipeline import export_model
 from tei_ort.package import Pooling, Task, VariantName, read_manifest
-from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime import Model, RuntimeOptions, openvino_session
+from tei_ort.runtime.providers import openvino_bf16
 from tests.export.conftest import TINY_OPTIONS, TinySource
 
 
@@ -150,3 +151,30 @@ def test_int8_calls_the_quantizer_with_real_calibration_feeds(
     int8 = result.manifest.variant(VariantName.INT8)
     assert int8.providers == ("cpu",) and int8.is_servable
     assert Model.load(result.path, RuntimeOptions(provider="cpu")).variant.name is VariantName.INT8
+
+
+@pytest.mark.skipif(not openvino_bf16(), reason="needs the openvino package and bfloat16")
+def test_a_graph_openvino_cannot_run_is_a_failed_bf16_variant_not_a_failed_export(
+    tiny_source: TinySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PackageError("model.onnx: OpenVINO could not compile it (unsupported operator X)")
+
+    monkeypatch.setattr(openvino_session.OpenVINOSession, "__init__", refuse)
+    options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.BF16))
+    result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
+    bf16 = result.manifest.variant(VariantName.BF16)
+    assert bf16.validation is not None and not bf16.validation.passed
+    assert "unsupported operator X" in bf16.validation.note and not bf16.is_servable
+    assert result.manifest.variant(VariantName.FP32).is_servable
+    model = Model.load(result.path)  # auto: OpenVINO has nothing validated, the CPU EP serves
+    assert (model.provider.value, model.variant.name) == ("cpu", VariantName.FP32)
+
+
+def test_without_openvino_bf16_the_export_skips_the_variant(
+    tiny_source: TinySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(variants, "openvino_bf16", lambda: False)
+    options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.BF16))
+    result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
+    assert [v.name for v in result.manifest.variants] == [VariantName.FP32]
