@@ -52,14 +52,16 @@ def child(package: str) -> None:
     start = time.perf_counter()
     model = Model.load(package, RuntimeOptions(provider="cuda"))
     if os.environ.get("STUDY_NO_MEM_PATTERN"):
-        from tei_ort.runtime.session import GraphSession, SessionOptions
+        # The same graph and providers, with ORT's per-shape memory plan off.
+        import onnxruntime as ort
 
-        model.session = GraphSession(
-            model.path / model.variant.file,
-            model.provider,
-            model.manifest.output_name,
-            SessionOptions(memory_pattern=False),
-        )
+        from tei_ort.runtime.providers import ort_providers
+
+        so = ort.SessionOptions()
+        so.enable_mem_pattern = False
+        graph = str(model.path / model.variant.file)
+        providers = ort_providers(model.provider, 0)
+        model.session._session = ort.InferenceSession(graph, so, providers=providers)  # type: ignore[attr-defined]
     base = model.encode(["warm up " * 400])[0]
 
     def run(batch: int, length: int) -> float:

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from tei_ort.bench.engines import budget_batches
+from tei_ort.bench.engines import padded_batches
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions, outputs
-from tei_ort.runtime.padding import pad
 
 
 def main() -> None:
@@ -37,10 +36,7 @@ def main() -> None:
     encodings = fp32.encode(texts)
     tokens = sum(len(e) for e in encodings)
     m = fp32.manifest
-    batches = [
-        (idx, pad([encodings[i] for i in idx], m.pad_token_id, m.uses_token_type_ids))
-        for idx in budget_batches(encodings, args.budget)
-    ]
+    batches = padded_batches(fp32, encodings, args.budget)
 
     core = ov.Core()
     graph = core.read_model(str(args.package / fp32.variant.file))

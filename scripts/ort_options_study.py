@@ -13,10 +13,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from tei_ort.bench.engines import budget_batches
+from tei_ort.bench.engines import padded_batches
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
-from tei_ort.runtime.padding import pad
 
 SETTINGS: dict[str, dict[str, object]] = {
     "ours (all optimizations, arena, pattern, no spinning)": {},
@@ -52,10 +51,7 @@ def main() -> None:
     m = model.manifest
     encodings = model.encode(corpus.mixed(args.texts))
     tokens = sum(len(e) for e in encodings)
-    batches = [
-        pad([encodings[i] for i in idx], m.pad_token_id, m.uses_token_type_ids)
-        for idx in budget_batches(encodings, args.budget)
-    ]
+    batches = [feeds for _, feeds in padded_batches(model, encodings, args.budget)]
     for variant in ("fp32", "int8"):
         graph = args.package / m.variant(variant).file
         sessions = {name: session(graph, args.threads, s) for name, s in SETTINGS.items()}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tei_ort.bench.measure import Measurement
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.padding import Feeds, pad
 from tei_ort.runtime.providers import PROVIDERS
 from tei_ort.tokenization import Encoded
 
@@ -34,6 +35,17 @@ def budget_batches(encodings: Sequence[Encoded], budget: int) -> list[list[int]]
             out.append([])
         out[-1].append(index)
     return out
+
+
+def padded_batches(
+    model: Model, encodings: Sequence[Encoded], budget: int
+) -> list[tuple[list[int], Feeds]]:
+    """Length-sorted batches under `budget` padded tokens, as graph inputs (for the studies)."""
+    m = model.manifest
+    return [
+        (idx, pad([encodings[i] for i in idx], m.pad_token_id, m.uses_token_type_ids))
+        for idx in budget_batches(encodings, budget)
+    ]
 
 
 def run_batches(

@@ -38,9 +38,6 @@ class SessionOptions:
     # compete with every other thread of the process and of the machine.
     allow_spinning: bool = False
     device_id: int = 0
-    # ORT's per-shape memory plan (its default). On CUDA each new input shape then gets a new
-    # plan and allocations; scripts/cuda_cold_study.py measures it.
-    memory_pattern: bool = True
 
 
 class GraphSession:
@@ -53,7 +50,6 @@ class GraphSession:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.inter_op_num_threads = options.inter_op_threads
-        so.enable_mem_pattern = options.memory_pattern
         if options.intra_op_threads is not None:
             so.intra_op_num_threads = options.intra_op_threads
         so.add_session_config_entry(

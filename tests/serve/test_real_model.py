@@ -20,6 +20,7 @@ import pytest
 
 from tei_ort.engine import Engine, EngineConfig
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.providers import openvino_bf16
 from tei_ort.serve import model_source
 from tei_ort.serve.settings import load_settings
 from tests.conftest import PACKAGE_CACHE as CACHE
@@ -144,3 +145,44 @@ def test_cli_default_model_end_to_end(minilm_package: Path, minilm: Model) -> No
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "Ready: sentence-transformers/all-MiniLM-L6-v2 (embedded default" in output
+
+
+@pytest.mark.skipif(not openvino_bf16(), reason="needs the openvino package and bfloat16")
+def test_cli_serves_openvino_bf16_under_auto(tmp_path: Path, minilm: Model) -> None:
+    # A fresh cache: the export adds the bf16 variant, and "auto" picks OpenVINO for it.
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOSTNAME": "127.0.0.1",
+        "PORT": str(port),
+        "HUGGINGFACE_HUB_CACHE": str(tmp_path / "cache"),
+        "VARIANT": "bf16",
+        "PROMETHEUS_PORT": "0",
+        "PYTHONPATH": str(REPO),
+    }
+    for name in ("MODEL_ID", "PROVIDER"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tei_ort.serve"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", process, timeout_s=180)
+        got = np.asarray(
+            httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": TEXTS}).json()
+        )
+        want = minilm.embed(TEXTS, normalize=True)
+        cosines = np.sum(got * want, axis=1)
+        assert np.all(cosines > 0.999) and not np.allclose(got, want, atol=1e-6), cosines
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'dtype="bfloat16"' in metrics and 'provider="openvino"' in metrics
+        assert 'variant="bf16"' in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "provider=openvino variant=bf16" in output
