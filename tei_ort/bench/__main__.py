@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
-import platform
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tei_ort.errors import PackageError
 from tei_ort.export import corpus
 from tei_ort.package import read_manifest
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import available
 
 
@@ -77,6 +77,8 @@ def _package(args: argparse.Namespace) -> Path:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args()
+    cpu = this_cpu()
+    print(f"cpu: {cpu.describe()}")
     args.out.mkdir(parents=True, exist_ok=True)
     package = _package(args)
     texts = corpus.mixed(args.texts)
@@ -103,7 +105,8 @@ def main() -> None:
     results.append(_raw_short_query(probe))
 
     extra: dict[str, object] = {
-        "machine": platform.processor() or platform.machine(),
+        "cpu": cpu.describe(),
+        "isa_class": cpu.isa_class.value,
         "package": str(package),
     }
     if not args.skip_server:

@@ -18,6 +18,7 @@ from tei_ort.engine import Engine, EngineConfig
 from tei_ort.errors import TeiOrtError, ValidationError
 from tei_ort.package import Manifest, Pooling, Task
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import PROVIDERS
 from tei_ort.runtime.providers import resolve as resolve_provider
 from tei_ort.serve import model_source
@@ -102,6 +103,8 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         created=int(time.time()),
         provider=model.provider.value,
         variant=model.variant.name.value,
+        cpu=this_cpu().describe(),
+        isa_class=this_cpu().isa_class.value,
     )
     loaded = time.perf_counter()
     host = settings.bind_host()
@@ -119,7 +122,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         ready = time.perf_counter()
         manifest = model.manifest
         logger.info(
-            "Ready: %s (%s) task=%s provider=%s variant=%s dims=%d max_input_length=%d | "
+            "Ready: %s (%s) task=%s provider=%s variant=%s cpu=%s dims=%d max_input_length=%d | "
             "max_concurrent_requests=%d max_batch_tokens=%d max_batch_requests=%s "
             "max_client_batch_size=%d auto_truncate=%s payload_limit=%d | load %.1f s, engine "
             "start and warm-up %.1f s | metrics on port %s, traces to %s | listening on "
@@ -129,6 +132,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             manifest.task.value,
             model.provider.value,
             model.variant.name.value,
+            ctx.cpu,
             manifest.dimensions,
             manifest.max_input_length,
             config.max_concurrent_requests,

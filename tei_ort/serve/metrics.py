@@ -13,7 +13,8 @@ what TEI lacks and operators ask for (process memory, model info, requests in fl
     te_queue_size                inputs waiting for a batch (read from the engine at scrape time)
     te_batch_next_size / _tokens inputs / tokens per forward batch
     te_request_in_flight         admitted requests not yet answered (ours)
-    te_model_info{...} 1         model id, task, variant, dtype, provider, version (ours)
+    te_model_info{...} 1         model id, task, variant, dtype, provider, version, isa_class,
+                                 cpu (ours)
     process_*                    prometheus-client's process collector: RSS, CPU, fds (ours)
 
 Counters are exposed under TEI's names, without the `_total` suffix prometheus-client adds (TEI's

@@ -35,6 +35,9 @@ class ServeContext:
     created: int = 0  # unix time the server started (OpenAI's model `created`)
     provider: str | None = None  # the execution provider in use ("cpu", "cuda"), for te_model_info
     variant: str | None = None  # the graph variant served ("fp32", "int8", "fp16")
+    cpu: str = ""  # CpuInfo.describe(): "Intel(R) Xeon(R) Processor [x86-amx]"
+    isa_class: str = ""  # IsaClass value ("x86-amx", "arm-bf16", "unknown")
+    variant_note: str = ""  # why this variant was chosen on this machine (free text)
 
 
 Handler = Callable[[ServeContext, JsonObject], Awaitable[Reply]]

@@ -98,6 +98,8 @@ class Telemetry:
             "dtype": ctx.dtype,
             "provider": ctx.provider or "",
             "version": ctx.version,
+            "isa_class": ctx.isa_class,
+            "cpu": ctx.cpu,
         }
         metrics = Metrics(engine.stats, info, engine.model.manifest.max_input_length)
         tracing = Tracing(

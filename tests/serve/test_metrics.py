@@ -12,6 +12,7 @@ import pytest
 
 from tei_ort import errors
 from tei_ort.package import Task
+from tei_ort.runtime.cpu import this_cpu
 from tei_ort.serve import metrics
 from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 from tests.serve.conftest import MAX_CLIENT_BATCH_SIZE, real_engine
@@ -24,10 +25,14 @@ LONG = " ".join(f"word{i}" for i in range(40))  # > 16 tokens, the fake model's 
 
 @pytest.fixture()
 def server(fake_models: dict[Task, FakeModel]) -> Iterator[httpx.Client]:
-    with (
-        serve(context(real_engine(fake_models[Task.EMBEDDING]))) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
+    ctx = context(
+        real_engine(fake_models[Task.EMBEDDING]),
+        provider="cpu",
+        variant="fp32",
+        cpu=this_cpu().describe(),
+        isa_class=this_cpu().isa_class.value,
+    )
+    with serve(ctx) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client
 
 
@@ -67,6 +72,12 @@ def test_counts_and_histograms_move(server: httpx.Client) -> None:
     info = [labels for (name, labels) in after if name == "te_model_info"]
     assert len(info) == 1 and dict(info[0])["model_id"] == "fake/model"
     assert dict(info[0])["task"] == "embedding"
+    assert {k: dict(info[0])[k] for k in ("provider", "variant", "isa_class", "cpu")} == {
+        "provider": "cpu",
+        "variant": "fp32",
+        "isa_class": this_cpu().isa_class.value,
+        "cpu": this_cpu().describe(),
+    }
 
 
 def test_tei_names_without_total_or_created(server: httpx.Client) -> None:

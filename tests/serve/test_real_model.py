@@ -20,6 +20,7 @@ import pytest
 
 from tei_ort.engine import Engine, EngineConfig
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import openvino_bf16
 from tei_ort.serve import model_source
 from tei_ort.serve.settings import load_settings
@@ -140,11 +141,15 @@ def test_cli_default_model_end_to_end(minilm_package: Path, minilm: Model) -> No
         np.testing.assert_allclose(got, minilm.embed(TEXTS[:2], normalize=True), atol=1e-5)
         info = httpx.get(f"http://127.0.0.1:{port}/info").json()
         assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+        assert (info["provider"], info["variant"]) == ("cpu", "fp32")
+        assert info["isa_class"] == this_cpu().isa_class.value
+        assert info["cpu"] == this_cpu().describe()
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "Ready: sentence-transformers/all-MiniLM-L6-v2 (embedded default" in output
+    assert f"variant=fp32 cpu={this_cpu().describe()} dims=384" in output
 
 
 @pytest.mark.skipif(not openvino_bf16(), reason="needs the openvino package and bfloat16")

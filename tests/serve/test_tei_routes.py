@@ -3,12 +3,16 @@ fake model: the engine's validation and batching are the real ones)."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 
 from tei_ort.package import Task
+from tei_ort.runtime.cpu import this_cpu
 from tests.serve import expected
+from tests.serve.conftest import real_engine
 from tests.serve.fakes import FakeModel
+from tests.serve.live import context, serve
 
 TEXTS = ["What is Deep Learning?", "a", "The quick brown fox jumps over the lazy dog"]
 
@@ -179,6 +183,14 @@ def test_info_health_metrics_models(embedding_server, classifier_server) -> None
         "sha",
         "docker_label",
     } <= set(info)
+    # Ours: the fake context says nothing of the provider or the CPU.
+    assert [info[k] for k in ("provider", "variant", "isa_class", "cpu", "variant_note")] == [
+        None,
+        None,
+        "",
+        "",
+        "",
+    ]
     for path in ("/health", "/", "/ping"):
         r = client.get(path)
         assert r.status_code == 200 and r.content == b""
@@ -187,6 +199,26 @@ def test_info_health_metrics_models(embedding_server, classifier_server) -> None
     labels = classifier_server[0].get("/info").json()["model_type"]["classifier"]
     assert labels["id2label"] == {"0": "negative", "1": "positive", "2": "neutral"}
     assert labels["label2id"]["positive"] == 1
+
+
+def test_info_says_which_provider_variant_and_cpu_class(fake_models) -> None:
+    here = this_cpu()
+    ctx = context(
+        real_engine(fake_models[Task.EMBEDDING]),
+        provider="cpu",
+        variant="int8",
+        dtype="int8",
+        cpu=here.describe(),
+        isa_class=here.isa_class.value,
+        variant_note="int8: VNNI on this CPU",
+    )
+    with serve(ctx) as url:
+        info = httpx.get(f"{url}/info", timeout=30).json()
+    assert info["provider"] == "cpu" and info["variant"] == "int8"
+    assert info["model_dtype"] == "int8"
+    assert info["isa_class"] == here.isa_class.value
+    assert info["cpu"] == here.describe() and info["cpu"].endswith(f"[{here.isa_class.value}]")
+    assert info["variant_note"] == "int8: VNNI on this CPU"
 
 
 def test_docs_and_openapi_are_self_contained(embedding_server) -> None:

@@ -59,6 +59,12 @@ def info_payload(ctx: ServeContext) -> JsonObject:
         "version": ctx.version,
         "sha": None,
         "docker_label": None,
+        # Ours, beside TEI's: what runs the model, on which CPU class.
+        "provider": ctx.provider,
+        "variant": ctx.variant,
+        "isa_class": ctx.isa_class,
+        "cpu": ctx.cpu,
+        "variant_note": ctx.variant_note,
     }
 
 
