@@ -8,6 +8,9 @@ Layout of a package folder::
     model.onnx           fp32 graph (fused); other variants beside it (model.fp16.onnx, model.int8.onnx)
     dense_0.npz ...      sentence-transformers Dense layers (weight (out, in), bias (out,)), if any
     config.json          the source config.json, kept for reference
+    fidelity.npz         the validation texts and the PyTorch reference outputs for them, so that a
+                         server on a CPU of another class can re-validate a variant before serving
+                         it (tei_ort.runtime.fidelity_check); plain arrays, read without pickle
     export.json          the export's cache key (source hashes, options, tool version): a second
                          export of the same input reuses the package; absent after a failed export
 
@@ -80,6 +83,11 @@ class Validation:
     max_abs_diff: float | None = None
     overlap_at_10: float | None = None
     note: str = ""
+    # Where the figures were measured: kernels (and so int8 fidelity) differ per CPU class, so
+    # the runtime re-validates a variant on a CPU of another class before serving it.
+    isa_class: str = ""  # tei_ort.runtime.cpu.IsaClass value; "" in packages from before it
+    provider: str = ""  # the provider that ran it: "cpu" (ONNX Runtime's CPU EP), "openvino"
+    engine: str = ""  # e.g. "onnxruntime 1.23.2", "openvino 2025.3.0"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from tei_ort.package import (
     read_manifest,
     write_manifest,
 )
+from tei_ort.runtime.fidelity_check import write_fidelity_set
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def export_model(
         base = _base_manifest(subject, out)
         vset = validation_set(options.validation_queries, options.validation_passages)
         reference = REFERENCE_RUNNERS[subject.task](subject, vset)
+        write_fidelity_set(out, vset, reference)
         timer.lap("reference")
         validator = Validator(out, base, subject, vset, reference)
         variants: list[Variant] = [build_fp32(validator, graphs)]

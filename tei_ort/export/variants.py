@@ -17,8 +17,8 @@ import numpy.typing as npt
 
 from tei_ort.errors import BackendError, PackageError
 from tei_ort.export import corpus, fuse
-from tei_ort.export.runners import RUNTIME_RUNNERS, Subject, n_queries
-from tei_ort.export.validate import FloatArray, ValidationSet, compare
+from tei_ort.export.runners import Subject
+from tei_ort.fidelity import FloatArray, ValidationSet
 from tei_ort.package import (
     TOKENIZER_FILE,
     Manifest,
@@ -28,8 +28,10 @@ from tei_ort.package import (
     write_manifest,
 )
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.cpu import this_cpu
+from tei_ort.runtime.fidelity_check import FidelitySet, validate_here
 from tei_ort.runtime.padding import pad
-from tei_ort.runtime.providers import openvino_bf16
+from tei_ort.runtime.providers import engine_name, openvino_bf16
 from tei_ort.tokenization import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ QuantizeInt8 = Callable[[Path, Path, list[Feeds]], object]
 
 CALIBRATION_TEXTS = 64
 CALIBRATION_BATCH = 8
-# Calibration texts come from further into the corpus than the validation texts, so int8 is never
+# FidelitySet texts come from further into the corpus than the validation texts, so int8 is never
 # judged on the texts it was calibrated on.
 CALIBRATION_OFFSET = 300
 
@@ -93,9 +95,12 @@ class Validator:
         options = RuntimeOptions(
             provider=spec.validated_on, variant=name.value, allow_unvalidated=True
         )
-        output = RUNTIME_RUNNERS[self.subject.task](Model.load(self.package, options), self.vset)
-        validation = compare(
-            self.subject.task, name, self.reference, output, n_queries(self.subject.task, self.vset)
+        model = Model.load(self.package, options)
+        validation = validate_here(
+            model,
+            FidelitySet(self.vset, self.reference),
+            isa_class=this_cpu().isa_class.value,
+            engine=engine_name(model.provider),
         )
         logger.info("%s %s: %s", self.subject.recipe.architecture, name.value, validation.note)
         return validation

@@ -45,6 +45,8 @@ class RuntimeOptions:
     device_id: int = 0
     # Serve a variant whose validation failed or is missing (never the default).
     allow_unvalidated: bool = False
+    # Where variant checks are cached when the package folder is not writable (see selection).
+    checks_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -133,18 +135,35 @@ class Model:
         self.session = session
         self.variant = variant
         self._dense = tuple(dense)
+        # Why this provider and variant on this machine (selection.Selection.note); "" when the
+        # caller pinned them without checks.
+        self.selection_note = ""
 
     @classmethod
     def load(cls, path: Path | str, options: RuntimeOptions | None = None) -> Model:
+        """Load the package on the provider and variant `options` ask for; "auto" and unpinned
+        variants are chosen on this machine by tei_ort.runtime.selection (re-validation where
+        the figures come from another CPU class, then a timed trial)."""
         path = Path(path)
         options = options or RuntimeOptions()
         manifest = read_manifest(path)
-        provider, variant = choose(manifest, options)
         tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE, manifest.max_input_length)
-        session = open_session(path / variant.file, provider, variant, manifest, options)
         dense = [_load_dense(path / layer.file, layer.activation) for layer in manifest.dense]
-        logger.debug("loaded %s (%s, %s)", path, variant.name.value, provider.value)
-        return cls(path, manifest, tokenizer, session, variant, dense)
+
+        def open_model(provider: Provider, variant: Variant) -> Model:
+            session = open_session(path / variant.file, provider, variant, manifest, options)
+            logger.debug("loaded %s (%s, %s)", path, variant.name.value, provider.value)
+            return cls(path, manifest, tokenizer, session, variant, dense)
+
+        if options.allow_unvalidated or resolve(options.provider) is Provider.CUDA:
+            # Pinned without checks (the exporter validating a candidate), or CUDA, whose
+            # variants are validated on the CPU EP at export.
+            return open_model(*choose(manifest, options))
+        from tei_ort.runtime.selection import select
+
+        selection, model = select(path, manifest, options, open_model)
+        model.selection_note = selection.note
+        return model
 
     @property
     def task(self) -> Task:

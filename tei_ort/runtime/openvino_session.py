@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tei_ort.errors import BackendError, PackageError
+from tei_ort.errors import BackendError, PackageError, ProviderUnavailable
 from tei_ort.runtime.padding import Feeds
 from tei_ort.runtime.providers import Provider
 
@@ -56,8 +56,17 @@ class OpenVINOSession:
                 _weights_to_fp16(model)
             compiled = core.compile_model(model, "CPU", config)
             del model
+            hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
+            precision = str(hint.get_type_name()) if hasattr(hint, "get_type_name") else str(hint)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise PackageError(f"{graph}: OpenVINO could not compile it ({exc})") from exc
+        # Never assumed: without native bfloat16 OpenVINO silently computes f32 (and reports it).
+        if precision != PRECISION[variant]:
+            raise ProviderUnavailable(
+                f"OpenVINO compiled {graph.name} at {precision}, not {PRECISION[variant]}: this "
+                "CPU has no native bfloat16 (AMX or AVX512_BF16); use --provider cpu"
+            )
+        self.precision = precision
         self.provider = Provider.OPENVINO
         self.output_name = output_name
         self.input_names = frozenset(i.get_any_name() for i in compiled.inputs)

@@ -24,6 +24,7 @@ from typing import Any
 import onnxruntime as ort
 
 from tei_ort.errors import ProviderUnavailable
+from tei_ort.runtime.cpu import this_cpu
 
 
 class Provider(str, enum.Enum):
@@ -80,8 +81,10 @@ def _usable(provider: Provider) -> bool:
 
 @functools.cache
 def openvino_bf16() -> bool:
-    """The `openvino` package is installed and its CPU plugin computes bfloat16 natively."""
-    if importlib.util.find_spec("openvino") is None:
+    """The CPU has native bfloat16 by its own features (AMX or AVX512_BF16; tei_ort.runtime.cpu)
+    and the `openvino` package is installed and its CPU plugin says so too. OpenVINOSession then
+    confirms it from the precision each compiled model reports."""
+    if not this_cpu().has_native_bf16 or importlib.util.find_spec("openvino") is None:
         return False
     try:
         import openvino
@@ -130,6 +133,15 @@ def _preload_pip_cuda() -> bool:
         except Exception:  # it raises on odd installs; no CUDA then
             return False
     return True
+
+
+def engine_name(provider: Provider) -> str:
+    """The engine and version that runs `provider`'s graphs, as validations record it."""
+    if provider is Provider.OPENVINO:
+        import openvino
+
+        return f"openvino {openvino.__version__}"
+    return f"onnxruntime {ort.__version__}"
 
 
 # What "auto" tries, best first (the CPU EP is always there).

@@ -118,7 +118,9 @@ def test_wrong_task_is_a_clear_error(make_package: Callable[..., Path]) -> None:
 
 def test_failed_variant_is_not_served_by_default(make_package: Callable[..., Path]) -> None:
     folder = make_package(passed=False)
-    with pytest.raises(PackageError, match="no validated variant"):
+    with pytest.raises(
+        PackageError, match="no variant of this package passed validation on this CPU"
+    ):
         Model.load(folder)
     with pytest.raises(PackageError, match="did not pass validation"):
         Model.load(folder, RuntimeOptions(variant="fp32"))
