@@ -145,16 +145,16 @@ def _verdict(
     opened: dict[str, Model],
 ) -> Verdict:
     label = f"{provider.value}:{variant.name.value}"
+    cached = cache.get(label)  # kept for this manifest on this machine: checks and trial figures
+    if cached is not None:
+        return cached
     recorded = variant.validation
     if recorded is not None and _measured_here(recorded, provider, cpu):
         return Verdict(provider.value, variant.name.value, recorded, checked_here=False)
     if fidelity_set is None:
         # A package from before fidelity sets: its figures are all there is.
-        note = "validated on another or unknown CPU class; the package has no fidelity set"
+        note = "not re-checked on this CPU: the package has no fidelity set (re-export it)"
         return Verdict(provider.value, variant.name.value, recorded, False, note=note)
-    cached = cache.get(label)
-    if cached is not None:
-        return cached
     started = time.perf_counter()
     try:
         model = open_model(provider, variant)
@@ -257,7 +257,8 @@ def _note(best: Verdict, verdicts: Sequence[Verdict], cpu: CpuInfo) -> str:
         speed = f" {verdict.tokens_per_s:,.0f} tok/s" if verdict.tokens_per_s else ""
         if verdict.passed:
             where = "re-validated here" if verdict.checked_here else _where(verdict)
-            parts.append(f"{verdict.label}: passed {where} ({_figures(verdict)}){speed}")
+            caveat = f"; {verdict.note}" if verdict.note else ""
+            parts.append(f"{verdict.label}: passed {where} ({_figures(verdict)}{caveat}){speed}")
         else:
             where = "here" if verdict.checked_here else _where(verdict)
             parts.append(f"{verdict.label}: not served, failed {where} ({_figures(verdict)})")
