@@ -66,7 +66,7 @@ def _run_validate(parsed: argparse.Namespace) -> int:
                 result: ExportResult = export_model(model, out, _options(parsed), _hub(parsed))
             except TeiOrtError as exc:
                 logger.error("%s: %s", name, exc)
-                rows.append((name, "-", "-", "-", "-", "-", f"error: {exc}"))
+                rows.append((name, "-", "-", "-", "-", "-", "-", f"error: {exc}"))
                 failed = True
                 continue
             rows += rows_for(name, result)

@@ -79,6 +79,8 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             intra_op_threads=settings.intra_op_threads,
             allow_spinning=settings.ort_spinning,
             allow_unvalidated=resolved.allow_unvalidated,
+            # Variant checks of a read-only package (tei_ort.runtime.selection) go here.
+            checks_dir=model_source.cache_root(settings) / "checks",
         ),
     )
     model.manifest = with_overrides(model.manifest, settings)
@@ -103,6 +105,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         created=int(time.time()),
         provider=model.provider.value,
         variant=model.variant.name.value,
+        variant_note=model.selection_note,
         cpu=this_cpu().describe(),
         isa_class=this_cpu().isa_class.value,
     )
