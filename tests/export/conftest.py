@@ -10,15 +10,13 @@ import pytest
 
 from tei_ort.export.pipeline import ExportOptions, ExportResult, export_model
 from tei_ort.package import VariantName
+from tests.conftest import REAL_OPTIONS
 from tests.export import tiny_models
 
 # Small validation sets for the tiny models: the point there is the graph, not the statistics.
 TINY_OPTIONS = ExportOptions(
     variants=(VariantName.FP32, VariantName.BF16), validation_queries=8, validation_passages=24
 )
-# "A few hundred real sentences" for the real models.
-REAL_OPTIONS = ExportOptions(validation_queries=48, validation_passages=160)
-
 TinySource = Callable[[str, str], Path]
 TinyPackage = Callable[[str, str], ExportResult]
 
@@ -63,10 +61,8 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory, tiny_source: TinySour
 
 
 @pytest.fixture(scope="session")
-def minilm(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    return export_model(
-        str(tiny_models.MINILM), tmp_path_factory.mktemp("minilm") / "pkg", REAL_OPTIONS
-    )
+def minilm(minilm_export: ExportResult) -> ExportResult:
+    return minilm_export
 
 
 @pytest.fixture(scope="session")
