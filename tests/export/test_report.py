@@ -20,7 +20,7 @@ def test_rows_name_the_class_and_provider_each_figure_was_measured_on(
     result = tiny_package("bert", "embedding")
     rows = rows_for("tiny-bert", result)
     here = this_cpu().isa_class.value
-    assert [(r[1], r[2]) for r in rows][0] == ("fp32", f"{here} cpu")
+    assert (rows[0][1], rows[0][2]) == ("fp32", f"{here} cpu")
     assert len(rows) == len(result.manifest.variants)  # measured here: no second row
     table = format_table(rows)
     assert table.splitlines()[0].split()[:3] == ["model", "variant", "measured"]
