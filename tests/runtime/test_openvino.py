@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tei_ort.errors import ProviderUnavailable
 from tei_ort.package import Validation, Variant, VariantName, read_manifest, write_manifest
 from tei_ort.runtime import Model, Provider, RuntimeOptions, providers
+from tei_ort.runtime.cpu import CpuInfo, IsaClass, this_cpu
 from tests.runtime.conftest import HIDDEN, table
 
 TEXTS = ["hello world", "a somewhat longer sentence about embeddings", "short", ""]
@@ -120,3 +121,32 @@ def test_auto_order_prefers_cuda_then_openvino(monkeypatch: pytest.MonkeyPatch) 
     assert providers.resolve("auto") is Provider.OPENVINO
     monkeypatch.setattr(providers, "openvino_bf16", lambda: False)
     assert providers.resolve("auto") is Provider.CPU
+
+
+def test_bf16_is_confirmed_by_the_precision_openvino_compiled(
+    make_package: Callable[..., Path],
+) -> None:
+    """Where the CPU has bfloat16 the compiled model reports bf16; elsewhere OpenVINO would
+    compute f32 under a bf16 hint, and the session refuses rather than serve mislabelled figures."""
+    pytest.importorskip("openvino")
+    from tei_ort.runtime.openvino_session import OpenVINOSession
+
+    graph = with_matmul(make_package()) / "model.onnx"
+    if this_cpu().has_native_bf16:
+        session = OpenVINOSession(graph, "bf16", "last_hidden_state")
+        assert session.precision == "bf16"
+    else:
+        with pytest.raises(ProviderUnavailable, match="at f32, not bf16"):
+            OpenVINOSession(graph, "bf16", "last_hidden_state")
+    assert OpenVINOSession(graph, "fp32", "last_hidden_state").precision == "f32"
+
+
+def test_openvino_bf16_needs_the_cpus_own_bf16_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    avx2 = CpuInfo("x86_64", "AMD EPYC 7B13", frozenset({"avx2", "fma"}), IsaClass.X86_AVX2, 2)
+    monkeypatch.setattr(providers, "this_cpu", lambda: avx2)
+    providers.openvino_bf16.cache_clear()
+    try:
+        assert providers.openvino_bf16() is False
+        assert Provider.OPENVINO not in providers.available()
+    finally:
+        providers.openvino_bf16.cache_clear()
