@@ -11,10 +11,21 @@ import pytest
 from tei_ort.export.pipeline import ExportResult
 from tei_ort.package import Pooling, Task, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.cpu import IsaClass, this_cpu
 from tei_ort.tokenization import TruncationDirection
 from tests.export import tiny_models
 
 pytestmark = pytest.mark.slow
+# Classes whose u8s8 GEMMs accumulate in int32 without saturating (VNNI, AMX): they compute the
+# same integers as the AMX Xeon where int8 passed (MiniLM cosine min 0.99877). On AVX2 / AVX-512
+# without VNNI the kernels add pairs in saturating int16, int8 may fail (0.99305 on a Zen 3), and
+# the server then falls back (tests/serve/test_default_path.py). ARM is not measured yet.
+EXACT_INT8_CLASSES = {
+    IsaClass.X86_AMX,
+    IsaClass.X86_AVX512_BF16,
+    IsaClass.X86_AVX512_VNNI,
+    IsaClass.X86_AVX2_VNNI,
+}
 
 LONG = "The quick brown fox jumps over the lazy dog. " * 2300  # ~100k characters
 HARD_INPUTS = [
@@ -92,7 +103,11 @@ def test_minilm_int8_when_the_quantizer_exists(minilm: ExportResult) -> None:
     v = variant.validation
     assert variant.providers == ("cpu",)
     assert v is not None and v.cosine_min is not None and v.overlap_at_10 is not None
-    assert v.passed and v.cosine_min >= 0.995 and v.overlap_at_10 >= 0.95
+    # On every CPU: the figures are this machine's, and the gate agrees with them.
+    assert (v.isa_class, v.provider) == (this_cpu().isa_class.value, "cpu")
+    assert v.passed == (v.cosine_min >= 0.995 and v.overlap_at_10 >= 0.95)
+    if this_cpu().isa_class in EXACT_INT8_CLASSES:
+        assert v.passed, v.note
 
 
 def test_minilm_hard_inputs_match_sentence_transformers(minilm: ExportResult, st_model) -> None:  # type: ignore[no-untyped-def]
