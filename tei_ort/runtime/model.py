@@ -205,11 +205,12 @@ class Model:
         embedding (batch, dimensions) pooled + Dense, not normalized; sparse (batch, vocab);
         classification / reranker (batch, num_labels) raw logits."""
         feeds = self._pad(encodings)
-        raw = self.session.run(feeds)
+        n = len(encodings)
+        raw = self.session.run(feeds)[:n]  # filler rows of a row bucket dropped
         if self.task is not Task.EMBEDDING:
             return raw
         pooling = self.manifest.pooling or Pooling.CLS
-        pooled = outputs.pool(raw, feeds["attention_mask"], pooling)  # (batch, hidden)
+        pooled = outputs.pool(raw, feeds["attention_mask"][:n], pooling)  # (batch, hidden)
         for layer in self._dense:
             pooled = outputs.dense(pooled, layer.weight, layer.bias, layer.activation)
         return pooled
@@ -292,14 +293,32 @@ class Model:
         logits = self._batched(self.encode(pairs, truncate=truncate), batch_size)
         return outputs.classify(logits[:, :1], raw_scores)[:, 0]
 
-    def _pad(self, encodings: Sequence[Encoded]) -> Feeds:
+    def warm_up_shapes(self, max_batch_tokens: int) -> int:
+        """On providers with row buckets, run every (rows, length) shape a batch of at most
+        `max_batch_tokens` padded tokens can take, once, so that no request pays a shape's first
+        run. Returns how many shapes ran (0 elsewhere)."""
+        spec = PROVIDERS[self.provider]
+        if not spec.row_buckets:
+            return 0
+        shapes = bucket_shapes(
+            self.manifest.max_input_length, spec.pad_multiple, spec.row_buckets, max_batch_tokens
+        )
+        for rows, length in shapes:
+            ids = np.full(length, self.manifest.pad_token_id, dtype=np.int64)  # (length,)
+            one = Encoded(ids, np.zeros(length, dtype=np.int64))
+            self.session.run(self._pad([one], rows=rows))
+        return len(shapes)
+
+    def _pad(self, encodings: Sequence[Encoded], rows: int | None = None) -> Feeds:
         manifest = self.manifest
+        spec = PROVIDERS[self.provider]
         return pad(
             encodings,
             manifest.pad_token_id,
             manifest.uses_token_type_ids,
-            multiple=PROVIDERS[self.provider].pad_multiple,
+            multiple=spec.pad_multiple,
             limit=manifest.max_input_length,
+            rows=rows or bucket_rows(len(encodings), spec.row_buckets),
         )
 
     def _require(self, *tasks: Task) -> None:
@@ -320,6 +339,27 @@ class Model:
             result[indices] = out
         assert result is not None  # encodings is non-empty
         return result
+
+
+def bucket_rows(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `n` rows; `n` itself past the largest (or without any)."""
+    return next((b for b in buckets if b >= n), n)
+
+
+def bucket_shapes(
+    max_length: int, multiple: int, buckets: Sequence[int], max_batch_tokens: int
+) -> list[tuple[int, int]]:
+    """Every (rows, padded length) a batch can take: lengths in multiples of `multiple` up to the
+    model's max (and the max itself), rows up to the bucket of the most inputs `max_batch_tokens`
+    holds at the shortest length that pads to it. E.g. max 64, multiple 32, buckets (1, 2, 4),
+    100 tokens: [(1, 32), (2, 32), (4, 32), (1, 64), (2, 64), (4, 64)] (3 inputs of 33 tokens
+    fit 100 and pad to 4 x 64)."""
+    lengths = sorted({*range(multiple, max_length + 1, multiple), max_length})
+    shapes = []
+    for shortest, length in zip([1, *(n + 1 for n in lengths)], lengths, strict=False):
+        top = bucket_rows(max(1, max_batch_tokens // shortest), buckets)
+        shapes += [(rows, length) for rows in buckets if rows <= top]
+    return shapes
 
 
 def _length_sorted_batches(encodings: Sequence[Encoded], batch_size: int) -> Iterator[list[int]]:

@@ -19,10 +19,13 @@ def pad(
     *,
     multiple: int = 1,
     limit: int | None = None,
+    rows: int | None = None,
 ) -> Feeds:
     """`multiple` rounds the padded length up (never past `limit`, the model's max input length,
-    unless an input is longer): fewer distinct shapes for runtimes that compile per shape."""
-    batch = len(encodings)
+    unless an input is longer): fewer distinct shapes for runtimes that compile per shape.
+    `rows` (>= len(encodings)) adds filler rows, each one pad token with its mask set (a row
+    with no token attended to can give NaN in fused attention); their outputs are discarded."""
+    batch = max(len(encodings), rows or 0)
     longest = max(len(e) for e in encodings)
     max_len = -(-longest // multiple) * multiple
     if limit is not None:
@@ -35,6 +38,7 @@ def pad(
         input_ids[row, :n] = encoding.ids
         attention_mask[row, :n] = 1
         token_type_ids[row, :n] = encoding.type_ids
+    attention_mask[len(encodings) :, 0] = 1  # filler rows: one pad token each
     feeds: Feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
     if with_token_type_ids:
         feeds["token_type_ids"] = token_type_ids

@@ -47,14 +47,26 @@ class ProviderSpec:
     # per input shape (~7 ms and ~1 MB each): with every length its own shape, a server's resident
     # memory grew 353 -> 1,738 MB in four minutes; multiples of 16 bound the shapes.
     pad_multiple: int = 1
+    # Batch rows are rounded up to the next of these sizes (filler rows), and every (rows,
+    # length) bucket that fits the batch budget is run once before the server listens. For
+    # runtimes where each new input shape costs a slow first run. Empty: rows as they come.
+    row_buckets: tuple[int, ...] = ()
 
 
 PROVIDERS: dict[Provider, ProviderSpec] = {
     Provider.CPU: ProviderSpec(
         "CPUExecutionProvider", ("int8", "fp32"), uses_io_binding=False, target_batch_tokens=2048
     ),
+    # Each new (batch, length) shape cost 40-50 ms on its first forward on an H200
+    # (scripts/cuda_cold_study.py): lengths in multiples of 32 and rows in powers of two bound
+    # MiniLM's shapes to ~70 under a 16,384-token budget, all run before listening.
     Provider.CUDA: ProviderSpec(
-        "CUDAExecutionProvider", ("fp16", "fp32"), uses_io_binding=True, target_batch_tokens=None
+        "CUDAExecutionProvider",
+        ("fp16", "fp32"),
+        uses_io_binding=True,
+        target_batch_tokens=None,
+        pad_multiple=32,
+        row_buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
     ),
     # bf16 on AMX: MiniLM 28,750 tok/s against ORT int8's 16,990 and fp32's 8,190, at cosine
     # 0.99996 to fp32 (scripts/openvino_study.py). Only bf16: OpenVINO at f32 (1.2x ORT fp32) is

@@ -84,6 +84,14 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         ),
     )
     model.manifest = with_overrides(model.manifest, settings)
+    shapes_started = time.perf_counter()
+    if shapes := model.warm_up_shapes(settings.max_batch_tokens):
+        logger.info(
+            "ran each of %d batch shapes once (%s) in %.1f s",
+            shapes,
+            model.provider.value,
+            time.perf_counter() - shapes_started,
+        )
     config = EngineConfig(
         max_concurrent_requests=settings.max_concurrent_requests,
         max_batch_tokens=settings.max_batch_tokens,
