@@ -1,28 +1,30 @@
-"""Continuous token-budget batching: the run loop, the forward thread and health.
+"""Continuous token-budget batching: the forward thread, the queue it takes batches from, health.
 
-    request coroutines --submit--> LengthQueue (one per ForwardKind)
-    run loop (event loop) --forms a batch--> forward thread (one; ORT releases the GIL)
-    forward thread --outputs--> run loop --deliver--> request futures
+    request coroutines --submit (lock)--> LengthQueue (one per ForwardKind)
+    forward thread: forms the next batch (lock) -> forward -> hands outputs to the event loop
+    event loop --deliver--> request futures
 
-At most two batches are handed to the forward thread: one running and one prepared, so that the
-thread starts the next forward the moment the current one ends, without waiting for the event
-loop (which may be busy parsing or serializing). A batch is prepared ahead only when the queue
-holds enough tokens to fill it; otherwise it is formed when the thread frees up, and so takes in
-everything that arrived during the running forward (fewer, fuller, better length-sorted batches).
+The forward thread forms each batch itself, the moment the previous forward ends: it never
+waits for the event loop (which may be busy parsing or serializing), and the batch takes in
+everything that arrived until then, so a small request that arrives during a forward runs in the
+very next batch (see queue.py for turns), never behind a batch prepared before it came. Forming a
+batch costs O(batch + distinct lengths) under the lock; the loop holds the same lock only to
+push a request's inputs or drop a cancelled one's.
 
-The run loop is the one place that catches broad exceptions: a failed forward (BackendError from
-the runtime, or anything else) fails only the requests in that batch, is logged once here, and
-makes the engine unhealthy until a later forward succeeds.
+Delivery runs on the event loop, the one place that catches broad exceptions: a failed forward
+(BackendError from the runtime, or anything else) fails only the requests in that batch, is
+logged once here, and makes the engine unhealthy until a later forward succeeds. A bug in
+delivery itself fails every waiting request and stops the batcher rather than leave them hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -35,8 +37,6 @@ from tei_ort.tokenization import Encoded
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_PIPELINE_DEPTH = 2  # batches handed to the forward thread: one running, one prepared
 
 
 @dataclass(frozen=True)
@@ -63,20 +63,34 @@ class BatchCounters:
     dropped: int = 0  # inputs of cancelled requests (clients gone) that got no output
 
 
+@dataclass
+class _Probe:
+    encodings: list[Encoded]
+    future: asyncio.Future[BackendError | None]
+
+
 class Batcher:
     def __init__(
-        self, model: ModelBackend, max_batch_tokens: int, max_batch_requests: int | None
+        self,
+        model: ModelBackend,
+        max_batch_tokens: int,
+        max_batch_requests: int | None,
+        max_padding_ratio: float | None = None,
     ) -> None:
         self._model = model
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_requests = max_batch_requests
+        self._max_padding_ratio = max_padding_ratio
         self._queues = {kind: LengthQueue() for kind in ForwardKind}
-        self._pool: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        # Guards the queues, _probes, _running and _stopping; the forward thread waits on it.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._probes: deque[_Probe] = deque()  # forwards outside the queue, run first
+        self._running: list[Item] = []  # the batch in the forward thread
         self._stopping = False
-        # Batches handed to the forward thread, oldest first, with their pending outputs.
-        self._flights: deque[tuple[list[Item], asyncio.Future[_Outcome | BaseException]]] = deque()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exited: asyncio.Future[None] | None = None
         self.is_healthy = True
         self.counters = BatchCounters()
         self.listeners: list[Callable[[BatchReport], None]] = []
@@ -85,30 +99,33 @@ class Batcher:
     def queue_size(self) -> int:
         return sum(queue.size for queue in self._queues.values())
 
+    @property
+    def _is_running(self) -> bool:
+        return self._thread is not None and not self._stopping
+
     async def start(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tei-forward")
+        self._loop = asyncio.get_running_loop()
+        self._exited = self._loop.create_future()
         self._stopping = False
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="tei-batcher")
-        self._task.add_done_callback(self._on_loop_exit)
+        self._thread = threading.Thread(target=self._serve, name="tei-forward", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Run what is queued, then end the loop and the forward thread."""
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            await asyncio.wait([self._task])  # a crash was logged by _on_loop_exit already
-            self._task = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)  # idle by now; never block the loop
-            self._pool = None
+        """Run what is queued, then end the forward thread."""
+        if self._thread is None or self._exited is None:
+            return
+        with self._work:
+            self._stopping = True
+            self._work.notify()
+        await self._exited
+        self._thread = None
 
     async def run(
         self, encodings: Sequence[Encoded], kind: ForwardKind, convert: Callable[[FloatArray], T]
     ) -> tuple[list[T], GroupTiming]:
         """Queue one request's inputs and wait for all their outputs, in input order. Cancelling
         the caller cancels the group's future, which drops whatever is still queued."""
-        if self._task is None or self._task.done() or self._stopping:
+        if not self._is_running:
             raise Unhealthy("the engine is not running")
         if not encodings:
             return [], GroupTiming(0.0, 0.0)  # a group of none would never complete
@@ -123,8 +140,10 @@ class Batcher:
         queue = self._queues[kind]
         group.future.add_done_callback(lambda _: self._close(group, queue))
         now = time.perf_counter()
-        queue.push(group, [Item(group, i, e, len(e), now) for i, e in enumerate(encodings)])
-        self._wake.set()
+        items = [Item(group, i, e, len(e), now) for i, e in enumerate(encodings)]
+        with self._work:
+            queue.push(group, items)
+            self._work.notify()
         await group.future
         outputs = [o for o in group.outputs if o is not None]
         n = len(encodings)
@@ -132,72 +151,72 @@ class Batcher:
 
     async def probe(self, encodings: Sequence[Encoded]) -> None:
         """One forward outside the queue (warm-up, health check); BackendError if it fails."""
-        if self._pool is None:
+        if not self._is_running or self._loop is None:
             raise BackendError("the engine is not running")
-        loop = asyncio.get_running_loop()
-        error = await loop.run_in_executor(self._pool, self._probe, list(encodings))
+        probe = _Probe(list(encodings), self._loop.create_future())
+        with self._work:
+            self._probes.append(probe)
+            self._work.notify()
+        error = await probe.future
         self.is_healthy = error is None
         if error is not None:
             raise error
 
-    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        # A bug in the loop itself: fail what waits rather than leave it hanging.
-        logger.critical("the batcher loop crashed", exc_info=task.exception())
-        self.is_healthy = False
-        waiting = [g for q in self._queues.values() for g in q.groups()]
-        waiting += [item.group for items, _ in self._flights for item in items]
-        for group in waiting:
-            if not group.future.done():
-                group.future.set_exception(BackendError("the batcher stopped"))
-
     def _close(self, group: Group[Any], queue: LengthQueue) -> None:
         group.closed = True
-        queued = queue.forget(group)
+        with self._lock:
+            queued = queue.forget(group)
         if group.future.cancelled():
             # Queued inputs are skipped when batches are formed; those already in a formed batch
             # are skipped by the forward thread unless their forward has begun.
             self.counters.dropped += group.remaining
             logger.debug("client went away: %d inputs dropped (%d queued)", group.remaining, queued)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        flights = self._flights
-        while True:
-            # No await between clear() and wait(): every set() after it is seen.
-            self._wake.clear()
-            # The forward thread is a FIFO of one worker: flights end in order.
-            while flights and flights[0][1].done():
-                items, future = flights[0]
-                self._finish(items, future.result())
-                flights.popleft()  # only now: if _finish fails, _on_loop_exit still sees them
-            while len(flights) < _PIPELINE_DEPTH and (not flights or self._can_fill_a_batch()):
-                items = self._next_batch()
-                if not items:
-                    break
-                future = loop.run_in_executor(self._pool, self._forward, items)
-                future.add_done_callback(lambda _: self._wake.set())
-                flights.append((items, future))
-            if self._stopping and not flights and self.queue_size == 0:
-                return
-            await self._wake.wait()
+    # -- the forward thread -------------------------------------------------------------------
 
-    def _can_fill_a_batch(self) -> bool:
-        tokens = sum(queue.tokens for queue in self._queues.values())
-        items = self.queue_size
-        cap = self._max_batch_requests
-        return tokens >= self._max_batch_tokens or (cap is not None and items >= cap)
+    def _serve(self) -> None:
+        try:
+            self._serve_until_stopped()
+        except BaseException as exc:  # a bug in this thread: fail what waits, as _deliver does
+            logger.critical("the forward thread crashed", exc_info=exc)
+            self._call_soon(self._break, [])
+        finally:
+            if self._exited is not None:
+                self._call_soon(_resolve, self._exited, None)
+
+    def _serve_until_stopped(self) -> None:
+        while True:
+            with self._work:
+                while not (self._probes or self.queue_size or self._stopping):
+                    self._work.wait()
+                probe = self._probes.popleft() if self._probes else None
+                items = [] if probe is not None else self._next_batch()
+                if probe is None and not items:
+                    return  # stopping, and nothing is left
+                self._running = items
+            if probe is not None:
+                self._call_soon(_resolve, probe.future, self._probe(probe.encodings))
+            else:
+                self._call_soon(self._deliver, items, self._forward(items))
+
+    def _call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            logger.debug("event loop closed; forward thread result dropped")
 
     def _next_batch(self) -> list[Item]:
-        # Kinds share one round-robin of requests: neither starves the other.
+        """Under the lock. Kinds share one order of turns: neither starves the other."""
         turns = [
             (turn, kind) for kind, q in self._queues.items() if (turn := q.next_turn()) is not None
         ]
         if not turns:
             return []
         kind = min(turns, key=lambda t: t[0])[1]
-        items = self._queues[kind].next_batch(self._max_batch_tokens, self._max_batch_requests)
+        items = self._queues[kind].next_batch(
+            self._max_batch_tokens, self._max_batch_requests, self._max_padding_ratio
+        )
         counters = self.counters
         counters.next_size = len(items)
         counters.next_tokens = sum(item.length for item in items)
@@ -231,6 +250,26 @@ class Batcher:
         except Exception as exc:  # as in _forward: report, never raise into the loop
             return _as_backend_error(exc)
         return None
+
+    # -- on the event loop ---------------------------------------------------------------------
+
+    def _deliver(self, items: list[Item], outcome: _Outcome | BaseException) -> None:
+        try:
+            self._finish(items, outcome)
+        except Exception as exc:  # a bug here: fail what waits rather than leave it hanging
+            logger.critical("the batcher failed to deliver a batch", exc_info=exc)
+            self._break(items)
+
+    def _break(self, items: list[Item]) -> None:
+        self.is_healthy = False
+        with self._work:
+            self._stopping = True
+            self._work.notify()
+            waiting = [g for q in self._queues.values() for g in q.groups()]
+            waiting += [item.group for item in [*items, *self._running]]
+        for group in waiting:
+            if not group.future.done():
+                group.future.set_exception(BackendError("the batcher stopped"))
 
     def _finish(self, items: list[Item], outcome: _Outcome | BaseException) -> None:
         if isinstance(outcome, BaseException):
@@ -278,6 +317,11 @@ class Batcher:
         )
         for group in groups.values():
             group.future.set_exception(_as_backend_error(exc))
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():  # its awaiting task may have been cancelled
+        future.set_result(value)
 
 
 def _as_backend_error(exc: BaseException) -> BackendError:

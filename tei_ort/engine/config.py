@@ -37,6 +37,12 @@ class EngineConfig:
     # cap). On CPU, smaller batches run faster per token (activations stay in cache): MiniLM on 2
     # cores ran 1.85x the tokens/s at 2,048 than at 16,384. Set per execution provider.
     target_batch_tokens: int | None = None
+    # A batch stops growing before its padding exceeds this fraction of its real tokens (plus
+    # queue.PADDING_SLACK_TOKENS). On a CPU a forward costs about the same per padded token at
+    # any batch size, so padding is lost work: MiniLM fp32 on 2 cores ran 8 concurrent one-text
+    # requests, padded to their longest, at a quarter of one-at-a-time tokens/s. None: no limit
+    # (fill the budget), where batching pays more than padding costs (a GPU).
+    max_padding_ratio: float | None = 0.25
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent_requests", "max_batch_tokens", "max_client_batch_size"):
@@ -46,6 +52,10 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset), got {value}")
+        if self.max_padding_ratio is not None and self.max_padding_ratio < 0:
+            raise ValueError(
+                f"max_padding_ratio must be >= 0 (or unset), got {self.max_padding_ratio}"
+            )
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,9 @@ class Engine:
         self._config = config
         self._workers = config.tokenization_workers or default_tokenization_workers()
         batch_tokens = min(config.max_batch_tokens, config.target_batch_tokens or sys.maxsize)
-        self._batcher = Batcher(model, batch_tokens, config.max_batch_requests)
+        self._batcher = Batcher(
+            model, batch_tokens, config.max_batch_requests, config.max_padding_ratio
+        )
         self._pool: ThreadPoolExecutor | None = None
         self._admission = Admission(config.max_concurrent_requests)
 

@@ -39,16 +39,38 @@ async def test_concurrent_requests_share_batches_and_match_one_at_a_time() -> No
         blocker = asyncio.create_task(engine.embed(EmbedRequest(["blocker"])))
         await forward_started(model)
         tasks = [asyncio.create_task(engine.embed(EmbedRequest([t]))) for t in texts]
-        # All 60 tokenized and queued (they cannot fill a batch, so none is prepared ahead).
+        # All 60 tokenized and queued while the blocker's forward runs.
         await until(lambda: engine.stats().in_flight == 61 and engine.stats().queue_size == 60)
         model.gate.set()
         together = [(await task).embeddings[0] for task in tasks]
         await blocker
     np.testing.assert_array_equal(np.stack(together), np.stack(alone))
     np.testing.assert_allclose(np.stack(together), expected(model, texts), rtol=1e-6)
-    # The 60 clients went through a handful of shared batches, not 60.
-    assert len(model.batches) <= 4
-    assert max(len(batch) for batch in model.batches) >= 20
+    # The 60 clients went through a handful of shared batches, not 60: the blocker's, then
+    # batches of neighbouring lengths whose padding stays under the limit (25% + 16 tokens).
+    shared = model.batches[1:]
+    assert [len(ids) for ids in model.batches[0]] == [4] and len(shared) <= 5
+    assert sum(len(batch) for batch in shared) == 60 and max(len(b) for b in shared) >= 12
+    for batch in shared:
+        real = sum(len(ids) for ids in batch)
+        assert max(len(ids) for ids in batch) * len(batch) <= real * 1.25 + 16
+
+
+@asynchronous
+async def test_without_a_padding_limit_a_batch_fills_the_budget() -> None:
+    model = FakeModel()
+    texts = texts_of_mixed_length(60)
+    async with running(model, max_padding_ratio=None) as engine:
+        model.gate.clear()
+        blocker = asyncio.create_task(engine.embed(EmbedRequest(["blocker"])))
+        await forward_started(model)
+        tasks = [asyncio.create_task(engine.embed(EmbedRequest([t]))) for t in texts]
+        await until(lambda: engine.stats().queue_size == 60)
+        model.gate.set()
+        together = np.stack([(await task).embeddings[0] for task in tasks])
+        await blocker
+    np.testing.assert_allclose(together, expected(model, texts), rtol=1e-6)
+    assert [len(batch) for batch in model.batches] == [1, 60]
 
 
 @asynchronous
@@ -89,8 +111,10 @@ async def test_a_small_request_does_not_wait_behind_a_bulk_one() -> None:
         await bulk
     ids = model.encode(["a quick question"])[0].ids.tolist()
     batch_of_query = next(i for i, b in enumerate(model.batches) if ids in [x.tolist() for x in b])
-    # The running batch, the prepared one, one bulk turn, then the query's turn (of ~70 batches).
-    assert batch_of_query <= 3 < 50 < len(model.batches)
+    # The bulk request's running batch, then the query's turn: it anchors the next batch formed
+    # (of ~70), ahead of the bulk request's remaining inputs.
+    assert batch_of_query == 1 and model.batches[1][0].tolist() == ids
+    assert len(model.batches) > 50
     np.testing.assert_allclose(result.embeddings, expected(model, ["a quick question"]), rtol=1e-6)
 
 
@@ -115,7 +139,7 @@ async def test_max_batch_requests_caps_inputs_per_batch() -> None:
 
 
 @asynchronous
-async def test_a_full_batch_is_prepared_while_another_runs() -> None:
+async def test_the_next_batch_is_formed_when_the_forward_thread_frees_up() -> None:
     model = FakeModel()
     sixteen_tokens = "hello " * 14  # [CLS] + 14 + [SEP]
     async with running(model, max_batch_tokens=64) as engine:
@@ -123,16 +147,35 @@ async def test_a_full_batch_is_prepared_while_another_runs() -> None:
         first = asyncio.create_task(engine.embed(EmbedRequest(["first"])))
         await forward_started(model)
         second = asyncio.create_task(engine.embed(EmbedRequest([sixteen_tokens] * 4)))
-        await until(lambda: engine.stats().batch_next_size == 4)
+        await until(lambda: engine.stats().queue_size == 4)
         third = asyncio.create_task(engine.embed(EmbedRequest(["third"])))
-        await until(lambda: engine.stats().queue_size == 1)
-        # The second batch (64 tokens: full) was formed and handed over while the first runs.
+        await until(lambda: engine.stats().queue_size == 5)
+        # Nothing is formed ahead while the first forward runs: a full batch waits in the
+        # queue like any other, so a later small request is not stuck behind it.
         stats = engine.stats()
-        assert (stats.batch_next_size, stats.batch_next_padded_tokens) == (4, 64)
-        assert (stats.queue_size, stats.in_flight) == (1, 3)
+        assert (stats.batch_next_size, stats.in_flight) == (1, 3)
         model.gate.set()
         await asyncio.gather(first, second, third)
     assert [len(batch) for batch in model.batches] == [1, 4, 1]
+
+
+@asynchronous
+async def test_a_small_request_runs_before_a_full_batch_queued_ahead_of_it() -> None:
+    model = FakeModel()
+    sixteen_tokens = "hello " * 14  # [CLS] + 14 + [SEP]
+    async with running(model, max_batch_tokens=64) as engine:
+        model.gate.clear()
+        bulk = asyncio.create_task(engine.embed(EmbedRequest([sixteen_tokens] * 12)))
+        await forward_started(model)  # the bulk request's first batch of 4
+        query = asyncio.create_task(engine.embed(EmbedRequest(["query"])))
+        await until(lambda: engine.stats().queue_size == 9)
+        model.gate.set()
+        await asyncio.gather(bulk, query)
+    query_ids = model.encode(["query"])[0].ids.tolist()
+    # The query anchors the batch after the running one (which it fills up with 3 of the bulk
+    # request's inputs: 13 tokens of padding), although 8 bulk inputs were queued before it.
+    assert [len(batch) for batch in model.batches] == [4, 4, 4, 1]
+    assert model.batches[1][0].tolist() == query_ids
 
 
 @asynchronous
@@ -180,10 +223,10 @@ async def test_cancelled_requests_are_dropped_before_the_forward_pass() -> None:
         running_one = asyncio.create_task(engine.embed(EmbedRequest(["alpha"])))
         await forward_started(model)
         prepared = asyncio.create_task(engine.embed(EmbedRequest([sixteen_tokens] * 4)))
-        await until(lambda: engine.stats().batch_next_size == 4 and engine.stats().in_flight == 2)
+        await until(lambda: engine.stats().queue_size == 4 and engine.stats().in_flight == 2)
         queued = asyncio.create_task(engine.embed(EmbedRequest(["charlie", "charlie two"])))
         kept = asyncio.create_task(engine.embed(EmbedRequest(["delta"])))
-        await until(lambda: engine.stats().queue_size == 3)
+        await until(lambda: engine.stats().queue_size == 7)
         prepared.cancel()
         queued.cancel()
         await asyncio.sleep(0)
@@ -197,6 +240,6 @@ async def test_cancelled_requests_are_dropped_before_the_forward_pass() -> None:
     never = [model.encode([t])[0].ids.tolist() for t in (sixteen_tokens, "charlie", "charlie two")]
     assert not [ids for ids in never if ids in seen]
     assert model.encode(["delta"])[0].ids.tolist() in seen
-    assert [len(batch) for batch in model.batches] == [1, 1]  # the prepared batch never ran
+    assert [len(batch) for batch in model.batches] == [1, 1]  # the full batch never ran
     np.testing.assert_allclose(alpha.embeddings, expected(model, ["alpha"]), rtol=1e-6)
     np.testing.assert_allclose(delta.embeddings, expected(model, ["delta"]), rtol=1e-6)

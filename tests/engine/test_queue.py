@@ -55,12 +55,16 @@ def test_requests_take_turns_and_each_anchors_its_oldest_input(
     bulk = push(queue, loop, [32] + [4] * 40)
     first = queue.next_batch(64, None)
     assert [i.length for i in first] == [32, 4]
-    # A one-input request arriving now takes its turn after the bulk one's next turn: it does
-    # not wait for the 39 inputs left of the bulk request.
+    # A one-input request arriving now anchors the next batch, ahead of the bulk request's next
+    # turn: it does not wait for the 39 inputs left of the bulk request.
     single = push(queue, loop, [30])
+    second = queue.next_batch(64, None)
+    assert second[0].group is single and [i.length for i in second] == [30, 4]
+    # A request arriving once that newcomer has anchored waits for the bulk request's next
+    # turn: newcomers cannot starve a request already served.
+    later = push(queue, loop, [30])
     assert [i.group for i in queue.next_batch(64, None)] == [bulk] * 16
-    third = queue.next_batch(64, None)
-    assert third[0].group is single and [i.length for i in third] == [30, 4]
+    assert queue.next_batch(64, None)[0].group is later
     assert all(i.group is bulk for i in queue.next_batch(64, None))
     # Every batch holds the anchor (the oldest input of the request whose turn it is), so
     # every request progresses.
@@ -84,6 +88,23 @@ def test_budget_cap_and_padding_on_a_random_mix(loop: asyncio.AbstractEventLoop)
     padded = [max(i.length for i in batch) * len(batch) for batch in batches]
     assert max(padded) <= 4096 and max(len(batch) for batch in batches) == 64
     assert sum(lengths) / sum(padded) > 0.95  # arrival-order batches of 64 pad to ~0.33
+
+
+def test_padding_limit_keeps_short_inputs_out_of_long_batches(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    queue = LengthQueue()
+    push(queue, loop, [100, 12, 96, 10, 11, 30])
+    batches = drain(queue, max_tokens=2048, max_items=None)
+    assert len(batches) == 1  # without a limit: everything, padded to 100 (2.3x its 259 tokens)
+    queue = LengthQueue()
+    push(queue, loop, [100, 12, 96, 10, 11, 30])
+    limited = []
+    while batch := queue.next_batch(2048, None, max_padding_ratio=0.25):
+        limited.append(sorted(i.length for i in batch))
+    # Padding at most 25% of a batch's real tokens + 16: 30 would pad [96, 100, 30] to 300 >
+    # 226 * 1.25 + 16, and [10, 11, 12, 30] to 120 > 63 * 1.25 + 16.
+    assert limited == [[96, 100], [10, 11, 12], [30]]
 
 
 def test_closed_groups_are_skipped(loop: asyncio.AbstractEventLoop) -> None:
