@@ -2,7 +2,8 @@
 length-sorted corpus, in one run. It chose the CPU's target_batch_tokens in
 tei_ort/runtime/providers.py.
 
-    .venv/bin/python scripts/batch_tokens_study.py PACKAGE [--variants fp32,int8]
+    .venv/bin/python scripts/batch_tokens_study.py PACKAGE [--variants cpu:fp32,cpu:int8,openvino:bf16]
+        [--budgets 256,512,1024,2048,4096]
 """
 
 from __future__ import annotations
@@ -14,24 +15,29 @@ from pathlib import Path
 from tei_ort.bench.engines import budget_batches
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.cpu import this_cpu
 
-BUDGETS = (1024, 2048, 4096, 8192, 16384)
+BUDGETS = "256,512,1024,2048,4096,16384"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("package", type=Path)
-    parser.add_argument("--variants", default="fp32,int8")
+    parser.add_argument("--variants", default="cpu:fp32,cpu:int8", help="provider:variant pairs")
+    parser.add_argument("--budgets", default=BUDGETS)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     texts = corpus.mixed(512)
-    for variant in args.variants.split(","):
-        options = RuntimeOptions(provider="cpu", variant=variant, intra_op_threads=args.threads)
+    print(f"cpu: {this_cpu().describe()}")
+    budgets = [int(b) for b in args.budgets.split(",")]
+    for pair in args.variants.split(","):
+        provider, variant = pair.split(":")
+        options = RuntimeOptions(provider=provider, variant=variant, intra_op_threads=args.threads)
         model = Model.load(args.package, options)
         encodings = model.encode(texts)
         lengths = [len(e) for e in encodings]
         rates = {}
-        for budget in BUDGETS:
+        for budget in budgets:
             plan = budget_batches(encodings, budget)
             best = float("inf")
             for _ in range(3):
@@ -40,7 +46,7 @@ def main() -> None:
                     model.forward([encodings[i] for i in batch])
                 best = min(best, time.perf_counter() - start)
             rates[budget] = sum(lengths) / best
-        print(variant, "  ".join(f"{b}: {r:,.0f} tok/s" for b, r in rates.items()))
+        print(pair, "  ".join(f"{b}: {r:,.0f} tok/s" for b, r in rates.items()))
 
 
 if __name__ == "__main__":
