@@ -120,12 +120,14 @@ class Engine:
         config = self._config
         logger.info(
             "engine ready: %s model, max_input_length %d, max_batch_tokens %d, "
-            "target_batch_tokens %s, max_batch_requests %s, max_concurrent_requests %d, max_client_batch_size %d, "
+            "target_batch_tokens %s, max_padding_ratio %s, max_batch_requests %s, "
+            "max_concurrent_requests %d, max_client_batch_size %d, "
             "%d tokenization workers, warm-up %.2f s",
             self._model.task.value,
             self._model.manifest.max_input_length,
             config.max_batch_tokens,
             config.target_batch_tokens or config.max_batch_tokens,
+            config.max_padding_ratio,
             config.max_batch_requests or "unlimited",
             config.max_concurrent_requests,
             config.max_client_batch_size,

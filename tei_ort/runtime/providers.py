@@ -51,6 +51,12 @@ class ProviderSpec:
     # length) bucket that fits the batch budget is run once before the server listens. For
     # runtimes where each new input shape costs a slow first run. Empty: rows as they come.
     row_buckets: tuple[int, ...] = ()
+    # A batch stops growing before its padding exceeds this share of its real tokens (the
+    # engine's max_padding_ratio). On the CPU a padded token costs as much as a real one and
+    # bigger batches are no cheaper per token, so padding is pure loss: 8 one-text requests
+    # padded to their longest ran at 2.45x their real tokens, and c=8 x 1 text fell to a third of
+    # c=1 (scripts/concurrency_study.py). On a GPU bigger batches pay: no cap.
+    max_padding_ratio: float | None = 0.25
 
 
 PROVIDERS: dict[Provider, ProviderSpec] = {
@@ -67,6 +73,7 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         target_batch_tokens=None,
         pad_multiple=32,
         row_buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        max_padding_ratio=None,
     ),
     # bf16 on AMX: MiniLM 28,750 tok/s against ORT int8's 16,990 and fp32's 8,190, at cosine
     # 0.99996 to fp32 (scripts/openvino_study.py). Only bf16: OpenVINO at f32 (1.2x ORT fp32) is

@@ -44,6 +44,13 @@ CHECKS_VERSION = 1
 TRIAL_ROUNDS = 3
 TRIAL_BATCHES = 2  # of the provider's target batch tokens, longest texts of the fidelity set
 TRIAL_BUDGET_S = 6.0  # rounds stop early past this (large models on small CPUs)
+# Padded tokens per forward batch tried for the chosen variant. Which is fastest differs per
+# provider and class: on an AMX Xeon (MiniLM, scripts/batch_tokens_study.py) ORT int8 peaked at
+# 1,024, OpenVINO bf16 at 4,096 and fp32 was flat. Larger batches also make a small request
+# behind a bulk one wait longer, so a budget within 5% of the fastest counts as fast and the
+# smallest of those wins.
+BATCH_BUDGETS = (512, 1024, 2048, 4096)
+BUDGET_TIE = 0.05
 
 OpenModel = Callable[[Provider, Variant], "Model"]
 
@@ -106,6 +113,55 @@ def select(
     selection = Selection(provider, variant, tuple(verdicts), _note(best, verdicts, cpu))
     logger.info("variant: %s", selection.note)
     return selection, model
+
+
+def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str]:
+    """The padded tokens per forward batch the server aims for with this model here: the
+    provider's default where it has none or the package has no fidelity set, else the fastest
+    of BATCH_BUDGETS in a short trial on the fidelity set's texts (cached like the checks)."""
+    default = PROVIDERS[model.provider].target_batch_tokens
+    fidelity_set = fidelity_check.read_fidelity_set(model.path)
+    if default is None or fidelity_set is None:
+        return default, f"{default or 'no'} target batch tokens (the provider's default)"
+    label = f"{model.provider.value}:{model.variant.name.value}"
+    cache = _Cache(model.path, this_cpu(), options.intra_op_threads, options.checks_dir)
+    rates = cache.get_budgets(label)
+    if rates is None:
+        rates = _budget_trial(model, fidelity_set.vset.texts[::3])
+        cache.put_budgets(label, rates)
+        cache.save()
+    fastest = max(rates.values())
+    chosen = min(b for b, rate in rates.items() if rate >= fastest * (1 - BUDGET_TIE))
+    figures = ", ".join(f"{b}: {rate:,.0f} tok/s" for b, rate in sorted(rates.items()))
+    return chosen, f"{chosen} target batch tokens, by trial ({figures})"
+
+
+def _budget_trial(model: Model, texts: Sequence[str]) -> dict[int, float]:
+    encodings = sorted(model.encode(list(texts)), key=len)
+    tokens = sum(len(e) for e in encodings)
+    plans = {budget: _budget_batches(encodings, budget) for budget in BATCH_BUDGETS}
+    best: dict[int, float] = {}
+    started = time.perf_counter()
+    for _ in range(TRIAL_ROUNDS):
+        for budget, batches in plans.items():
+            model.forward(batches[-1])  # its longest shape, warm
+            tick = time.perf_counter()
+            for batch in batches:
+                model.forward(batch)
+            best[budget] = min(best.get(budget, float("inf")), time.perf_counter() - tick)
+        if time.perf_counter() - started > TRIAL_BUDGET_S:
+            break
+    return {budget: round(tokens / seconds, 1) for budget, seconds in best.items()}
+
+
+def _budget_batches(encodings: Sequence[Any], budget: int) -> list[list[Any]]:
+    """Length-sorted encodings in batches of at most `budget` padded tokens."""
+    batches: list[list[Any]] = [[]]
+    for encoding in encodings:  # ascending: the newest is the longest of its batch
+        if batches[-1] and len(encoding) * (len(batches[-1]) + 1) > budget:
+            batches.append([])
+        batches[-1].append(encoding)
+    return batches
 
 
 def _candidates(manifest: Manifest, options: RuntimeOptions) -> list[tuple[Provider, Variant]]:
@@ -325,6 +381,7 @@ class _Cache:
         if entry.get("manifest") != self._digest:
             entry = {"manifest": self._digest, "verdicts": {}}
         self._data["machines"][self._key] = entry
+        self._entry: dict[str, Any] = entry
         self._verdicts: dict[str, Any] = entry["verdicts"]
         self._dirty = False
 
@@ -340,6 +397,20 @@ class _Cache:
 
     def put(self, verdict: Verdict) -> None:
         self._verdicts[verdict.label] = asdict(verdict)
+        self._dirty = True
+
+    def get_budgets(self, label: str) -> dict[int, float] | None:
+        section = self._entry.get("batch_tokens")
+        raw = section.get(label) if isinstance(section, dict) else None
+        if not isinstance(raw, dict) or not raw:
+            return None
+        try:
+            return {int(budget): float(rate) for budget, rate in raw.items()}
+        except (TypeError, ValueError):
+            return None
+
+    def put_budgets(self, label: str, rates: dict[int, float]) -> None:
+        self._entry.setdefault("batch_tokens", {})[label] = {str(b): r for b, r in rates.items()}
         self._dirty = True
 
     def save(self) -> None:

@@ -21,6 +21,7 @@ from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import PROVIDERS
 from tei_ort.runtime.providers import resolve as resolve_provider
+from tei_ort.runtime.selection import batch_tokens
 from tei_ort.serve import model_source
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
@@ -69,20 +70,20 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
     resolved = model_source.resolve(settings, provider.value)
     if settings.dense_path is not None:
         logger.warning("--dense-path ignored: the package carries its Dense layers")
-    model = Model.load(
-        resolved.path,
-        RuntimeOptions(
-            # "auto" again rather than the provider resolved above: Model.load moves on from
-            # OpenVINO when the package has no validated bf16 variant.
-            provider=settings.provider,
-            variant=settings.variant_name,
-            intra_op_threads=settings.intra_op_threads,
-            allow_spinning=settings.ort_spinning,
-            allow_unvalidated=resolved.allow_unvalidated,
-            # Variant checks of a read-only package (tei_ort.runtime.selection) go here.
-            checks_dir=model_source.cache_root(settings) / "checks",
-        ),
+    options = RuntimeOptions(
+        # "auto" again rather than the provider resolved above: Model.load moves on from
+        # OpenVINO when the package has no validated bf16 variant.
+        provider=settings.provider,
+        variant=settings.variant_name,
+        intra_op_threads=settings.intra_op_threads,
+        allow_spinning=settings.ort_spinning,
+        allow_unvalidated=resolved.allow_unvalidated,
+        # Variant checks of a read-only package (tei_ort.runtime.selection) go here.
+        checks_dir=model_source.cache_root(settings) / "checks",
     )
+    model = Model.load(resolved.path, options)
+    target_batch_tokens, batch_note = batch_tokens(model, options)
+    logger.info("batching: %s", batch_note)
     model.manifest = with_overrides(model.manifest, settings)
     shapes_started = time.perf_counter()
     if shapes := model.warm_up_shapes(settings.max_batch_tokens):
@@ -99,7 +100,8 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         max_client_batch_size=settings.max_client_batch_size,
         auto_truncate=settings.auto_truncate,
         tokenization_workers=settings.tokenization_workers,
-        target_batch_tokens=PROVIDERS[model.provider].target_batch_tokens,
+        target_batch_tokens=target_batch_tokens,
+        max_padding_ratio=PROVIDERS[model.provider].max_padding_ratio,
     )
     engine = Engine(model, config)
     ctx = ServeContext(
@@ -113,7 +115,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         created=int(time.time()),
         provider=model.provider.value,
         variant=model.variant.name.value,
-        variant_note=model.selection_note,
+        variant_note="; ".join(n for n in (model.selection_note, f"batching: {batch_note}") if n),
         cpu=this_cpu().describe(),
         isa_class=this_cpu().isa_class.value,
     )

@@ -227,3 +227,33 @@ def test_copying_a_package_to_another_machine_class_rechecks_it(
     model = Model.load(copy, _cpu_only())
     assert sorted(counted) == ["cpu:fp32", "cpu:int8"]
     assert model.variant.name in (VariantName.INT8, VariantName.FP32)
+
+
+def test_the_batch_budget_is_the_fastest_by_trial_and_cached(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Model.load(package, _cpu_only())
+    real_forward = Model.forward
+    calls: list[int] = []
+
+    def slow_big_batches(self: Model, encodings: list[object]) -> np.ndarray:
+        calls.append(len(encodings))
+        time.sleep(0.001 * len(encodings) ** 2)  # per token, big batches cost more here
+        return real_forward(self, encodings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Model, "forward", slow_big_batches)
+    chosen, note = selection.batch_tokens(model, _cpu_only())
+    assert chosen == min(selection.BATCH_BUDGETS)
+    assert note.startswith(f"{chosen} target batch tokens, by trial (512: ")
+    assert calls  # it measured
+    calls.clear()
+    assert selection.batch_tokens(model, _cpu_only())[0] == chosen
+    assert calls == []  # cached in checks.json
+
+
+def test_without_a_fidelity_set_the_batch_budget_is_the_providers(
+    make_package: Callable[..., Path],
+) -> None:
+    model = Model.load(make_package(), _cpu_only())
+    chosen, note = selection.batch_tokens(model, _cpu_only())
+    assert chosen == 2048 and "the provider's default" in note

@@ -115,6 +115,13 @@ def test_the_default_serves_the_variant_chosen_on_this_machine(
     ready = next(line for line in output if "Ready:" in line)
     assert f"provider={info['provider']} variant={info['variant']} cpu={here.describe()}" in ready
     assert any(f"variant: {chosen} on" in line for line in output)
+    # The batch budget was measured here too, and the engine runs with it.
+    batching = next(line for line in output if "batching: " in line)
+    budget = int(batching.split("batching: ")[1].split()[0])
+    assert "target batch tokens, by trial (512: " in batching
+    assert f"batching: {budget} target batch tokens" in info["variant_note"]
+    engine_line = next(line for line in output if "engine ready" in line)
+    assert f"target_batch_tokens {budget}, max_padding_ratio 0.25" in engine_line
 
 
 def _break_int8(package: Path) -> None:
