@@ -9,8 +9,9 @@ fastest by measurement.
                   same thresholds, before it may be served (tei_ort.runtime.fidelity_check)
     trial         among the candidates that passed, a short timed run of the same batches (a few
                   seconds; rounds interleaved so that noise hits each alike) picks the fastest
-    cache         verdicts and trial figures are kept per package and machine (checks.json in the
-                  package, else in RuntimeOptions.checks_dir), so that later starts take none of this
+    cache         verdicts and trial figures are kept per package and machine
+                  (tei_ort.runtime.checks), so that later starts take none of this
+    batching      the chosen variant's batch budget, by a trial too (tei_ort.runtime.trial)
 
 CUDA is outside this: its variants are validated on the CPU EP at export (fp16 on a GPU has no
 ISA class), and "auto" serves CUDA whenever a GPU is usable, as before.
@@ -18,19 +19,17 @@ ISA class), and "auto" serves CUDA whenever a GPU is usable, as before.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tei_ort.errors import BackendError, PackageError, ProviderUnavailable
-from tei_ort.package import MANIFEST_FILE, Manifest, Validation, Variant
-from tei_ort.runtime import fidelity_check
+from tei_ort.package import Manifest, Validation, Variant
+from tei_ort.runtime import fidelity_check, trial
+from tei_ort.runtime.checks import ChecksCache, Verdict
 from tei_ort.runtime.cpu import CpuInfo, this_cpu
 from tei_ort.runtime.providers import AUTO_ORDER, PROVIDERS, Provider, available, engine_name
 
@@ -39,40 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHECKS_FILE = "checks.json"
-CHECKS_VERSION = 1
-TRIAL_ROUNDS = 3
-TRIAL_BATCHES = 2  # of the provider's target batch tokens, longest texts of the fidelity set
-TRIAL_BUDGET_S = 6.0  # rounds stop early past this (large models on small CPUs)
-# Padded tokens per forward batch tried for the chosen variant. Which is fastest differs per
-# provider and class: on an AMX Xeon (MiniLM, scripts/batch_tokens_study.py) ORT int8 peaked at
-# 1,024, OpenVINO bf16 at 4,096 and fp32 was flat. Larger batches also make a small request
-# behind a bulk one wait longer, so a budget within 5% of the fastest counts as fast and the
-# smallest of those wins.
-BATCH_BUDGETS = (512, 1024, 2048, 4096)
-BUDGET_TIE = 0.05
-
 OpenModel = Callable[[Provider, Variant], "Model"]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One candidate on this machine: the figures that decide, and its trial speed."""
-
-    provider: str
-    variant: str
-    validation: Validation | None  # None: it could not be loaded here (see note)
-    checked_here: bool  # re-validated on this machine (else: the manifest's own figures)
-    tokens_per_s: float | None = None
-    note: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.validation is not None and self.validation.passed
-
-    @property
-    def label(self) -> str:
-        return f"{self.provider}:{self.variant}"
 
 
 @dataclass(frozen=True)
@@ -90,7 +56,7 @@ def select(
     cpu = this_cpu()
     candidates = _candidates(manifest, options)
     fidelity_set = fidelity_check.read_fidelity_set(path)
-    cache = _Cache(path, cpu, options.intra_op_threads, options.checks_dir)
+    cache = ChecksCache(path, cpu, options.intra_op_threads, options.checks_dir)
     opened: dict[str, Model] = {}
     verdicts = [
         _verdict(provider, variant, cpu, fidelity_set, cache, open_model, opened)
@@ -113,55 +79,6 @@ def select(
     selection = Selection(provider, variant, tuple(verdicts), _note(best, verdicts, cpu))
     logger.info("variant: %s", selection.note)
     return selection, model
-
-
-def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str]:
-    """The padded tokens per forward batch the server aims for with this model here: the
-    provider's default where it has none or the package has no fidelity set, else the fastest
-    of BATCH_BUDGETS in a short trial on the fidelity set's texts (cached like the checks)."""
-    default = PROVIDERS[model.provider].target_batch_tokens
-    fidelity_set = fidelity_check.read_fidelity_set(model.path)
-    if default is None or fidelity_set is None:
-        return default, f"{default or 'no'} target batch tokens (the provider's default)"
-    label = f"{model.provider.value}:{model.variant.name.value}"
-    cache = _Cache(model.path, this_cpu(), options.intra_op_threads, options.checks_dir)
-    rates = cache.get_budgets(label)
-    if rates is None:
-        rates = _budget_trial(model, fidelity_set.vset.texts[::3])
-        cache.put_budgets(label, rates)
-        cache.save()
-    fastest = max(rates.values())
-    chosen = min(b for b, rate in rates.items() if rate >= fastest * (1 - BUDGET_TIE))
-    figures = ", ".join(f"{b}: {rate:,.0f} tok/s" for b, rate in sorted(rates.items()))
-    return chosen, f"{chosen} target batch tokens, by trial ({figures})"
-
-
-def _budget_trial(model: Model, texts: Sequence[str]) -> dict[int, float]:
-    encodings = sorted(model.encode(list(texts)), key=len)
-    tokens = sum(len(e) for e in encodings)
-    plans = {budget: _budget_batches(encodings, budget) for budget in BATCH_BUDGETS}
-    best: dict[int, float] = {}
-    started = time.perf_counter()
-    for _ in range(TRIAL_ROUNDS):
-        for budget, batches in plans.items():
-            model.forward(batches[-1])  # its longest shape, warm
-            tick = time.perf_counter()
-            for batch in batches:
-                model.forward(batch)
-            best[budget] = min(best.get(budget, float("inf")), time.perf_counter() - tick)
-        if time.perf_counter() - started > TRIAL_BUDGET_S:
-            break
-    return {budget: round(tokens / seconds, 1) for budget, seconds in best.items()}
-
-
-def _budget_batches(encodings: Sequence[Any], budget: int) -> list[list[Any]]:
-    """Length-sorted encodings in batches of at most `budget` padded tokens."""
-    batches: list[list[Any]] = [[]]
-    for encoding in encodings:  # ascending: the newest is the longest of its batch
-        if batches[-1] and len(encoding) * (len(batches[-1]) + 1) > budget:
-            batches.append([])
-        batches[-1].append(encoding)
-    return batches
 
 
 def _candidates(manifest: Manifest, options: RuntimeOptions) -> list[tuple[Provider, Variant]]:
@@ -196,7 +113,7 @@ def _verdict(
     variant: Variant,
     cpu: CpuInfo,
     fidelity_set: fidelity_check.FidelitySet | None,
-    cache: _Cache,
+    cache: ChecksCache,
     open_model: OpenModel,
     opened: dict[str, Model],
 ) -> Verdict:
@@ -242,43 +159,28 @@ def _trial(
     manifest: Manifest,
     verdicts: list[Verdict],
     fidelity_set: fidelity_check.FidelitySet,
-    cache: _Cache,
+    cache: ChecksCache,
     open_model: OpenModel,
     opened: dict[str, Model],
 ) -> list[Verdict]:
-    """Time the same batches on every candidate that passed, in interleaved rounds, keeping each
-    one's fastest round; figures cached for the next start."""
+    """Time every candidate that passed on the same texts; figures cached for the next start."""
     todo = [v for v in verdicts if v.passed]
     if all(v.tokens_per_s is not None for v in todo):
         return verdicts  # cached from an earlier start on this machine
-    models = {}
+    plans = {}
     for verdict in todo:
         if verdict.label not in opened:
             opened[verdict.label] = open_model(
                 Provider(verdict.provider), manifest.variant(verdict.variant)
             )
-        models[verdict.label] = opened[verdict.label]
-    texts = sorted(fidelity_set.vset.texts, key=len, reverse=True)
-    best: dict[str, float] = {}
-    tokens: dict[str, int] = {}
+        model = opened[verdict.label]
+        plans[verdict.label] = (model, trial.candidate_batches(model, fidelity_set.vset.texts))
     started = time.perf_counter()
-    for _ in range(TRIAL_ROUNDS):
-        for label, model in models.items():
-            batches = _trial_batches(model, texts)
-            model.forward(batches[-1])  # warm: first runs of a shape allocate and compile
-            tick = time.perf_counter()
-            for batch in batches:
-                model.forward(batch)
-            seconds = time.perf_counter() - tick
-            best[label] = min(best.get(label, seconds), seconds)
-            tokens[label] = sum(len(e) for batch in batches for e in batch)
-        if time.perf_counter() - started > TRIAL_BUDGET_S:
-            break
-    timed = {label: tokens[label] / best[label] for label in best}
+    timed = trial.fastest(plans)
     result = []
     for verdict in verdicts:
         if verdict.label in timed:
-            verdict = replace(verdict, tokens_per_s=round(timed[verdict.label], 1))
+            verdict = replace(verdict, tokens_per_s=timed[verdict.label])
             cache.put(verdict)
         result.append(verdict)
     logger.info(
@@ -288,23 +190,6 @@ def _trial(
         ", ".join(f"{label} {tps:,.0f} tok/s" for label, tps in timed.items()),
     )
     return result
-
-
-def _trial_batches(model: Model, texts: Sequence[str]) -> list[list[Any]]:
-    """TRIAL_BATCHES batches of the longest texts, each as many as fit the provider's target
-    padded tokens (what the server's batcher forms under load)."""
-    budget = PROVIDERS[model.provider].target_batch_tokens or 8192
-    encodings = model.encode(list(texts))
-    batches: list[list[Any]] = [[]]
-    for encoding in encodings:
-        batch = batches[-1]
-        longest = max([len(encoding), *(len(e) for e in batch)])
-        if batch and longest * (len(batch) + 1) > budget:
-            if len(batches) == TRIAL_BATCHES:
-                break
-            batches.append([])
-        batches[-1].append(encoding)
-    return [b for b in batches if b]
 
 
 def _note(best: Verdict, verdicts: Sequence[Verdict], cpu: CpuInfo) -> str:
@@ -358,86 +243,3 @@ def _nothing_servable(
         f"{what} on this CPU ({cpu.describe()}): {details}; "
         "choose another variant or provider, or allow unvalidated variants explicitly"
     )
-
-
-class _Cache:
-    """checks.json: {"version", "machines": {machine key: {"manifest": sha256,
-    "verdicts": {"cpu:int8": {...}}}}}. Kept in the package when it is writable, else in
-    `fallback_dir` by the manifest's digest; a damaged file is ignored."""
-
-    def __init__(
-        self, package: Path, cpu: CpuInfo, threads: int | None, fallback_dir: Path | None
-    ) -> None:
-        self._digest = hashlib.sha256((package / MANIFEST_FILE).read_bytes()).hexdigest()
-        engines = ", ".join(engine_name(p) for p in sorted(available(), key=lambda p: p.value))
-        self._key = (
-            f"{cpu.describe()} | {cpu.cores} cores | threads {threads or 'default'} | {engines}"
-        )
-        self._paths = [package / CHECKS_FILE]
-        if fallback_dir is not None:
-            self._paths.append(fallback_dir / f"{self._digest[:32]}.json")
-        self._data = self._load()
-        entry = self._data["machines"].get(self._key, {})
-        if entry.get("manifest") != self._digest:
-            entry = {"manifest": self._digest, "verdicts": {}}
-        self._data["machines"][self._key] = entry
-        self._entry: dict[str, Any] = entry
-        self._verdicts: dict[str, Any] = entry["verdicts"]
-        self._dirty = False
-
-    def get(self, label: str) -> Verdict | None:
-        raw = self._verdicts.get(label)
-        if not isinstance(raw, dict):
-            return None
-        try:
-            validation = Validation(**raw["validation"]) if raw.get("validation") else None
-            return Verdict(**{**raw, "validation": validation})
-        except TypeError:
-            return None
-
-    def put(self, verdict: Verdict) -> None:
-        self._verdicts[verdict.label] = asdict(verdict)
-        self._dirty = True
-
-    def get_budgets(self, label: str) -> dict[int, float] | None:
-        section = self._entry.get("batch_tokens")
-        raw = section.get(label) if isinstance(section, dict) else None
-        if not isinstance(raw, dict) or not raw:
-            return None
-        try:
-            return {int(budget): float(rate) for budget, rate in raw.items()}
-        except (TypeError, ValueError):
-            return None
-
-    def put_budgets(self, label: str, rates: dict[int, float]) -> None:
-        self._entry.setdefault("batch_tokens", {})[label] = {str(b): r for b, r in rates.items()}
-        self._dirty = True
-
-    def save(self) -> None:
-        if not self._dirty:
-            return
-        text = json.dumps(self._data, indent=2, sort_keys=True)
-        for path in self._paths:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(text, encoding="utf-8")
-                tmp.replace(path)
-                return
-            except OSError:
-                continue
-        logger.warning("could not cache the variant checks (no writable place); they run again")
-
-    def _load(self) -> dict[str, Any]:
-        for path in self._paths:
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if (
-                isinstance(data, dict)
-                and data.get("version") == CHECKS_VERSION
-                and isinstance(data.get("machines"), dict)
-            ):
-                return data
-        return {"version": CHECKS_VERSION, "machines": {}}

@@ -21,7 +21,7 @@ from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import PROVIDERS
 from tei_ort.runtime.providers import resolve as resolve_provider
-from tei_ort.runtime.selection import batch_tokens
+from tei_ort.runtime.trial import batch_tokens
 from tei_ort.serve import model_source
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app

@@ -20,9 +20,9 @@ from onnx import numpy_helper
 from tei_ort.errors import PackageError
 from tei_ort.fidelity import ValidationSet
 from tei_ort.package import Validation, Variant, VariantName, read_manifest, write_manifest
-from tei_ort.runtime import Model, RuntimeOptions, fidelity_check, selection
+from tei_ort.runtime import Model, RuntimeOptions, checks, fidelity_check, trial
+from tei_ort.runtime.checks import CHECKS_FILE
 from tei_ort.runtime.cpu import this_cpu
-from tei_ort.runtime.selection import CHECKS_FILE
 
 ELSEWHERE = "x86-elsewhere"  # a class no machine has: every figure recorded there is re-checked
 QUERIES = ("what is a list", "how do I sort", "the for loop", "exceptions", "open a file")
@@ -140,13 +140,13 @@ def test_a_read_only_package_caches_in_checks_dir(
     package: Path, counted: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _add_int8(package, faithful=True)
-    real_save = selection._Cache.save
+    real_save = checks.ChecksCache.save
 
-    def no_package_writes(cache: selection._Cache) -> None:
+    def no_package_writes(cache: checks.ChecksCache) -> None:
         cache._paths = [p for p in cache._paths if p.parent != package]  # as if read-only
         real_save(cache)
 
-    monkeypatch.setattr(selection._Cache, "save", no_package_writes)
+    monkeypatch.setattr(checks.ChecksCache, "save", no_package_writes)
     options = replace(_cpu_only(), checks_dir=tmp_path / "checks")
     Model.load(package, options)
     assert not (package / CHECKS_FILE).exists()
@@ -177,10 +177,10 @@ def test_auto_serves_the_fastest_validated_variant_by_trial(
     assert Model.load(package, _cpu_only()).variant.name is VariantName.INT8
 
 
-def selection_verdicts(package: Path) -> list[selection.Verdict]:
+def selection_verdicts(package: Path) -> list[checks.Verdict]:
     data = json.loads((package / CHECKS_FILE).read_text())
     (entry,) = data["machines"].values()
-    cache = selection._Cache.__new__(selection._Cache)
+    cache = checks.ChecksCache.__new__(checks.ChecksCache)
     cache._verdicts = entry["verdicts"]
     return [v for label in entry["verdicts"] if (v := cache.get(label)) is not None]
 
@@ -201,7 +201,7 @@ def test_a_damaged_checks_file_is_ignored(package: Path, counted: list[str]) -> 
     (package / CHECKS_FILE).write_text("{not json")
     assert Model.load(package, _cpu_only()).variant.name in (VariantName.INT8, VariantName.FP32)
     assert counted == ["cpu:int8"]
-    assert json.loads((package / CHECKS_FILE).read_text())["version"] == selection.CHECKS_VERSION
+    assert json.loads((package / CHECKS_FILE).read_text())["version"] == checks.CHECKS_VERSION
 
 
 def test_a_fidelity_set_is_read_without_pickle(package: Path) -> None:
@@ -242,12 +242,12 @@ def test_the_batch_budget_is_the_fastest_by_trial_and_cached(
         return real_forward(self, encodings)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Model, "forward", slow_big_batches)
-    chosen, note = selection.batch_tokens(model, _cpu_only())
-    assert chosen == min(selection.BATCH_BUDGETS)
+    chosen, note = trial.batch_tokens(model, _cpu_only())
+    assert chosen == min(trial.BATCH_BUDGETS)
     assert note.startswith(f"{chosen} target batch tokens, by trial (512: ")
     assert calls  # it measured
     calls.clear()
-    assert selection.batch_tokens(model, _cpu_only())[0] == chosen
+    assert trial.batch_tokens(model, _cpu_only())[0] == chosen
     assert calls == []  # cached in checks.json
 
 
@@ -255,5 +255,5 @@ def test_without_a_fidelity_set_the_batch_budget_is_the_providers(
     make_package: Callable[..., Path],
 ) -> None:
     model = Model.load(make_package(), _cpu_only())
-    chosen, note = selection.batch_tokens(model, _cpu_only())
+    chosen, note = trial.batch_tokens(model, _cpu_only())
     assert chosen == 2048 and "the provider's default" in note

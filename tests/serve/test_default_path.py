@@ -26,8 +26,8 @@ from onnx import numpy_helper
 from tei_ort.fidelity import THRESHOLDS, OutputKind
 from tei_ort.package import VariantName, read_manifest, write_manifest
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.checks import CHECKS_FILE
 from tei_ort.runtime.cpu import this_cpu
-from tei_ort.runtime.selection import CHECKS_FILE
 from tests.conftest import REPO
 from tests.serve.live import free_port
 from tests.serve.test_real_model import _wait_healthy

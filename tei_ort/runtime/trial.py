@@ -1,0 +1,101 @@
+"""Timed trials on this machine: which candidate variant is fastest, and at which batch budget.
+The same batches run on each contender in interleaved rounds, so that a noisy neighbour slows
+each alike, and each contender's fastest round counts. Seconds at first start; the figures are
+cached by tei_ort.runtime.checks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tei_ort.runtime import fidelity_check
+from tei_ort.runtime.checks import ChecksCache
+from tei_ort.runtime.cpu import this_cpu
+from tei_ort.runtime.providers import PROVIDERS
+
+if TYPE_CHECKING:
+    from tei_ort.runtime.model import Model, RuntimeOptions
+
+K = TypeVar("K", bound=Hashable)
+Batches = list[list[Any]]  # lists of Encoded
+
+TRIAL_ROUNDS = 3
+TRIAL_BATCHES = 2  # of the provider's target batch tokens, longest texts of the fidelity set
+TRIAL_BUDGET_S = 6.0  # rounds stop early past this (large models on small CPUs)
+# Padded tokens per forward batch tried for the chosen variant. Which is fastest differs per
+# provider and class: on an AMX Xeon (MiniLM, scripts/batch_tokens_study.py) ORT int8 peaked at
+# 1,024, OpenVINO bf16 at 4,096 and fp32 was flat. Larger batches also make a small request
+# behind a bulk one wait longer, so a budget within 5% of the fastest counts as fast and the
+# smallest of those wins.
+BATCH_BUDGETS = (512, 1024, 2048, 4096)
+BUDGET_TIE = 0.05
+
+
+def fastest(plans: Mapping[K, tuple[Model, Batches]]) -> dict[K, float]:
+    """Real tokens/s of each contender's batches, its fastest of TRIAL_ROUNDS interleaved rounds
+    (fewer past TRIAL_BUDGET_S)."""
+    best: dict[K, float] = {}
+    started = time.perf_counter()
+    for _ in range(TRIAL_ROUNDS):
+        for key, (model, batches) in plans.items():
+            model.forward(batches[-1])  # warm: first runs of a shape allocate and compile
+            tick = time.perf_counter()
+            for batch in batches:
+                model.forward(batch)
+            best[key] = min(best.get(key, float("inf")), time.perf_counter() - tick)
+        if time.perf_counter() - started > TRIAL_BUDGET_S:
+            break
+    return {
+        key: round(sum(len(e) for b in plans[key][1] for e in b) / seconds, 1)
+        for key, seconds in best.items()
+    }
+
+
+def candidate_batches(model: Model, texts: Sequence[str]) -> Batches:
+    """TRIAL_BATCHES batches of the longest texts, each as many as fit the provider's target
+    padded tokens (what the server's batcher forms under load)."""
+    budget = PROVIDERS[model.provider].target_batch_tokens or 8192
+    encodings = model.encode(sorted(texts, key=len, reverse=True))
+    batches: Batches = [[]]
+    for encoding in encodings:
+        batch = batches[-1]
+        longest = max([len(encoding), *(len(e) for e in batch)])
+        if batch and longest * (len(batch) + 1) > budget:
+            if len(batches) == TRIAL_BATCHES:
+                break
+            batches.append([])
+        batches[-1].append(encoding)
+    return [b for b in batches if b]
+
+
+def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str]:
+    """The padded tokens per forward batch the server aims for with this model here: the
+    provider's default where it has none or the package has no fidelity set, else the fastest
+    of BATCH_BUDGETS in a short trial on the fidelity set's texts (cached like the checks)."""
+    default = PROVIDERS[model.provider].target_batch_tokens
+    fidelity_set = fidelity_check.read_fidelity_set(model.path)
+    if default is None or fidelity_set is None:
+        return default, f"{default or 'no'} target batch tokens (the provider's default)"
+    label = f"{model.provider.value}:{model.variant.name.value}"
+    cache = ChecksCache(model.path, this_cpu(), options.intra_op_threads, options.checks_dir)
+    rates = cache.get_budgets(label)
+    if rates is None:
+        encodings = sorted(model.encode(list(fidelity_set.vset.texts[::3])), key=len)
+        rates = fastest({b: (model, budget_batches(encodings, b)) for b in BATCH_BUDGETS})
+        cache.put_budgets(label, rates)
+        cache.save()
+    top = max(rates.values())
+    chosen = min(b for b, rate in rates.items() if rate >= top * (1 - BUDGET_TIE))
+    figures = ", ".join(f"{b}: {rate:,.0f} tok/s" for b, rate in sorted(rates.items()))
+    return chosen, f"{chosen} target batch tokens, by trial ({figures})"
+
+
+def budget_batches(encodings: Sequence[Any], budget: int) -> Batches:
+    """Length-sorted encodings in batches of at most `budget` padded tokens."""
+    batches: Batches = [[]]
+    for encoding in encodings:  # ascending: the newest is the longest of its batch
+        if batches[-1] and len(encoding) * (len(batches[-1]) + 1) > budget:
+            batches.append([])
+        batches[-1].append(encoding)
+    return batches
