@@ -42,7 +42,13 @@ from tei_ort.runtime.fidelity_check import write_fidelity_set
 
 logger = logging.getLogger(__name__)
 
-ALL_VARIANTS = (VariantName.FP32, VariantName.FP16, VariantName.INT8, VariantName.BF16)
+ALL_VARIANTS = (
+    VariantName.FP32,
+    VariantName.FP16,
+    VariantName.INT8,
+    VariantName.INT8_W7,
+    VariantName.BF16,
+)
 WORK_DIR = ".work"
 
 

@@ -37,8 +37,8 @@ from tei_ort.tokenization import Tokenizer
 logger = logging.getLogger(__name__)
 
 Feeds = dict[str, npt.NDArray[np.int64]]
-# tei_ort.export.quantize.quantize_int8(fp32_onnx, out_onnx, calibration) -> its report
-QuantizeInt8 = Callable[[Path, Path, list[Feeds]], object]
+# tei_ort.export.quantize.quantize_int8(fp32_onnx, out_onnx, calibration, weight_bits) -> report
+QuantizeInt8 = Callable[[Path, Path, list[Feeds], int], object]
 
 CALIBRATION_TEXTS = 64
 CALIBRATION_BATCH = 8
@@ -58,6 +58,7 @@ VARIANT_SPECS: dict[VariantName, VariantSpec] = {
     VariantName.FP32: VariantSpec("model.onnx", ("cpu", "cuda")),
     VariantName.FP16: VariantSpec("model.fp16.onnx", ("cuda",)),
     VariantName.INT8: VariantSpec("model.int8.onnx", ("cpu",)),
+    VariantName.INT8_W7: VariantSpec("model.int8-w7.onnx", ("cpu",)),
     VariantName.BF16: VariantSpec("model.onnx", ("openvino",), validated_on="openvino"),
 }
 
@@ -131,19 +132,37 @@ def build_fp16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) ->
 
 
 def build_int8(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
+    return _build_int8(validator, graphs, done, VariantName.INT8, weight_bits=8)
+
+
+def build_int8_w7(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
+    """Both int8 variants are built: 8-bit weights are faster (MiniLM 1.96x fp32 against 1.80x
+    on an AMX Xeon) where the GEMMs accumulate in 32 bits, 7-bit ones hold on every CPU; the
+    server serves whichever validates on its CPU and runs faster there."""
+    return _build_int8(validator, graphs, done, VariantName.INT8_W7, weight_bits=7)
+
+
+def _build_int8(
+    validator: Validator,
+    graphs: Graphs,
+    done: Sequence[Variant],
+    name: VariantName,
+    weight_bits: int,
+) -> Variant | None:
     quantize = _quantizer()
     if quantize is None:
-        logger.warning("int8 skipped: tei_ort.export.quantize is not available")
+        logger.warning("%s skipped: tei_ort.export.quantize is not available", name.value)
         return None
     feeds = calibration_feeds(validator.package, validator.base)
     # The unfused graph: the quantizer sees plain MatMuls rather than fused contrib ops.
-    report = quantize(graphs.raw, validator.package / VARIANT_SPECS[VariantName.INT8].file, feeds)
-    validation = validator.check(done, VariantName.INT8)
+    out = validator.package / VARIANT_SPECS[name].file
+    report = quantize(graphs.raw, out, feeds, weight_bits)
+    validation = validator.check(done, name)
     quantized, kept = getattr(report, "quantized_matmuls", None), getattr(report, "kept_fp32", ())
     if quantized is not None:
-        summary = f"int8 MatMuls: {quantized}, kept fp32: {len(kept)}"
+        summary = f"{weight_bits}-bit weights, int8 MatMuls: {quantized}, kept fp32: {len(kept)}"
         validation = replace(validation, note=f"{summary}; {validation.note}")
-    return _variant(VariantName.INT8, validation)
+    return _variant(name, validation)
 
 
 def build_bf16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
@@ -171,6 +190,7 @@ DERIVED_BUILDERS: dict[
 ] = {
     VariantName.FP16: build_fp16,
     VariantName.INT8: build_int8,
+    VariantName.INT8_W7: build_int8_w7,
     VariantName.BF16: build_bf16,
 }
 

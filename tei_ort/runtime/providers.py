@@ -61,7 +61,10 @@ class ProviderSpec:
 
 PROVIDERS: dict[Provider, ProviderSpec] = {
     Provider.CPU: ProviderSpec(
-        "CPUExecutionProvider", ("int8", "fp32"), uses_io_binding=False, target_batch_tokens=2048
+        "CPUExecutionProvider",
+        ("int8", "int8-w7", "fp32"),
+        uses_io_binding=False,
+        target_batch_tokens=2048,
     ),
     # Each new (batch, length) shape cost 40-50 ms on its first forward on an H200
     # (scripts/cuda_cold_study.py): lengths in multiples of 32 and rows in powers of two bound

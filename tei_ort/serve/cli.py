@@ -34,7 +34,13 @@ from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 logger = logging.getLogger("tei_ort.serve")
 
 # What /info's model_dtype says for each variant.
-VARIANT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8", "bf16": "bfloat16"}
+VARIANT_DTYPES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "int8": "int8",
+    "int8-w7": "int8",
+    "bf16": "bfloat16",
+}
 # The prompt name that carries --default-prompt's literal text.
 LITERAL_PROMPT = "--default-prompt"
 

@@ -47,7 +47,7 @@ class Settings(pydantic.BaseModel):
     huggingface_hub_cache: Path | None = None
     # ours
     provider: Literal["auto", "cpu", "cuda", "openvino"] = "auto"
-    variant: Literal["fp32", "fp16", "int8", "bf16"] | None = None
+    variant: Literal["fp32", "fp16", "int8", "int8-w7", "bf16"] | None = None
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
     # Off: on a 2-core machine spinning ORT threads starve the event loop and tokenizer threads
     # (server tok/s 1.2-1.4x higher without, python -m tei_ort.bench --serve-args, see the note).
@@ -155,13 +155,14 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         "provider",
-        "Execution provider: auto (CUDA when a GPU is usable; else OpenVINO bf16 when the "
-        "openvino package is installed, the CPU has bfloat16 and the package a validated bf16 "
-        "variant; else the CPU EP), cpu, cuda, openvino.",
+        "Execution provider: auto (CUDA when a GPU is usable; else the fastest variant "
+        "validated on this CPU, by a short trial at first start, among OpenVINO bf16 (CPUs "
+        "with bfloat16) and the CPU EP's int8, int8-w7 and fp32), cpu, cuda, openvino.",
     ),
     Flag(
         "variant",
-        "Graph variant: fp32, fp16, int8 or bf16. Default: the provider's best validated variant.",
+        "Graph variant: fp32, fp16, int8, int8-w7 or bf16. Default: the fastest variant "
+        "validated on this CPU (re-validated here when it was measured on another CPU class).",
     ),
     Flag(
         "intra_op_threads",

@@ -6,6 +6,7 @@ import pytest
 
 from tei_ort.export.cli import main
 from tei_ort.package import read_manifest
+from tei_ort.runtime.cpu import this_cpu
 from tests.export.conftest import TinySource
 
 
@@ -27,8 +28,9 @@ def test_export_command_writes_a_package_and_prints_the_table(
     assert code == 0
     assert read_manifest(out).task.value == "reranker"
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["model", "variant", "cosine"]
-    assert "fp32" in lines[1] and " pass " in lines[1]
+    assert lines[0].split()[:4] == ["model", "variant", "measured", "on"]
+    here = this_cpu().isa_class.value
+    assert "fp32" in lines[1] and f" {here} cpu " in lines[1] and " pass " in lines[1]
 
 
 def test_validate_command_fails_when_a_model_fails(

@@ -133,24 +133,33 @@ def test_int8_calls_the_quantizer_with_real_calibration_feeds(
 ) -> None:
     """The quantizer itself is tested beside it (export/quantize.py); here: what it is given, and
     that its graph is validated and recorded like any other variant."""
-    seen: list[list[dict[str, np.ndarray]]] = []
+    seen: list[tuple[int, list[dict[str, np.ndarray]]]] = []
 
-    def fake_quantize(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]]) -> None:
-        seen.append(feeds)
+    def fake_quantize(
+        fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]], weight_bits: int
+    ) -> None:
+        seen.append((weight_bits, feeds))
         shutil.copyfile(fp32, out)  # an "int8" graph identical to fp32: it must validate
 
     monkeypatch.setattr(variants, "_quantizer", lambda: fake_quantize)
-    options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.INT8))
+    names = (VariantName.FP32, VariantName.INT8, VariantName.INT8_W7)
+    options = dataclasses.replace(TINY_OPTIONS, variants=names)
     result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
-    (feeds,) = seen
+    assert [bits for bits, _ in seen] == [8, 7]  # int8, then int8-w7
+    feeds = seen[0][1]
     assert len(feeds) == variants.CALIBRATION_TEXTS // variants.CALIBRATION_BATCH
     assert set(feeds[0]) == {"input_ids", "attention_mask", "token_type_ids"}
     assert all(f["input_ids"].dtype == np.int64 and f["input_ids"].shape[0] == 8 for f in feeds)
     assert max(f["input_ids"].shape[1] for f in feeds) <= result.manifest.max_input_length
     assert 0 in feeds[0]["attention_mask"]  # mixed lengths, padded
-    int8 = result.manifest.variant(VariantName.INT8)
-    assert int8.providers == ("cpu",) and int8.is_servable
-    assert Model.load(result.path, RuntimeOptions(provider="cpu")).variant.name is VariantName.INT8
+    for name in (VariantName.INT8, VariantName.INT8_W7):
+        variant = result.manifest.variant(name)
+        assert variant.providers == ("cpu",) and variant.is_servable
+    model = Model.load(result.path, RuntimeOptions(provider="cpu"))
+    # Three identical graphs: the trial may pick any; each is listed as validated here.
+    assert model.variant.name in names
+    for name in names:
+        assert f"cpu:{name.value}: passed validated at export on" in model.selection_note
 
 
 @pytest.mark.skipif(not openvino_bf16(), reason="needs the openvino package and bfloat16")
