@@ -147,7 +147,9 @@ def _refuses(port: int) -> bool:
 def test_listens_after_warm_up_and_drains_on_sigterm(in_flight: int) -> None:
     port = free_port()
     command = [sys.executable, "-m", "tests.serve.fake_server", "--port", str(port)]
-    command += ["--warm-up-s", "1.5", "--forward-s", "0.2", "--max-batch-requests", "2"]
+    # One request per 0.5 s forward: the 12 take 6 s to answer, far longer than they take to
+    # arrive from 12 threads on a busy 2-core machine, so all of them are in flight at SIGTERM.
+    command += ["--warm-up-s", "1.5", "--forward-s", "0.5", "--max-batch-requests", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
