@@ -17,43 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import aiohttp
 
-from tei_ort.bench.server import Server, _free_port, _wait_ready, load
+from tei_ort.bench.server import load, running_server
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
-
-
-@contextmanager
-def server_from(root: Path, package: Path, serve_args: list[str], log: Path) -> Iterator[Server]:
-    port = _free_port()
-    command = [sys.executable, "-m", "tei_ort.serve", "--model-id", str(package)]
-    command += ["--hostname", "127.0.0.1", "--port", str(port), "--prometheus-port", "0"]
-    env = {**os.environ, "PYTHONPATH": str(root.resolve())}
-    start = time.perf_counter()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, *serve_args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            ready_s = asyncio.run(_wait_ready(url, process, start))
-            yield Server(process, url, ready_s)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 async def short_queries(url: str, texts: list[str]) -> list[float]:
@@ -133,7 +106,12 @@ def main() -> None:
     with ExitStack() as stack:
         servers = {
             name: stack.enter_context(
-                server_from(Path(root), args.package, serve_args, args.out / f"{name}.log")
+                running_server(
+                    args.package,
+                    [*serve_args, "--prometheus-port", "0"],
+                    args.out / f"{name}.log",
+                    root=Path(root),
+                )
             )
             for name, root in builds.items()
         }

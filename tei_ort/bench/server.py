@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -49,11 +50,17 @@ class Server:
 
 
 @contextmanager
-def running_server(package: Path, extra_args: Sequence[str], log: Path) -> Iterator[Server]:
+def running_server(
+    package: Path, extra_args: Sequence[str], log: Path, root: Path | None = None
+) -> Iterator[Server]:
+    """tei-serve on loopback until the block ends. `root`: run the server from that source tree
+    (`python -m tei_ort.serve` with it on the path; builds compared side by side) rather than the
+    installed command."""
     port = _free_port()
     script = Path(sys.executable).parent / "tei-serve"
     # The installed command; `python -m tei_ort.serve` where the package is only on the path.
-    launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "tei_ort.serve"]
+    use_script = script.is_file() and root is None
+    launcher = [str(script)] if use_script else [sys.executable, "-m", "tei_ort.serve"]
     command = [
         *launcher,
         "--model-id",
@@ -64,9 +71,10 @@ def running_server(package: Path, extra_args: Sequence[str], log: Path) -> Itera
         str(port),
         *extra_args,
     ]
+    env = {**os.environ, "PYTHONPATH": str(root.resolve())} if root is not None else None
     start = time.perf_counter()
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
         try:
             url = f"http://127.0.0.1:{port}"
             ready_s = asyncio.run(_wait_ready(url, process, start))
