@@ -82,8 +82,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     package = _package(args)
     texts = corpus.mixed(args.texts)
-    # The default provider and variant: what the server serves (the short-query floor).
-    probe = Model.load(package, RuntimeOptions(intra_op_threads=args.threads))
+    # The default provider and variant: what the server serves (the short-query floor). Loaded
+    # with the server's own options, so that both read one cached choice (runtime/checks.py).
+    probe = Model.load(package, RuntimeOptions())
     print(f"the server's default here: {probe.provider.value} {probe.variant.name.value}")
     token_counts = [len(e) for e in probe.encode(texts)]
     tokens = sum(token_counts)
