@@ -13,6 +13,8 @@ Layout of a package folder::
                          it (tei_ort.runtime.fidelity_check); plain arrays, read without pickle
     export.json          the export's cache key (source hashes, options, tool version): a second
                          export of the same input reuses the package; absent after a failed export
+    checks.json          written by the server, not the export: what each machine that served the
+                         package measured (re-validations, trial speeds; tei_ort.runtime.checks)
 
 The manifest is the only thing the serving path reads to know what a graph does. Every graph takes
 `input_ids`, `attention_mask` and, when `Manifest.uses_token_type_ids`, `token_type_ids`, each
