@@ -29,7 +29,8 @@ def test_defaults_match_tei() -> None:
         3000,
     )
     assert s.otlp_service_name == "text-embeddings-inference.server" and s.prometheus_port == 9000
-    assert s.max_client_batch_size >= 1000  # clients sending 1,000 inputs per request work
+    # README: "defaults to 2048 (TEI: 32), so clients that send 1,000 texts per request work".
+    assert s.max_client_batch_size == 2048
 
 
 def test_env_then_cli() -> None:
