@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sanic import Sanic
+
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
 from tei_ort.serve.engine_api import EngineAPI
@@ -51,6 +53,14 @@ def serve(
     app = create_app(
         ctx, payload_limit=payload_limit, access=AccessPolicy(api_key, origins), telemetry=telemetry
     )
+    with serve_app(app) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app: Sanic) -> Iterator[str]:  # type: ignore[type-arg]
+    """Any built app (create_app's, or cli.build's) on a loopback port, started and stopped with
+    its engine. Yields the base URL."""
     # Sanic's TouchUp rewrites its HTTP class in place, once per process: a second app would fail.
     app.config.TOUCHUP = False
     port = free_port()

@@ -5,8 +5,6 @@ the ONNX Runtime session, not only status codes."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +18,7 @@ from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.serve.cli import build
 from tei_ort.serve.settings import load_settings
 from tests.runtime.conftest import make_package  # noqa: F401  (the fixture, used by name)
-from tests.serve.live import free_port
+from tests.serve import live
 
 MakePackage = Callable[..., Path]
 # Longer than the tiny package's max_input_length (16 tokens with [CLS] and [SEP]).
@@ -50,57 +48,9 @@ def built(
 
 @contextmanager
 def serve_app(app: Sanic) -> Iterator[httpx.Client]:  # type: ignore[type-arg]
-    """The app from cli.build on a loopback socket (as tests/serve/live.py serves create_app's),
-    started and stopped with its engine; yields a client on its base URL."""
-    app.config.TOUCHUP = False  # Sanic rewrites its HTTP class once per process
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    failure: list[BaseException] = []
-
-    async def main() -> None:
-        server = await app.create_server(
-            host="127.0.0.1", port=port, return_asyncio_server=True, access_log=False
-        )
-        assert server is not None
-        await server.startup()
-        await server.before_start()
-        await server.after_start()
-        ready.set()
-        await stop.wait()
-        await server.before_stop()
-        await server.close()
-        for connection in list(server.connections):
-            connection.close_if_idle()
-        for _ in range(50):
-            if not server.connections:
-                break
-            await asyncio.sleep(0.02)
-        for connection in list(server.connections):
-            connection.abort()
-        await server.after_stop()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(main())
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=run, name=f"sanic-{port}", daemon=True)
-    thread.start()
-    if not ready.wait(30) or failure:
-        raise RuntimeError(f"server did not start: {failure}")
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
+    """The app from cli.build on a loopback socket; yields a client on its base URL."""
+    with live.serve_app(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
 
 
 def reference(package: Path) -> Model:
