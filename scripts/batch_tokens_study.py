@@ -12,10 +12,10 @@ import argparse
 import time
 from pathlib import Path
 
-from tei_ort.bench.engines import budget_batches
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.cpu import this_cpu
+from tei_ort.runtime.trial import budget_batches
 
 BUDGETS = "256,512,1024,2048,4096,16384"
 

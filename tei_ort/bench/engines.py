@@ -10,6 +10,7 @@ from tei_ort.bench.measure import Measurement
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.padding import Feeds, pad
 from tei_ort.runtime.providers import PROVIDERS
+from tei_ort.runtime.trial import budget_batches
 from tei_ort.tokenization import Encoded
 
 
@@ -25,16 +26,6 @@ def _best_of(repeats: int, run: Callable[[], list[float]]) -> tuple[float, list[
 
 def _batches(order: Sequence[int], size: int) -> list[list[int]]:
     return [list(order[i : i + size]) for i in range(0, len(order), size)]
-
-
-def budget_batches(encodings: Sequence[Encoded], budget: int) -> list[list[int]]:
-    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
-    out: list[list[int]] = [[]]
-    for index in order:  # ascending: the newest item is the longest of its batch
-        if out[-1] and len(encodings[index]) * (len(out[-1]) + 1) > budget:
-            out.append([])
-        out[-1].append(index)
-    return out
 
 
 def padded_batches(

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from tei_ort.bench import report
-from tei_ort.bench.engines import _batches, _best_of, budget_batches, run_batches
+from tei_ort.bench.engines import _batches, _best_of, run_batches
 from tei_ort.bench.measure import Measurement
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions, outputs
+from tei_ort.runtime.trial import budget_batches
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 BUDGET_TOKENS = 16384  # the CUDA provider has no CPU-cache target: the server's max-batch-tokens

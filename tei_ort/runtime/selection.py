@@ -31,7 +31,14 @@ from tei_ort.package import Manifest, Validation, Variant
 from tei_ort.runtime import fidelity_check, trial
 from tei_ort.runtime.checks import ChecksCache, Verdict
 from tei_ort.runtime.cpu import CpuInfo, this_cpu
-from tei_ort.runtime.providers import AUTO_ORDER, PROVIDERS, Provider, available, engine_name
+from tei_ort.runtime.providers import (
+    AUTO_ORDER,
+    PROVIDERS,
+    Provider,
+    available,
+    engine_name,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from tei_ort.runtime.model import Model, RuntimeOptions
@@ -82,19 +89,16 @@ def select(
 
 
 def _candidates(manifest: Manifest, options: RuntimeOptions) -> list[tuple[Provider, Variant]]:
-    from tei_ort.runtime.providers import resolve
-
-    chosen = resolve(options.provider)
     if options.provider == "auto":
         here = available()
         providers: list[Provider] = [p for p in AUTO_ORDER if p in here and p is not Provider.CUDA]
     else:
-        providers = [chosen]
+        providers = [resolve(options.provider)]
     if options.variant is not None:
-        # A pinned variant runs on the first provider that prefers it (auto), or where asked.
+        # A pinned variant runs on the first provider that prefers it, else on the first one.
         variant = manifest.variant(options.variant)  # PackageError naming what the package has
         preferring = [p for p in providers if variant.name.value in PROVIDERS[p].preferred_variants]
-        return [((preferring or providers)[0] if len(providers) > 1 else chosen, variant)]
+        return [((preferring or providers)[0], variant)]
     pairs: list[tuple[Provider, Variant]] = []
     for provider in providers:
         for name in PROVIDERS[provider].preferred_variants:

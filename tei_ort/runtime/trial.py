@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tei_ort.runtime import fidelity_check
 from tei_ort.runtime.checks import ChecksCache
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import PROVIDERS
+from tei_ort.tokenization import Encoded
 
 if TYPE_CHECKING:
     from tei_ort.runtime.model import Model, RuntimeOptions
 
 K = TypeVar("K", bound=Hashable)
-Batches = list[list[Any]]  # lists of Encoded
+Batches = list[list[Encoded]]
 
 TRIAL_ROUNDS = 3
 TRIAL_BATCHES = 2  # of the provider's target batch tokens, longest texts of the fidelity set
@@ -53,20 +54,12 @@ def fastest(plans: Mapping[K, tuple[Model, Batches]]) -> dict[K, float]:
 
 
 def candidate_batches(model: Model, texts: Sequence[str]) -> Batches:
-    """TRIAL_BATCHES batches of the longest texts, each as many as fit the provider's target
+    """The TRIAL_BATCHES batches of the longest texts, each as many as fit the provider's target
     padded tokens (what the server's batcher forms under load)."""
     budget = PROVIDERS[model.provider].target_batch_tokens or 8192
-    encodings = model.encode(sorted(texts, key=len, reverse=True))
-    batches: Batches = [[]]
-    for encoding in encodings:
-        batch = batches[-1]
-        longest = max([len(encoding), *(len(e) for e in batch)])
-        if batch and longest * (len(batch) + 1) > budget:
-            if len(batches) == TRIAL_BATCHES:
-                break
-            batches.append([])
-        batches[-1].append(encoding)
-    return [b for b in batches if b]
+    encodings = model.encode(list(texts))
+    batches = budget_batches(encodings, budget)[-TRIAL_BATCHES:]
+    return [[encodings[i] for i in batch] for batch in batches]
 
 
 def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str]:
@@ -81,8 +74,12 @@ def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str
     cache = ChecksCache(model.path, this_cpu(), options.intra_op_threads, options.checks_dir)
     rates = cache.get_budgets(label)
     if rates is None:
-        encodings = sorted(model.encode(list(fidelity_set.vset.texts[::3])), key=len)
-        rates = fastest({b: (model, budget_batches(encodings, b)) for b in BATCH_BUDGETS})
+        encodings = model.encode(list(fidelity_set.vset.texts[::3]))
+        plans = {
+            b: (model, [[encodings[i] for i in batch] for batch in budget_batches(encodings, b)])
+            for b in BATCH_BUDGETS
+        }
+        rates = fastest(plans)
         cache.put_budgets(label, rates)
         cache.save()
     top = max(rates.values())
@@ -91,11 +88,13 @@ def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str
     return chosen, f"{chosen} target batch tokens, by trial ({figures})"
 
 
-def budget_batches(encodings: Sequence[Any], budget: int) -> Batches:
-    """Length-sorted encodings in batches of at most `budget` padded tokens."""
-    batches: Batches = [[]]
-    for encoding in encodings:  # ascending: the newest is the longest of its batch
-        if batches[-1] and len(encoding) * (len(batches[-1]) + 1) > budget:
-            batches.append([])
-        batches[-1].append(encoding)
-    return batches
+def budget_batches(encodings: Sequence[Encoded], budget: int) -> list[list[int]]:
+    """Indices of `encodings`, sorted by length, in batches of at most `budget` padded tokens
+    (longest x rows), shortest batch first."""
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
+    out: list[list[int]] = [[]]
+    for index in order:  # ascending: the newest item is the longest of its batch
+        if out[-1] and len(encodings[index]) * (len(out[-1]) + 1) > budget:
+            out.append([])
+        out[-1].append(index)
+    return out
