@@ -42,7 +42,7 @@ QuantizeInt8 = Callable[[Path, Path, list[Feeds], int], object]
 
 CALIBRATION_TEXTS = 64
 CALIBRATION_BATCH = 8
-# FidelitySet texts come from further into the corpus than the validation texts, so int8 is never
+# Calibration texts come from further into the corpus than the validation texts, so int8 is never
 # judged on the texts it was calibrated on.
 CALIBRATION_OFFSET = 300
 

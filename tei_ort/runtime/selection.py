@@ -19,6 +19,7 @@ ISA class), and "auto" serves CUDA whenever a GPU is usable, as before.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -62,7 +63,8 @@ def select(
     """The chosen (provider, variant) and the model loaded on it."""
     cpu = this_cpu()
     candidates = _candidates(manifest, options)
-    fidelity_set = fidelity_check.read_fidelity_set(path)
+    # Read only if something must be re-validated or timed: not on starts the cache answers.
+    fidelity_set = functools.cache(lambda: fidelity_check.read_fidelity_set(path))
     cache = ChecksCache(path, cpu, options.intra_op_threads, options.checks_dir)
     opened: dict[str, Model] = {}
     verdicts = [
@@ -72,7 +74,7 @@ def select(
     passed = [v for v in verdicts if v.passed]
     if not passed:
         raise PackageError(_nothing_servable(manifest, options, cpu, verdicts))
-    if len(passed) > 1 and fidelity_set is not None:
+    if len(passed) > 1:
         verdicts = _trial(manifest, verdicts, fidelity_set, cache, open_model, opened)
         passed = [v for v in verdicts if v.passed]
     # Fastest by the trial; without one (a single candidate, or a package with no fidelity set)
@@ -116,7 +118,7 @@ def _verdict(
     provider: Provider,
     variant: Variant,
     cpu: CpuInfo,
-    fidelity_set: fidelity_check.FidelitySet | None,
+    fidelity_set: Callable[[], fidelity_check.FidelitySet | None],
     cache: ChecksCache,
     open_model: OpenModel,
     opened: dict[str, Model],
@@ -128,7 +130,8 @@ def _verdict(
     recorded = variant.validation
     if recorded is not None and _measured_here(recorded, provider, cpu):
         return Verdict(provider.value, variant.name.value, recorded, checked_here=False)
-    if fidelity_set is None:
+    fidelity = fidelity_set()
+    if fidelity is None:
         # A package from before fidelity sets: its figures are all there is.
         note = "not re-checked on this CPU: the package has no fidelity set (re-export it)"
         return Verdict(provider.value, variant.name.value, recorded, False, note=note)
@@ -136,7 +139,7 @@ def _verdict(
     try:
         model = open_model(provider, variant)
         validation = fidelity_check.validate_here(
-            model, fidelity_set, isa_class=cpu.isa_class.value, engine=engine_name(provider)
+            model, fidelity, isa_class=cpu.isa_class.value, engine=engine_name(provider)
         )
     except (PackageError, ProviderUnavailable, BackendError) as exc:
         verdict = Verdict(provider.value, variant.name.value, None, True, note=str(exc))
@@ -162,7 +165,7 @@ def _measured_here(validation: Validation, provider: Provider, cpu: CpuInfo) -> 
 def _trial(
     manifest: Manifest,
     verdicts: list[Verdict],
-    fidelity_set: fidelity_check.FidelitySet,
+    fidelity_set: Callable[[], fidelity_check.FidelitySet | None],
     cache: ChecksCache,
     open_model: OpenModel,
     opened: dict[str, Model],
@@ -171,6 +174,9 @@ def _trial(
     todo = [v for v in verdicts if v.passed]
     if all(v.tokens_per_s is not None for v in todo):
         return verdicts  # cached from an earlier start on this machine
+    fidelity = fidelity_set()
+    if fidelity is None:
+        return verdicts  # a package from before fidelity sets: the providers' order decides
     plans = {}
     for verdict in todo:
         if verdict.label not in opened:
@@ -178,7 +184,7 @@ def _trial(
                 Provider(verdict.provider), manifest.variant(verdict.variant)
             )
         model = opened[verdict.label]
-        plans[verdict.label] = (model, trial.candidate_batches(model, fidelity_set.vset.texts))
+        plans[verdict.label] = (model, trial.candidate_batches(model, fidelity.vset.texts))
     started = time.perf_counter()
     timed = trial.fastest(plans)
     result = []

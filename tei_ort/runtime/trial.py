@@ -67,13 +67,16 @@ def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str
     provider's default where it has none or the package has no fidelity set, else the fastest
     of BATCH_BUDGETS in a short trial on the fidelity set's texts (cached like the checks)."""
     default = PROVIDERS[model.provider].target_batch_tokens
-    fidelity_set = fidelity_check.read_fidelity_set(model.path)
-    if default is None or fidelity_set is None:
-        return default, f"{default or 'no'} target batch tokens (the provider's default)"
+    provider_default = f"{default or 'no'} target batch tokens (the provider's default)"
+    if default is None:
+        return default, provider_default
     label = f"{model.provider.value}:{model.variant.name.value}"
     cache = ChecksCache(model.path, this_cpu(), options.intra_op_threads, options.checks_dir)
     rates = cache.get_budgets(label)
-    if rates is None:
+    if rates is None:  # first start here: measure (read the texts only now)
+        fidelity_set = fidelity_check.read_fidelity_set(model.path)
+        if fidelity_set is None:
+            return default, provider_default
         encodings = model.encode(list(fidelity_set.vset.texts[::3]))
         plans = {
             b: (model, [[encodings[i] for i in batch] for batch in budget_batches(encodings, b)])
