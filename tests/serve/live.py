@@ -4,11 +4,17 @@ tests talk to it over TCP with real HTTP clients."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+import httpx
 from sanic import Sanic
 
 from tei_ort.serve.access import AccessPolicy
@@ -16,6 +22,7 @@ from tei_ort.serve.app import create_app
 from tei_ort.serve.engine_api import EngineAPI
 from tei_ort.serve.operations import ServeContext
 from tei_ort.serve.telemetry import Telemetry
+from tests.conftest import REPO
 
 PAYLOAD_LIMIT = 64 * 1024
 
@@ -111,3 +118,50 @@ def serve_app(app: Sanic) -> Iterator[str]:  # type: ignore[type-arg]
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
+
+
+@contextmanager
+def tei_serve(
+    env: Mapping[str, str | None], module: str = "tei_ort.serve", timeout_s: float = 300
+) -> Iterator[tuple[str, list[str]]]:
+    """`python -m <module>` as a user starts it, configured by environment variables (`env` over
+    this process's; None removes one), on a free loopback port without the metrics listener.
+    Yields its URL and, once SIGTERM has stopped it (with exit status 0), its output lines."""
+    port = free_port()
+    merged = {**os.environ, "PORT": str(port), "PROMETHEUS_PORT": "0", "PYTHONPATH": str(REPO)}
+    merged.update({k: v for k, v in env.items() if v is not None})
+    for name in [k for k, v in env.items() if v is None]:
+        merged.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        env=merged,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    output: list[str] = []
+    try:
+        _wait_healthy(url, process, timeout_s)
+        yield url, output
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+        output += out.splitlines()
+    assert process.returncode == 0, out
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"tei-serve exited: {process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("tei-serve did not become healthy")

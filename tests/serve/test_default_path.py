@@ -6,13 +6,8 @@ vectors."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,47 +23,16 @@ from tei_ort.package import VariantName, read_manifest, write_manifest
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.checks import CHECKS_FILE
 from tei_ort.runtime.cpu import this_cpu
-from tests.conftest import REPO
-from tests.serve.live import free_port
-from tests.serve.test_real_model import _wait_healthy
+from tests.serve import live
 
 pytestmark = pytest.mark.slow
 TEXTS = ["What is Deep Learning?", "Paris is the capital of France.", "tokenizers " * 50]
 
 
-@contextmanager
-def _tei_serve(package: Path, cache: Path) -> Iterator[tuple[str, list[str]]]:
-    """tei-serve with the user's defaults: no VARIANT, no PROVIDER. Yields its URL and, after
-    SIGTERM, its output lines."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_ID": str(package),
-        "HOSTNAME": "127.0.0.1",
-        "PORT": str(port),
-        "HUGGINGFACE_HUB_CACHE": str(cache),
-        "PROMETHEUS_PORT": "0",
-        "PYTHONPATH": str(REPO),
-    }
-    for name in ("VARIANT", "PROVIDER"):
-        env.pop(name, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tei_ort.serve"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process, timeout_s=300)
-        yield f"http://127.0.0.1:{port}", output
-    finally:
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=60)
-        output += out.splitlines()
-    assert process.returncode == 0, out
+def _tei_serve(package: Path, cache: Path) -> AbstractContextManager[tuple[str, list[str]]]:
+    """tei-serve with the user's defaults: no VARIANT, no PROVIDER."""
+    env = {"MODEL_ID": str(package), "HOSTNAME": "127.0.0.1", "HUGGINGFACE_HUB_CACHE": str(cache)}
+    return live.tei_serve({**env, "VARIANT": None, "PROVIDER": None})
 
 
 def _copy(minilm_export: Any, tmp_path: Path) -> Path:

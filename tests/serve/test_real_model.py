@@ -5,12 +5,7 @@ the ONNX-folder path reads the model as TEI does, and `tei-serve` starts from th
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +20,8 @@ from tei_ort.runtime.providers import openvino_bf16
 from tei_ort.serve import model_source
 from tei_ort.serve.settings import load_settings
 from tests.conftest import PACKAGE_CACHE as CACHE
-from tests.conftest import REPO
 from tests.serve.fakes import MINILM
-from tests.serve.live import context, free_port, serve
+from tests.serve.live import context, serve, tei_serve
 
 pytestmark = pytest.mark.slow
 TEXTS = ["What is Deep Learning?", "Paris is the capital of France.", "a" * 3000]
@@ -100,54 +94,22 @@ def test_plain_model_without_export_extra_says_run_tei_export(tmp_path: Path, mo
         model_source.resolve(settings, "cpu")
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[str], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"tei-serve exited: {process.stdout.read() if process.stdout else ''}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("tei-serve did not become healthy")
-
-
 def test_cli_default_model_end_to_end(minilm_package: Path, minilm: Model) -> None:
-    port = free_port()
     env = {
-        **os.environ,
         "HOSTNAME": socket.gethostname(),
-        "PORT": str(port),
         "HUGGINGFACE_HUB_CACHE": str(CACHE),
         "VARIANT": "fp32",
-        "PROMETHEUS_PORT": "0",  # no second listener on 0.0.0.0:9000 from a test
-        "PYTHONPATH": str(REPO),
+        "MODEL_ID": None,
     }
-    env.pop("MODEL_ID", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tei_ort.serve.cli"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process)
-        got = httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": TEXTS[:2]}).json()
+    with tei_serve(env, module="tei_ort.serve.cli", timeout_s=60) as (url, lines):
+        got = httpx.post(f"{url}/embed", json={"inputs": TEXTS[:2]}).json()
         np.testing.assert_allclose(got, minilm.embed(TEXTS[:2], normalize=True), atol=1e-5)
-        info = httpx.get(f"http://127.0.0.1:{port}/info").json()
+        info = httpx.get(f"{url}/info").json()
         assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
         assert (info["provider"], info["variant"]) == ("cpu", "fp32")
         assert info["isa_class"] == this_cpu().isa_class.value
         assert info["cpu"] == this_cpu().describe()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
+    output = "\n".join(lines)
     assert "Ready: sentence-transformers/all-MiniLM-L6-v2 (embedded default" in output
     assert f"variant=fp32 cpu={this_cpu().describe()} dims=384" in output
 
@@ -155,39 +117,19 @@ def test_cli_default_model_end_to_end(minilm_package: Path, minilm: Model) -> No
 @pytest.mark.skipif(not openvino_bf16(), reason="needs the openvino package and bfloat16")
 def test_cli_serves_openvino_bf16_under_auto(tmp_path: Path, minilm: Model) -> None:
     # A fresh cache: the export adds the bf16 variant, and "auto" picks OpenVINO for it.
-    port = free_port()
     env = {
-        **os.environ,
         "HOSTNAME": "127.0.0.1",
-        "PORT": str(port),
         "HUGGINGFACE_HUB_CACHE": str(tmp_path / "cache"),
         "VARIANT": "bf16",
-        "PROMETHEUS_PORT": "0",
-        "PYTHONPATH": str(REPO),
+        "MODEL_ID": None,
+        "PROVIDER": None,
     }
-    for name in ("MODEL_ID", "PROVIDER"):
-        env.pop(name, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tei_ort.serve"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process, timeout_s=180)
-        got = np.asarray(
-            httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": TEXTS}).json()
-        )
+    with tei_serve(env, timeout_s=180) as (url, lines):
+        got = np.asarray(httpx.post(f"{url}/embed", json={"inputs": TEXTS}).json())
         want = minilm.embed(TEXTS, normalize=True)
         cosines = np.sum(got * want, axis=1)
         assert np.all(cosines > 0.999) and not np.allclose(got, want, atol=1e-6), cosines
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        metrics = httpx.get(f"{url}/metrics").text
         assert 'dtype="bfloat16"' in metrics and 'provider="openvino"' in metrics
         assert 'variant="bf16"' in metrics
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert "provider=openvino variant=bf16" in output
+    assert "provider=openvino variant=bf16" in "\n".join(lines)
