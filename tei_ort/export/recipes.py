@@ -1,8 +1,9 @@
 """Export recipes: the one table from a Hugging Face architecture (config.json `architectures[0]`)
-to how it is exported, fused and served. Adding an architecture is adding a family row here.
+to how it is exported, fused and served.
 
 A recipe is a family (what the encoder is: token types, position-id offset, fusion type, the head
-names transformers gives it) crossed with a head (what the graph outputs for a task).
+names transformers gives it; one module per family in tei_ort.export.architectures) crossed with a
+head (what the graph outputs for a task).
 """
 
 from __future__ import annotations
@@ -10,20 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tei_ort.errors import UnsupportedModel
+from tei_ort.export import architectures
+from tei_ort.export.architectures.family import Family
 from tei_ort.package import Task
-
-
-@dataclass(frozen=True)
-class Family:
-    model_type: str  # config.json model_type
-    class_prefix: str  # transformers class names start with this: "Bert" -> BertModel, ...
-    uses_token_type_ids: bool  # whether the exported graph takes token_type_ids
-    # Position ids start after the padding index in RoBERTa-style embeddings, so the longest input
-    # is max_position_embeddings - 2 (514 -> 512), not max_position_embeddings.
-    position_offset: int
-    # model_type for onnxruntime.transformers.optimizer; its "bert" fusions cover the BERT-style
-    # encoders (RoBERTa, DistilBERT, ...): same attention/layer-norm/gelu subgraphs.
-    fusion_model_type: str
 
 
 @dataclass(frozen=True)
@@ -46,14 +36,7 @@ class Recipe:
         return self.family.model_type
 
 
-FAMILIES: tuple[Family, ...] = (
-    Family("bert", "Bert", uses_token_type_ids=True, position_offset=0, fusion_model_type="bert"),
-    Family("roberta", "Roberta", False, position_offset=2, fusion_model_type="bert"),
-    Family("xlm-roberta", "XLMRoberta", False, position_offset=2, fusion_model_type="bert"),
-    Family("camembert", "Camembert", False, position_offset=2, fusion_model_type="bert"),
-    Family("distilbert", "DistilBert", False, position_offset=0, fusion_model_type="bert"),
-    Family("mpnet", "MPNet", False, position_offset=2, fusion_model_type="bert"),
-)
+FAMILIES: tuple[Family, ...] = architectures.FAMILIES
 
 BASE = Head("Model", "feature-extraction", "last_hidden_state", "last_hidden_state")
 SEQUENCE_CLASSIFICATION = Head(
@@ -70,14 +53,23 @@ TASK_HEADS: dict[Task, Head] = {
     Task.RERANKER: SEQUENCE_CLASSIFICATION,
 }
 
+HEADS: tuple[Head, ...] = (BASE, SEQUENCE_CLASSIFICATION, MASKED_LM)
+
 RECIPES: dict[str, Recipe] = {
     family.class_prefix + head.class_suffix: Recipe(
         family.class_prefix + head.class_suffix, family, head
     )
     for family in FAMILIES
-    for head in (BASE, SEQUENCE_CLASSIFICATION, MASKED_LM)
+    for head in HEADS
+    if head.class_suffix in family.heads
 }
-FAMILIES_BY_MODEL_TYPE: dict[str, Family] = {family.model_type: family for family in FAMILIES}
+# Architecture names a family's checkpoints carry that mean its bare encoder.
+RECIPES |= {
+    alias: Recipe(alias, family, BASE) for family in FAMILIES for alias in family.encoder_aliases
+}
+FAMILIES_BY_MODEL_TYPE: dict[str, Family] = {}
+for _family in FAMILIES:  # the first family of a model type is its default (bert: BERT)
+    FAMILIES_BY_MODEL_TYPE.setdefault(_family.model_type, _family)
 
 
 def supported() -> str:
@@ -98,7 +90,13 @@ def for_task(architecture: str, task: Task) -> Recipe:
     (BertForMaskedLM exported for embeddings -> BertModel)."""
     family = lookup(architecture).family
     head = TASK_HEADS[task]
-    return RECIPES[family.class_prefix + head.class_suffix]
+    recipe = RECIPES.get(family.class_prefix + head.class_suffix)
+    if recipe is None or recipe.family is not family:
+        raise UnsupportedModel(
+            f"{architecture}: task {task.value} needs a {head.class_suffix} head, which the "
+            f"{family.model_type} family does not export; it exports {', '.join(family.heads)}"
+        )
+    return recipe
 
 
 def detect_task(architecture: str, num_labels: int, is_sentence_transformers: bool) -> Task:
