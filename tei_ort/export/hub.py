@@ -3,12 +3,10 @@ huggingface_hub (revision, token, cache folder), fetching only the files export 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tei_ort.errors import PackageError
 
@@ -106,22 +104,3 @@ def _weight_patterns(files: set[str], prefix: str, repo_id: str) -> tuple[str, .
             return tuple(prefix + p for p in patterns)
     expected = ", ".join(marker for marker, _ in WEIGHT_LAYOUTS)
     raise PackageError(f"{repo_id}: no model weights in the repo (expected one of {expected})")
-
-
-def read_json(root: Path, relative: str) -> dict[str, Any]:
-    """A JSON object from a source file; a missing or broken file is an error naming it."""
-    data = read_json_value(root, relative)
-    if not isinstance(data, dict):
-        raise PackageError(f"{relative}: expected a JSON object")
-    return data
-
-
-def read_json_value(root: Path, relative: str) -> object:
-    path = root / relative
-    try:
-        data: object = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PackageError(f"{relative}: not found in {root}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{relative}: not valid JSON ({exc})") from exc
-    return data

@@ -8,10 +8,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tei_ort import st_config
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import recipes, st_config
-from tei_ort.export.hub import WEIGHT_LAYOUTS, Location, read_json
-from tei_ort.export.st_config import SentenceTransformersConfig
+from tei_ort.export import recipes
+from tei_ort.export.hub import WEIGHT_LAYOUTS, Location
+from tei_ort.st_config import SentenceTransformersConfig, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class SourceModel:
 def read_source(location: Location) -> SourceModel:
     root = location.folder
     st = st_config.read(root)
+    for dense in st.dense if st is not None else ():
+        if dense.weights is None:
+            raise PackageError(
+                f"{dense.folder}: no Dense weights "
+                f"(expected {' or '.join(st_config.DENSE_WEIGHT_FILES)})"
+            )
     prefix = f"{st.transformer_path}/" if st is not None and st.transformer_path else ""
     model_dir = root / prefix if prefix else root
     config = read_json(root, prefix + CONFIG_FILE)

@@ -12,8 +12,8 @@ import numpy as np
 
 from tei_ort.errors import PackageError
 from tei_ort.export.source import CONFIG_FILE, SourceModel
-from tei_ort.export.st_config import DenseSource
 from tei_ort.package import TOKENIZER_FILE, DenseLayer
+from tei_ort.st_config import DenseSource
 
 # Beside manifest.json: the cache key of the export that wrote the package (see pipeline).
 EXPORT_RECORD_FILE = "export.json"
@@ -53,6 +53,8 @@ def _load_dense(
     root: Path, layer: DenseSource
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """(out, in) weight and (out,) bias of a sentence-transformers Dense (`linear.*` tensors)."""
+    if layer.weights is None:  # read_source refuses this; here for the type checker
+        raise PackageError(f"{layer.folder}: no Dense weights")
     path = root / layer.weights
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file

@@ -2,7 +2,8 @@
 model.onnx beside config.json and tokenizer.json), read as TEI's ONNX backend reads it: pooling
 from 1_Pooling/config.json, max length from sentence_bert_config.json or the position table,
 prompts from config_sentence_transformers.json, Normalize from modules.json, no Dense (as TEI's
-ORT backend). The graph is linked, not copied. The user brought the graph, so it is served without
+ORT backend). The sentence-transformers files are read by tei_ort.st_config, as tei-export reads
+them. The graph is linked, not copied. The user brought the graph, so it is served without
 tei-export's validation, and the manifest says so."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from tei_ort import __version__
+from tei_ort import __version__, st_config
 from tei_ort.errors import PackageError, UnsupportedModel
 from tei_ort.package import (
     MANIFEST_FILE,
@@ -33,12 +34,6 @@ from tei_ort.package import (
 logger = logging.getLogger(__name__)
 
 GRAPH_LOCATIONS = ("onnx/model.onnx", "model.onnx")
-# 1_Pooling/config.json flags TEI reads, in its order.
-POOLING_FLAGS = {
-    "pooling_mode_cls_token": Pooling.CLS,
-    "pooling_mode_mean_tokens": Pooling.MEAN,
-    "pooling_mode_lasttoken": Pooling.LAST_TOKEN,
-}
 # Graph outputs that hold per-token hidden states (optimum's and sentence-transformers' names).
 HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 # RoBERTa-style position tables start after the padding index.
@@ -63,10 +58,6 @@ def _json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _optional_json(path: Path) -> dict[str, Any]:
-    return _json(path) if path.is_file() else {}
-
-
 def _task(architecture: str, labels: int) -> Task:
     if architecture.endswith("ForSequenceClassification"):
         return Task.RERANKER if labels == 1 else Task.CLASSIFICATION
@@ -77,30 +68,11 @@ def _task(architecture: str, labels: int) -> Task:
     return Task.EMBEDDING
 
 
-def _st_modules(folder: Path) -> tuple[Pooling | None, bool]:
-    """(pooling from the Pooling module's config, whether a Normalize module follows)."""
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return _pooling(folder / "1_Pooling" / "config.json"), False
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    pooling, normalize = None, False
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        if kind == "Pooling":
-            pooling = _pooling(folder / str(module.get("path", "")) / "config.json")
-        elif kind == "Normalize":
-            normalize = True
-        elif kind == "Dense":
-            logger.warning("%s: Dense module ignored (as TEI's ONNX backend)", module.get("path"))
-    return pooling, normalize
-
-
-def _pooling(config_file: Path) -> Pooling | None:
-    config = _optional_json(config_file)
-    for flag, pooling in POOLING_FLAGS.items():
-        if config.get(flag):
-            return pooling
-    return None
+def _st_config(folder: Path) -> st_config.SentenceTransformersConfig:
+    config = st_config.read(folder) or st_config.read_without_modules(folder)
+    for dense in config.dense:
+        logger.warning("%s: Dense module ignored (as TEI's ONNX backend)", dense.folder)
+    return config
 
 
 def _graph_io(graph: Path) -> tuple[set[str], set[str]]:
@@ -133,13 +105,11 @@ def build(
         output_name = "logits" if "logits" in outputs else None
     if output_name is None:
         raise UnsupportedModel(f"{graph}: no output the server can use (it has {sorted(outputs)})")
-    st_pooling, normalize = _st_modules(folder)
-    if task is Task.EMBEDDING and pooling is None and st_pooling is None:
+    st = _st_config(folder)
+    if task is Task.EMBEDDING and pooling is None and st.pooling is None:
         logger.warning("%s: no pooling configured; using cls (TEI's default for BERT)", folder)
     pad_token_id = int(config.get("pad_token_id") or 0)
     offset = pad_token_id + 1 if model_type in OFFSET_MODEL_TYPES else 0
-    max_seq_length = _optional_json(folder / "sentence_bert_config.json").get("max_seq_length")
-    st_config = _optional_json(folder / "config_sentence_transformers.json")
     hidden = int(config.get("hidden_size", 0))
     manifest = Manifest(
         task=task,
@@ -147,7 +117,7 @@ def build(
         model_type=model_type,
         hidden_size=hidden,
         dimensions=hidden,
-        max_input_length=int(max_seq_length or config["max_position_embeddings"] - offset),
+        max_input_length=st.max_seq_length or int(config["max_position_embeddings"]) - offset,
         output_name=output_name,
         uses_token_type_ids="token_type_ids" in inputs,
         pad_token_id=pad_token_id,
@@ -156,10 +126,10 @@ def build(
         variants=(
             Variant(VariantName.FP32, "model.onnx", ("cpu", "cuda"), validation=UNVALIDATED),
         ),
-        pooling=(pooling or st_pooling or Pooling.CLS) if task is Task.EMBEDDING else None,
-        normalize=normalize,
-        prompts={str(k): str(v) for k, v in (st_config.get("prompts") or {}).items()},
-        default_prompt_name=st_config.get("default_prompt_name"),
+        pooling=(pooling or st.pooling or Pooling.CLS) if task is Task.EMBEDDING else None,
+        normalize=st.normalize,
+        prompts=dict(st.prompts),
+        default_prompt_name=st.default_prompt_name,
         id2label=id2label,
     )
     out.mkdir(parents=True, exist_ok=True)

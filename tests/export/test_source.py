@@ -175,3 +175,11 @@ def test_hub_download_fetches_only_the_needed_files(
     assert "pytorch_model.bin" not in patterns  # safetensors present: the .bin is never fetched
     assert not any("onnx" in p for p in patterns)
     assert read_source(location).location.revision == commit
+
+
+def test_dense_without_weights_is_refused(tiny_source: TinySource, tmp_path: Path) -> None:
+    folder = tmp_path / "xlmr"
+    shutil.copytree(tiny_source("xlm-roberta", "embedding"), folder)
+    (folder / "2_Dense" / "model.safetensors").unlink()
+    with pytest.raises(PackageError, match="2_Dense: no Dense weights"):
+        _read(folder)

@@ -1,14 +1,19 @@
-"""The sentence-transformers side of a source folder, read as sentence-transformers and TEI read it:
+"""The sentence-transformers side of a model folder, read as sentence-transformers and TEI read it:
 modules.json (Transformer -> Pooling -> Dense* -> Normalize), 1_Pooling/config.json,
-sentence_bert_config.json (max_seq_length), config_sentence_transformers.json (prompts)."""
+sentence_bert_config.json (max_seq_length), config_sentence_transformers.json (prompts).
+
+The one reader of these files for both stages: tei-export (export/source.py) and the server's
+packages built around a user's ONNX export (serve/onnx_package.py). It is in the core because the
+serving path may not import tei_ort.export."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export.hub import read_json, read_json_value
 from tei_ort.package import Activation, Pooling
 
 MODULES_FILE = "modules.json"
@@ -40,12 +45,15 @@ DENSE_ACTIVATIONS: dict[str, Activation] = {
     "sigmoid": Activation.SIGMOID,
 }
 DENSE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+POOLING_CONFIG = "1_Pooling/config.json"  # where TEI looks when modules.json is absent
 
 
 @dataclass(frozen=True)
 class DenseSource:
     folder: str  # relative to the source root, e.g. "2_Dense"
-    weights: str  # relative to the source root
+    # Relative to the source root; None when absent (the server's ONNX path fetches only the
+    # JSON files and ignores Dense, as TEI's ONNX backend; export refuses a Dense without weights).
+    weights: str | None
     in_features: int
     out_features: int
     has_bias: bool
@@ -83,7 +91,7 @@ def read(root: Path) -> SentenceTransformersConfig | None:
         if kind in ("Transformer", "MLMTransformer"):
             transformer_path = path
         elif kind == "Pooling":
-            pooling = _read_pooling(root, f"{path}/config.json")
+            pooling = read_pooling(root, f"{path}/config.json")
             read_files.append(f"{path}/config.json")
         elif kind == "SpladePooling":
             _check_splade(root, f"{path}/config.json")
@@ -91,7 +99,8 @@ def read(root: Path) -> SentenceTransformersConfig | None:
             is_sparse = True
         elif kind == "Dense":
             dense.append(_read_dense(root, path))
-            read_files += [f"{path}/config.json", dense[-1].weights]
+            read_files.append(f"{path}/config.json")
+            read_files += [dense[-1].weights] if dense[-1].weights is not None else []
         elif kind == "Normalize":
             normalize = True
         else:
@@ -113,7 +122,29 @@ def read(root: Path) -> SentenceTransformersConfig | None:
     )
 
 
-def _read_pooling(root: Path, relative: str) -> Pooling:
+def read_without_modules(root: Path) -> SentenceTransformersConfig:
+    """A folder without modules.json, read as TEI's ONNX backend reads one: pooling from
+    1_Pooling/config.json when present, no Dense or Normalize, max length and prompts as usual."""
+    read_files: list[str] = []
+    pooling = None
+    if (root / POOLING_CONFIG).is_file():
+        pooling = read_pooling(root, POOLING_CONFIG)
+        read_files.append(POOLING_CONFIG)
+    max_seq_length = _read_max_seq_length(root, "", read_files)
+    prompts, default_prompt = _read_prompts(root, read_files)
+    return SentenceTransformersConfig(
+        transformer_path="",
+        pooling=pooling,
+        normalize=False,
+        dense=(),
+        max_seq_length=max_seq_length,
+        prompts=prompts,
+        default_prompt_name=default_prompt,
+        read_files=tuple(read_files),
+    )
+
+
+def read_pooling(root: Path, relative: str) -> Pooling:
     config = read_json(root, relative)
     if config.get("include_prompt", True) is False:
         raise UnsupportedModel(
@@ -148,8 +179,6 @@ def _read_dense(root: Path, path: str) -> DenseSource:
     relative = f"{path}/config.json"
     config = read_json(root, relative)
     weights = next((f"{path}/{w}" for w in DENSE_WEIGHT_FILES if (root / path / w).is_file()), None)
-    if weights is None:
-        raise PackageError(f"{path}: no Dense weights (expected {' or '.join(DENSE_WEIGHT_FILES)})")
     function = str(config.get("activation_function", "identity")).rsplit(".", 1)[-1].lower()
     if function not in DENSE_ACTIVATIONS:
         raise UnsupportedModel(
@@ -192,3 +221,22 @@ def _read_prompts(root: Path, read_files: list[str]) -> tuple[dict[str, str], st
     if default is not None and default not in prompts:
         raise PackageError(f"{relative}: default_prompt_name {default!r} is not in prompts")
     return {str(k): str(v) for k, v in prompts.items()}, default
+
+
+def read_json(root: Path, relative: str) -> dict[str, Any]:
+    """A JSON object from a model file; a missing or broken file is an error naming it."""
+    data = read_json_value(root, relative)
+    if not isinstance(data, dict):
+        raise PackageError(f"{relative}: expected a JSON object")
+    return data
+
+
+def read_json_value(root: Path, relative: str) -> object:
+    path = root / relative
+    try:
+        data: object = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackageError(f"{relative}: not found in {root}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{relative}: not valid JSON ({exc})") from exc
+    return data
