@@ -14,12 +14,15 @@ from tei_ort.engine import Engine, EngineConfig, ModelBackend
 from tests.engine.fakes import FakeModel
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, None]])
+# Every wait is on an event or a condition; this bound only turns a hang into a failure, so it is
+# generous enough for a 2-core machine that other processes keep busy.
+TIMEOUT_S = 60.0
 
 
 def asynchronous(fn: F) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout=30))
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout=TIMEOUT_S * 2))
 
     return wrapper
 
@@ -40,7 +43,7 @@ async def running(model: ModelBackend, **config: Any) -> AsyncIterator[Engine]:
         await engine.stop()
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def until(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
     """Wait for a condition that other threads make true (tests only: the engine never polls)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -51,5 +54,5 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 async def forward_started(model: FakeModel) -> None:
     """Wait until the fake's next forward pass has begun (and is blocked on the gate)."""
-    if not await asyncio.to_thread(model.entered.acquire, True, 5.0):
+    if not await asyncio.to_thread(model.entered.acquire, True, TIMEOUT_S):
         raise AssertionError("no forward pass started")

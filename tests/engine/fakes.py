@@ -27,6 +27,8 @@ MINILM = Path(
 )
 DIMS = 8
 HIDDEN = 4
+# A gate a test forgot to open lets the forward go after this long rather than hang the suite.
+GATE_TIMEOUT_S = 60.0
 LABELS = 3
 VOCAB = 30522
 
@@ -128,7 +130,7 @@ class FakeModel:
         direction: TruncationDirection = TruncationDirection.RIGHT,
         prompt_name: str | None = None,
     ) -> list[Encoded]:
-        self.encode_gate.wait(timeout=10)
+        self.encode_gate.wait(timeout=GATE_TIMEOUT_S)
         return self.tokenizer.encode_batch(
             inputs, truncate=truncate, direction=direction, prompt=self.prompt(prompt_name)
         )
@@ -137,7 +139,7 @@ class FakeModel:
         with self._lock:
             self.batches.append([e.ids for e in encodings])
         self.entered.release()
-        self.gate.wait(timeout=10)
+        self.gate.wait(timeout=GATE_TIMEOUT_S)
         if self.fail_if(encodings):
             raise BackendError("fake forward failed")
 

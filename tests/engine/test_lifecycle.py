@@ -119,8 +119,10 @@ async def test_stop_waits_for_requests_still_tokenizing() -> None:
     pending = asyncio.create_task(engine.embed(EmbedRequest(["tokenizing"])))
     await until(lambda: engine.stats().in_flight == 1)
     stopping = asyncio.create_task(engine.stop())
-    await asyncio.sleep(0.05)
-    assert not stopping.done()
+    await until(lambda: not engine.is_healthy)  # stop() has begun
+    for _ in range(100):  # loop turns, not time: a stop that did not wait would end in a few
+        await asyncio.sleep(0)
+    assert not stopping.done() and not pending.done()
     model.encode_gate.set()
     result = await pending
     await stopping
