@@ -4,7 +4,6 @@ against a transformers forward pass written independently of tei_ort.export.refe
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,8 +14,9 @@ from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.providers import openvino_bf16
 from tests.export import tiny_models
 from tests.export.conftest import TinyPackage, TinySource
+from tests.export.torch_forward import torch_embeddings, torch_logits, torch_splade
 
-CASES = [(family, head) for family in tiny_models.FAMILIES for head in tiny_models.HEADS]
+CASES = [(family, head) for family in tiny_models.BERT_FAMILIES for head in tiny_models.HEADS]
 TEXTS = [
     "What does the assert statement do?",
     "x",
@@ -89,17 +89,17 @@ def test_runtime_matches_transformers_forward(
     )
     if head == "embedding":
         got = model.embed(TEXTS)
-        want = _torch_embeddings(source, TEXTS)
+        want = torch_embeddings(source, TEXTS)
     elif head == "masked_lm":
         got = model.embed_sparse(TEXTS)
-        want = _torch_splade(source, TEXTS)
+        want = torch_splade(source, TEXTS)
         assert np.array_equal(got > 1e-3, want > 1e-3)  # the same (clearly) non-zero terms
     elif head == "reranker":
         got = model.rerank(TEXTS[0], TEXTS[1:], raw_scores=True)
-        want = _torch_logits(source, [(TEXTS[0], t) for t in TEXTS[1:]])[:, 0]
+        want = torch_logits(source, [(TEXTS[0], t) for t in TEXTS[1:]])[:, 0]
     else:
         got = model.predict(TEXTS, raw_scores=True)
-        want = _torch_logits(source, TEXTS)
+        want = torch_logits(source, TEXTS)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4 if head != "masked_lm" else 1e-3, rtol=0)
 
@@ -118,7 +118,7 @@ def test_batch_invariance(tiny_package: TinyPackage, family: str, head: str) -> 
         np.testing.assert_allclose(run([text])[0], batch[index], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family", list(tiny_models.FAMILIES))
+@pytest.mark.parametrize("family", tiny_models.BERT_FAMILIES)
 def test_fused_ops_are_in_the_fp32_graph(tiny_package: TinyPackage, family: str) -> None:
     result = tiny_package(family, "embedding")
     graph = onnx.load(str(result.path / "model.onnx"), load_external_data=False)
@@ -127,7 +127,7 @@ def test_fused_ops_are_in_the_fp32_graph(tiny_package: TinyPackage, family: str)
     assert "graph: fused" in (result.manifest.variant("fp32").validation or _fail()).note
 
 
-@pytest.mark.parametrize("family", list(tiny_models.FAMILIES))
+@pytest.mark.parametrize("family", tiny_models.BERT_FAMILIES)
 def test_embedding_manifest(tiny_package: TinyPackage, family: str) -> None:
     spec = tiny_models.FAMILIES[family]
     manifest = tiny_package(family, "embedding").manifest
@@ -139,7 +139,7 @@ def test_embedding_manifest(tiny_package: TinyPackage, family: str) -> None:
     assert manifest.prompts == {"query": "query: ", "passage": "passage: "}
 
 
-@pytest.mark.parametrize("family", list(tiny_models.FAMILIES))
+@pytest.mark.parametrize("family", tiny_models.BERT_FAMILIES)
 def test_other_heads_manifest(tiny_package: TinyPackage, family: str) -> None:
     classifier = tiny_package(family, "classification").manifest
     assert classifier.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
@@ -158,74 +158,3 @@ def test_other_heads_manifest(tiny_package: TinyPackage, family: str) -> None:
 
 def _fail() -> object:
     raise AssertionError("no validation")
-
-
-# -- an independent transformers forward pass --------------------------------------------------
-
-
-def _encode(source: Path, inputs: list[str] | list[tuple[str, str]], max_length: int):  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    firsts = [i if isinstance(i, str) else i[0] for i in inputs]
-    seconds = [i[1] for i in inputs if not isinstance(i, str)] or None
-    encoded = tokenizer(
-        firsts, seconds, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(str(source))
-    if config.model_type != "bert":
-        encoded.pop("token_type_ids", None)
-    return encoded
-
-
-def _torch_embeddings(source: Path, texts: list[str]) -> np.ndarray:
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoModel
-
-    modules = json.loads((source / "modules.json").read_text())
-    pooling_config = json.loads((source / "1_Pooling" / "config.json").read_text())
-    encoded = _encode(source, texts, 48)
-    with torch.no_grad():
-        hidden = (
-            AutoModel.from_pretrained(str(source)).eval()(**encoded).last_hidden_state
-        )  # (b, s, h)
-    mask = encoded["attention_mask"]  # (b, s)
-    if pooling_config["pooling_mode_cls_token"]:
-        pooled = hidden[:, 0]
-    elif pooling_config["pooling_mode_lasttoken"]:
-        pooled = hidden[torch.arange(len(texts)), mask.sum(1) - 1]
-    else:
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    if any(m["type"].endswith("Dense") for m in modules):
-        weights = load_file(str(source / "2_Dense" / "model.safetensors"))
-        pooled = torch.tanh(pooled @ weights["linear.weight"].T + weights["linear.bias"])
-    if any(m["type"].endswith("Normalize") for m in modules):
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
-    return pooled.numpy()
-
-
-def _torch_splade(source: Path, texts: list[str]) -> np.ndarray:
-    import torch
-    from transformers import AutoModelForMaskedLM
-
-    encoded = _encode(source, texts, 64)
-    with torch.no_grad():
-        logits = AutoModelForMaskedLM.from_pretrained(str(source)).eval()(**encoded).logits
-    weights = torch.log1p(torch.relu(logits)) * encoded["attention_mask"][..., None]
-    return weights.max(dim=1).values.numpy()  # (b, vocab)
-
-
-def _torch_logits(source: Path, inputs: list[str] | list[tuple[str, str]]) -> np.ndarray:
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    encoded = _encode(source, inputs, 64)
-    with torch.no_grad():
-        return (
-            AutoModelForSequenceClassification.from_pretrained(str(source))
-            .eval()(**encoded)
-            .logits.numpy()
-        )

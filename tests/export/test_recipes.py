@@ -15,10 +15,19 @@ def test_table_covers_every_family_and_head() -> None:
         for p in FAMILY_PREFIXES
         for s in ("Model", "ForSequenceClassification", "ForMaskedLM")
     }
+    expected |= {
+        p + s for p in ("DebertaV2", "ModernBert") for s in ("Model", "ForSequenceClassification")
+    }
     assert set(recipes.RECIPES) == expected
     assert recipes.lookup("XLMRobertaForMaskedLM").family.position_offset == 2
     assert recipes.lookup("BertModel").family.uses_token_type_ids
     assert not recipes.lookup("DistilBertModel").family.uses_token_type_ids
+
+
+def test_a_head_the_family_does_not_export_is_a_clear_error() -> None:
+    with pytest.raises(UnsupportedModel, match="deberta-v2 family does not export"):
+        recipes.for_task("DebertaV2ForSequenceClassification", Task.SPARSE_EMBEDDING)
+    assert recipes.lookup("ModernBertModel").family.model_type == "modernbert"
 
 
 def test_unsupported_architecture_lists_the_supported_ones() -> None:

@@ -32,6 +32,8 @@ HEAD_SUFFIX = {
     "masked_lm": "ForMaskedLM",
 }
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+# DeBERTa-v3 (sentencepiece) and ModernBERT (BPE) tokenizers use BERT's special tokens.
+BERT_SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,13 @@ class FamilySpec:
     position_offset: int
     pooling: str  # ST pooling for the embedding model: vary it across families
     dense: bool = False  # add a Dense (tanh) + Normalize to the embedding model
+    heads: tuple[str, ...] = HEADS
+    # config.json fields beyond the sizes, as the real checkpoints of the family set them
+    config: tuple[tuple[str, Any], ...] = ()
+    # per head: config fields that differ (ModernBERT's classifier_pooling)
+    head_config: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    tokenizer_class: str | None = None  # tokenizer_config.json tokenizer_class, when not generic
+    model_input_names: tuple[str, ...] = ()  # tokenizer_config.json, when the family sets it
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -53,6 +62,62 @@ FAMILIES: dict[str, FamilySpec] = {
     "mpnet": FamilySpec("mpnet", "MPNet", "wordpiece", 2, "mean", dense=True),
 }
 POSITIONS = 64  # usable positions: short enough that long passages get truncated
+
+# The BERT-style families test_architectures.py runs every head of; the others have a test file
+# of their own (test_deberta_v2.py, test_modernbert.py).
+BERT_FAMILIES = tuple(FAMILIES)
+
+CLASSIFIER_HEADS = ("embedding", "classification", "reranker")
+FAMILIES |= {
+    # deberta-v3-base / mDeBERTa-v3 / bge-reranker-v2 style: relative attention over log buckets,
+    # no absolute positions, no token types.
+    "deberta-v2": FamilySpec(
+        "deberta-v2",
+        "DebertaV2",
+        "unigram_cls",
+        0,
+        "cls",
+        heads=CLASSIFIER_HEADS,
+        config=(
+            ("relative_attention", True),
+            ("position_buckets", 16),
+            ("norm_rel_ebd", "layer_norm"),
+            ("share_att_key", True),
+            ("pos_att_type", ["p2c", "c2p"]),
+            ("position_biased_input", False),
+            ("max_relative_positions", -1),
+            ("type_vocab_size", 0),
+            ("layer_norm_eps", 1e-7),
+        ),
+        tokenizer_class="DebertaV2Tokenizer",
+    ),
+    # ModernBERT-base style at tiny size: layer 0 global, layers 1-2 a sliding window of 8 tokens,
+    # shorter than the test inputs so the window is exercised.
+    "modernbert": FamilySpec(
+        "modernbert",
+        "ModernBert",
+        "bpe_cls",
+        0,
+        "mean",
+        dense=True,
+        heads=CLASSIFIER_HEADS,
+        config=(
+            ("global_attn_every_n_layers", 3),
+            ("local_attention", 8),
+            ("global_rope_theta", 160000.0),
+            ("local_rope_theta", 10000.0),
+            ("num_hidden_layers", 3),
+            ("classifier_activation", "gelu"),
+        ),
+        head_config=(
+            ("classification", (("classifier_pooling", "mean"),)),
+            ("reranker", (("classifier_pooling", "cls"),)),
+        ),
+        tokenizer_class="PreTrainedTokenizerFast",
+        # As ModernBERT's tokenizer_config.json: no token_type_ids, which its forward rejects.
+        model_input_names=("input_ids", "attention_mask"),
+    ),
+}
 
 
 def build_tokenizers(root: Path) -> dict[str, Path]:
@@ -66,20 +131,27 @@ def build_tokenizers(root: Path) -> dict[str, Path]:
         ("bpe", _bpe(texts)),
         ("unigram", _unigram(texts)),
         ("wordpiece", _wordpiece(texts)),
+        ("unigram_cls", _unigram(texts, BERT_SPECIALS)),
+        ("bpe_cls", _bpe_cls(texts)),
     ):
         folder = root / kind
         folder.mkdir(parents=True)
         tokenizer.save(str(folder / "tokenizer.json"))
+        specials = dict(
+            zip(
+                ("bos", "eos", "cls", "sep", "unk", "pad", "mask"),
+                (
+                    ("<s>", "</s>", "<s>", "</s>", "<unk>", "<pad>", "<mask>")
+                    if not kind.endswith("_cls")
+                    else ("[CLS]", "[SEP]", "[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")
+                ),
+                strict=True,
+            )
+        )
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,  # transformers' "no limit"
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "cls_token": "<s>",
-            "sep_token": "</s>",
-            "unk_token": "<unk>",
-            "pad_token": "<pad>",
-            "mask_token": "<mask>",
+            **{f"{name}_token": token for name, token in specials.items()},
         }
         (folder / "tokenizer_config.json").write_text(json.dumps(config))
         out[kind] = folder
@@ -87,6 +159,15 @@ def build_tokenizers(root: Path) -> dict[str, Path]:
 
 
 def _pair_template(tokenizer: Tokenizer) -> processors.TemplateProcessing:
+    if tokenizer.token_to_id("[CLS]") is not None:  # DeBERTa / ModernBERT: BERT's template
+        return processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[
+                ("[CLS]", tokenizer.token_to_id("[CLS]")),
+                ("[SEP]", tokenizer.token_to_id("[SEP]")),
+            ],
+        )
     return processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
@@ -115,17 +196,36 @@ def _bpe(texts: list[str]) -> Tokenizer:
     return tokenizer
 
 
-def _unigram(texts: list[str]) -> Tokenizer:
+def _unigram(texts: list[str], specials: tuple[str, ...] = ROBERTA_SPECIALS) -> Tokenizer:
     tokenizer = Tokenizer(models.Unigram())
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.train_from_iterator(
         texts,
         trainers.UnigramTrainer(
-            vocab_size=600, special_tokens=list(ROBERTA_SPECIALS), unk_token="<unk>"
+            vocab_size=600, special_tokens=list(specials), unk_token=specials[3]
         ),
     )
     tokenizer.post_processor = _pair_template(tokenizer)
+    return tokenizer
+
+
+def _bpe_cls(texts: list[str]) -> Tokenizer:
+    """ModernBERT's layout: byte-level BPE with BERT's special tokens and template."""
+    from tokenizers import decoders
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=list(BERT_SPECIALS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer.post_processor = _pair_template(tokenizer)
+    tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
 
@@ -148,10 +248,15 @@ def build_model(family: str, head: str, tokenizer_dir: Path, out: Path, seed: in
 
     spec = FAMILIES[family]
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    pad_id = tokenizer.token_to_id("[PAD]" if spec.tokenizer == "minilm" else "<pad>")
-    config = transformers.AutoConfig.for_model(
-        spec.model_type, **_sizes(spec, tokenizer.get_vocab_size(), pad_id)
-    )
+    bert_specials = spec.tokenizer == "minilm" or spec.tokenizer.endswith("_cls")
+    pad_id = tokenizer.token_to_id("[PAD]" if bert_specials else "<pad>")
+    fields = _sizes(spec, tokenizer.get_vocab_size(), pad_id) | dict(spec.config)
+    fields |= dict(dict(spec.head_config).get(head, ()))
+    if spec.tokenizer.endswith("_cls"):
+        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        fields |= {"bos_token_id": cls_id, "eos_token_id": sep_id}
+        fields |= {"cls_token_id": cls_id, "sep_token_id": sep_id}
+    config = transformers.AutoConfig.for_model(spec.model_type, **fields)
     if head in ("classification", "reranker"):
         config.num_labels = 3 if head == "classification" else 1
         config.id2label = {i: f"LABEL_{i}" for i in range(config.num_labels)}
@@ -162,6 +267,13 @@ def build_model(family: str, head: str, tokenizer_dir: Path, out: Path, seed: in
     model.save_pretrained(str(out))
     for file in tokenizer_dir.iterdir():
         shutil.copyfile(file, out / file.name)
+    if spec.tokenizer_class is not None:
+        config_path = out / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text())
+        tokenizer_config["tokenizer_class"] = spec.tokenizer_class
+        if spec.model_input_names:
+            tokenizer_config["model_input_names"] = list(spec.model_input_names)
+        config_path.write_text(json.dumps(tokenizer_config))
     if spec.model_type == "distilbert":
         # A real DistilBERT ships a DistilBertTokenizer, which emits no token_type_ids.
         config_path = out / "tokenizer_config.json"
@@ -194,9 +306,9 @@ def _sizes(spec: FamilySpec, vocab: int, pad_id: int) -> dict[str, Any]:
         "max_position_embeddings": positions,
         "pad_token_id": pad_id,
     }
-    if spec.model_type != "mpnet":
+    if spec.model_type not in ("mpnet", "modernbert"):
         sizes["type_vocab_size"] = 2 if spec.model_type == "bert" else 1
-    if spec.model_type != "bert":
+    if spec.model_type != "bert" and not spec.tokenizer.endswith("_cls"):
         sizes |= {"bos_token_id": 0, "eos_token_id": 2}
     return sizes
 

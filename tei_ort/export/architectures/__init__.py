@@ -3,10 +3,17 @@ family, each exporting FAMILIES. Adding a family is a new module and one line in
 
 from __future__ import annotations
 
-from tei_ort.export.architectures import bert, distilbert, mpnet, roberta
+from tei_ort.export.architectures import (
+    bert,
+    deberta_v2,
+    distilbert,
+    modernbert,
+    mpnet,
+    roberta,
+)
 from tei_ort.export.architectures.family import Family
 
-MODULES = (bert, roberta, distilbert, mpnet)
+MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert)
 FAMILIES: tuple[Family, ...] = tuple(family for module in MODULES for family in module.FAMILIES)
 
 __all__ = ["FAMILIES", "Family"]

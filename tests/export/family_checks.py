@@ -1,0 +1,86 @@
+"""The checks every family beyond the BERT style runs on its tiny models (test_<family>.py):
+the pipeline validated fp32, the runtime equals an independent PyTorch forward pass, and an
+input alone equals the same input inside a batch of mixed lengths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tei_ort.package import Task, VariantName
+from tei_ort.runtime import Model, RuntimeOptions
+from tests.export.conftest import TinyPackage, TinySource
+from tests.export.torch_forward import torch_embeddings, torch_logits
+
+TEXTS = [
+    "What does the assert statement do?",
+    "x",
+    "The import system " * 40,  # past the limit: truncated
+    "Übung macht den Meister, naïve café.",
+    "",
+]
+EXPECTED_TASK = {
+    "embedding": Task.EMBEDDING,
+    "classification": Task.CLASSIFICATION,
+    "reranker": Task.RERANKER,
+}
+TorchForward = Callable[[Path, str, list[str]], np.ndarray]
+
+
+def transformers_forward(source: Path, head: str, texts: list[str]) -> np.ndarray:
+    """transformers' own classes: the reference for the families transformers implements."""
+    if head == "embedding":
+        return torch_embeddings(source, texts)
+    if head == "reranker":
+        return torch_logits(source, [(texts[0], t) for t in texts[1:]])[:, 0]
+    return torch_logits(source, texts)
+
+
+def check_fp32_validated(tiny_package: TinyPackage, family: str, head: str) -> None:
+    manifest = tiny_package(family, head).manifest
+    assert manifest.task is EXPECTED_TASK[head]
+    fp32 = manifest.variant(VariantName.FP32)
+    assert fp32.validation is not None and fp32.validation.passed, fp32.validation
+    assert fp32.validation.max_abs_diff is not None and fp32.validation.max_abs_diff < 1e-4
+    assert fp32.validation.texts == (32 if head != "reranker" else 8 * 16)
+
+
+def run(model: Model, head: str, texts: list[str]) -> np.ndarray:
+    if head == "embedding":
+        return model.embed(texts)
+    if head == "reranker":
+        return model.rerank(texts[0], texts[1:], raw_scores=True)
+    return model.predict(texts, raw_scores=True)
+
+
+def check_runtime_matches(
+    tiny_package: TinyPackage,
+    tiny_source: TinySource,
+    family: str,
+    head: str,
+    forward: TorchForward = transformers_forward,
+) -> None:
+    model = Model.load(
+        tiny_package(family, head).path, RuntimeOptions(provider="cpu", variant="fp32")
+    )
+    got = run(model, head, TEXTS)
+    want = forward(tiny_source(family, head), head, TEXTS)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def check_batch_invariance(tiny_package: TinyPackage, family: str, head: str) -> None:
+    model = Model.load(
+        tiny_package(family, head).path, RuntimeOptions(provider="cpu", variant="fp32")
+    )
+    if head == "reranker":  # each pair alone against all pairs in one batch
+        batch = run(model, head, TEXTS)
+        for index, text in enumerate(TEXTS[1:]):
+            alone = run(model, head, [TEXTS[0], text])
+            np.testing.assert_allclose(alone[0], batch[index], atol=1e-5, rtol=0)
+        return
+    batch = run(model, head, TEXTS)
+    for index, text in enumerate(TEXTS):
+        np.testing.assert_allclose(run(model, head, [text])[0], batch[index], atol=1e-5, rtol=0)
