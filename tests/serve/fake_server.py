@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+import threading
 from collections.abc import Sequence
 
 from tei_ort.engine import Engine, EngineConfig
@@ -21,6 +23,10 @@ from tests.serve.live import context
 
 READY = "fake server ready"
 WARMING_UP = "fake server warming up"
+# With --gated, a line on stdin opens a gate: WARM lets the warm-up forward end, GO lets every
+# later forward run (each waits until then), so a test decides when, not a clock.
+WARM = "warm"
+GO = "go"
 
 
 class AnnouncingModel(SlowModel):
@@ -37,9 +43,14 @@ def main() -> None:
     parser.add_argument("--warm-up-s", type=float, default=0.0)
     parser.add_argument("--max-concurrent-requests", type=int, default=512)
     parser.add_argument("--max-batch-requests", type=int, default=None)
+    parser.add_argument("--gated", action="store_true", help="forwards wait for stdin lines")
     args = parser.parse_args()
     configure_logging("info", json_output=False)
     model = AnnouncingModel(forward_s=args.forward_s, warm_up_s=args.warm_up_s)
+    if args.gated:
+        model.warm_gate.clear()
+        model.gate.clear()
+        threading.Thread(target=_open_gates, args=(model,), daemon=True).start()
     engine = Engine(
         model,
         EngineConfig(
@@ -57,6 +68,12 @@ def main() -> None:
 
     logging.getLogger(__name__).info("starting on 127.0.0.1:%d", args.port)
     run(app, "127.0.0.1", args.port)
+
+
+def _open_gates(model: AnnouncingModel) -> None:
+    gates = {WARM: model.warm_gate, GO: model.gate}
+    for line in sys.stdin:
+        gates[line.strip()].set()
 
 
 if __name__ == "__main__":

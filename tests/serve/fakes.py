@@ -284,9 +284,17 @@ class FakeEngine:
         ]
 
 
+# A gate a test forgot to open lets the forward go after this long rather than hang the suite.
+GATE_TIMEOUT_S = 60.0
+
+
 class SlowModel(FakeModel):
-    """FakeModel with a forward pass that takes time (so that requests overlap), can fail on
-    demand (a runtime failure) and counts the inputs it ran (to see dropped work)."""
+    """FakeModel with a forward pass that takes time or waits on gates (so that requests overlap
+    without the test depending on timing), can fail on demand (a runtime failure) and counts the
+    inputs it ran (to see dropped work).
+
+    `warm_gate` holds the engine's warm-up forward and `gate` every later one; both are open
+    until a test clears them. `entered` is released each time a later forward begins."""
 
     def __init__(
         self, task: Task = Task.EMBEDDING, forward_s: float = 0.05, warm_up_s: float = 0.0
@@ -297,6 +305,11 @@ class SlowModel(FakeModel):
         self.failing = False
         self.inputs_run = 0
         self.forwards = 0
+        self.warm_gate = threading.Event()
+        self.warm_gate.set()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Semaphore(0)
         self._lock = threading.Lock()
 
     def forward(self, encodings: Sequence[Encoded]) -> FloatArray:
@@ -304,6 +317,11 @@ class SlowModel(FakeModel):
             self.forwards += 1
             first = self.forwards == 1
         # The engine's first forward is its warm-up: the server must not listen before it ends.
+        if first:
+            self.warm_gate.wait(GATE_TIMEOUT_S)
+        else:
+            self.entered.release()
+            self.gate.wait(GATE_TIMEOUT_S)
         time.sleep(self.warm_up_s if first else self.forward_s)
         if self.failing:
             raise RuntimeError("the device fell off the bus")
