@@ -11,7 +11,7 @@ from tei_ort.package import Task
 from tei_ort.runtime.cpu import this_cpu
 from tests.serve import expected
 from tests.serve.conftest import real_engine
-from tests.serve.fakes import FakeModel
+from tests.serve.fakes import MAX_INPUT_LENGTH, MINILM, FakeModel
 from tests.serve.live import context, serve
 
 TEXTS = ["What is Deep Learning?", "a", "The quick brown fox jumps over the lazy dog"]
@@ -71,17 +71,27 @@ def test_embed_token_ids(embedding_server, fake_models) -> None:
     token_ids = [t.id for t in ids]
     one = client.post("/embed", json={"inputs": token_ids}).json()
     both = client.post("/embed", json={"inputs": [token_ids, "hello world"]}).json()
-    assert len(one) == 1 and len(both) == 2
-    np.testing.assert_allclose(one[0], both[1], atol=1e-6)
+    want = expected.embeddings(model, ["hello world"])
+    np.testing.assert_allclose(one, want, atol=1e-6)
+    np.testing.assert_allclose(both, [want[0], want[0]], atol=1e-6)
 
 
-def test_truncation_direction_any_case(embedding_server, fake_models) -> None:
+@pytest.mark.parametrize(("direction", "side"), [("Left", "left"), ("RIGHT", "right")])
+def test_truncation_direction_any_case(embedding_server, direction: str, side: str) -> None:
+    from transformers import AutoTokenizer
+
     client, _ = embedding_server
     long = " ".join(f"word{i}" for i in range(40))
-    left = client.post("/embed", json={"inputs": long, "truncation_direction": "Left"})
-    right = client.post("/embed", json={"inputs": long, "truncation_direction": "RIGHT"})
-    assert left.status_code == right.status_code == 200
-    assert not np.allclose(left.json(), right.json())
+    got = client.post("/embed", json={"inputs": long, "truncation_direction": direction})
+    assert got.status_code == 200
+    # The tokens transformers keeps when it cuts this text to 16 from that side, sent as token
+    # ids (used as given): the same vector, so the server kept exactly these tokens.
+    tokenizer = AutoTokenizer.from_pretrained(str(MINILM), truncation_side=side)
+    ids = tokenizer(long, truncation=True, max_length=MAX_INPUT_LENGTH)["input_ids"]
+    kept = tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "")
+    assert kept.endswith("word39") if side == "left" else kept.startswith("word0word1")
+    by_ids = client.post("/embed", json={"inputs": ids})
+    np.testing.assert_allclose(got.json(), by_ids.json(), atol=1e-6)
 
 
 def test_embed_all(embedding_server, fake_models) -> None:
@@ -112,16 +122,23 @@ def test_predict_single_pair_and_batch(classifier_server, fake_models) -> None:
     assert [p["label"] for p in single] == [model.manifest.id2label[i] for i in np.argsort(-probs)]
     assert [p["score"] for p in single] == pytest.approx(sorted(probs, reverse=True), abs=1e-6)
     pair = client.post("/predict", json={"inputs": ["a", "b"]}).json()
-    assert isinstance(pair[0], dict)
-    assert max(p["score"] for p in pair) == pytest.approx(
-        expected.scores(model, [("a", "b")])[0].max(), abs=1e-6
-    )
+    assert pair == _labelled(model, expected.scores(model, [("a", "b")])[0])
     batch = client.post(
         "/predict", json={"inputs": [["great"], ["a", "b"]], "raw_scores": True}
     ).json()
-    assert len(batch) == 2 and isinstance(batch[0], list)
-    raw = expected.scores(model, ["great"], raw=True)[0]
-    assert sorted(p["score"] for p in batch[0]) == pytest.approx(sorted(raw), abs=1e-5)
+    raw = expected.scores(model, ["great", ("a", "b")], raw=True)
+    assert batch == [_labelled(model, row) for row in raw]
+
+
+def _labelled(model: FakeModel, scores: np.ndarray) -> list[dict[str, object]]:
+    """/predict's body for one input: every label with its score, best first."""
+    return [
+        {
+            "label": model.manifest.id2label[int(i)],
+            "score": pytest.approx(float(scores[i]), abs=1e-5),
+        }
+        for i in np.argsort(-scores, kind="stable")
+    ]
 
 
 def test_rerank_order_scores_top_n(reranker_server, fake_models) -> None:
