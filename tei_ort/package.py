@@ -12,9 +12,14 @@ Layout of a package folder::
                          server on a CPU of another class can re-validate a variant before serving
                          it (tei_ort.runtime.fidelity_check); plain arrays, read without pickle
     export.json          the export's cache key (source hashes, options, tool version): a second
-                         export of the same input reuses the package; absent after a failed export
+                         export of the same input reuses the package
     checks.json          written by the server, not the export: what each machine that served the
                          package measured (re-validations, trial speeds; tei_ort.runtime.checks)
+
+The manifest lists the size and sha256 of every other file but export.json and checks.json
+(`Manifest.files`); tei_ort.integrity checks them before a package is served. An export writes the
+package in a staging folder beside the target and renames it into place once complete
+(tei_ort.export.publish), so a package folder is either whole or absent.
 
 The manifest is the only thing the serving path reads to know what a graph does. Every graph takes
 `input_ids`, `attention_mask` and, when `Manifest.uses_token_type_ids`, `token_type_ids`, each
@@ -39,6 +44,8 @@ from tei_ort.errors import PackageError
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
+EXPORT_RECORD_FILE = "export.json"
+CHECKS_FILE = "checks.json"
 
 
 class Task(str, enum.Enum):
@@ -129,6 +136,14 @@ class Source:
 
 
 @dataclass(frozen=True)
+class FileDigest:
+    """A package file as the export wrote it (tei_ort.integrity checks it before serving)."""
+
+    sha256: str
+    size: int  # bytes; a mismatch names a truncated file without hashing it
+
+
+@dataclass(frozen=True)
 class Manifest:
     task: Task
     architecture: str  # config.json architectures[0], e.g. "BertModel"
@@ -150,6 +165,9 @@ class Manifest:
     default_prompt_name: str | None = None
     # Classification: index -> label. Softmax when several labels, sigmoid for one (TEI's rule).
     id2label: dict[int, str] = field(default_factory=dict)
+    # Every package file but manifest.json, export.json and checks.json: relative path -> digest.
+    # Empty in packages exported before tei_ort recorded them (served unverified, with a warning).
+    files: dict[str, FileDigest] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def variant(self, name: VariantName | str) -> Variant:
@@ -209,6 +227,10 @@ class Manifest:
                 prompts=dict(data.get("prompts", {})),
                 default_prompt_name=data.get("default_prompt_name"),
                 id2label={int(k): str(v) for k, v in data.get("id2label", {}).items()},
+                files={
+                    str(name): FileDigest(sha256=str(d["sha256"]), size=int(d["size"]))
+                    for name, d in data.get("files", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackageError(f"{MANIFEST_FILE}: malformed ({exc!r})") from exc

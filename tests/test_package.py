@@ -8,6 +8,7 @@ import pytest
 from tei_ort.errors import PackageError
 from tei_ort.package import (
     FORMAT_VERSION,
+    FileDigest,
     Manifest,
     Pooling,
     Source,
@@ -41,6 +42,10 @@ def manifest() -> Manifest:
         pooling=Pooling.CLS,
         prompts={"query": "query: "},
         id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        files={
+            "model.onnx": FileDigest("ab" * 32, 1234),
+            "tokenizer.json": FileDigest("cd" * 32, 5),
+        },
     )
 
 
@@ -52,6 +57,15 @@ def test_round_trip(tmp_path: Path) -> None:
     assert data["format_version"] == FORMAT_VERSION
     assert data["id2label"] == {"0": "NEGATIVE", "1": "POSITIVE"}
     assert data["variants"][1]["validation"] is None
+    assert data["files"]["model.onnx"] == {"sha256": "ab" * 32, "size": 1234}
+
+
+def test_a_manifest_from_before_the_digests_reads_with_none(tmp_path: Path) -> None:
+    write_manifest(tmp_path, manifest())
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    del data["files"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert read_manifest(tmp_path).files == {}
 
 
 def test_only_validated_variants_are_servable() -> None:

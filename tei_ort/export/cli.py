@@ -4,6 +4,7 @@ model-validation pipeline over a list of models.
     tei-export sentence-transformers/all-MiniLM-L6-v2 -o packages/minilm --variants fp32,int8
     tei-export validate --models ./models/minilm,./models/splade --out /tmp/validation
     tei-export validate --models offline   # the models that install from PyPI
+    tei-export verify packages/minilm        # every file against the manifest's sha256
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from tei_ort import __version__
+from tei_ort import __version__, integrity
 from tei_ort.errors import TeiOrtError
 from tei_ort.export import offline_models
 from tei_ort.export.pipeline import ExportOptions, ExportResult, HubOptions, export_model
@@ -32,6 +33,8 @@ POOLING_CHOICES: dict[str, Pooling] = {p.value: p for p in Pooling} | {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["verify"]:
+        return _run_verify(_verify_parser().parse_args(args[1:]))
     if args[:1] == ["validate"]:
         parsed = _validate_parser().parse_args(args[1:])
         _configure_logging(parsed.log_level)
@@ -46,6 +49,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows_for(parsed.model, result)))
     fp32 = result.manifest.variant(VariantName.FP32)
     return 0 if fp32.is_servable else 1
+
+
+def _run_verify(parsed: argparse.Namespace) -> int:
+    """0 when every file of the package matches the manifest; 1 (and the file named) otherwise,
+    or when the manifest has no digests to check against."""
+    try:
+        report = integrity.verify(parsed.package)
+    except TeiOrtError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    if report.files == 0:
+        print(f"{parsed.package}: {report.describe()}", file=sys.stderr)
+        return 1
+    print(f"{parsed.package}: OK, {report.describe()}")
+    return 0
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tei-export verify",
+        description="Check every file of a model package against the sizes and sha256 digests "
+        "its manifest lists (what tei-serve checks at load, without its cache).",
+    )
+    parser.add_argument("package", type=Path, help="model package folder")
+    return parser
 
 
 def _run_validate(parsed: argparse.Namespace) -> int:
@@ -102,7 +130,8 @@ def _export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tei-export",
         description="Export a model to a validated ONNX model package "
-        "(or `tei-export validate --models ...` for the CI pipeline).",
+        "(or `tei-export validate --models ...` for the CI pipeline, "
+        "`tei-export verify PACKAGE` to check a package's files).",
     )
     parser.add_argument(
         "model", help="hub repo id or local Hugging Face / sentence-transformers folder"

@@ -1,6 +1,7 @@
 """tei-export end to end: source -> plan -> raw and fused graphs -> package files -> variants,
-each validated against the PyTorch reference -> manifest. Re-exporting the same input with the
-same options and tool version reuses the package."""
+each validated against the PyTorch reference -> manifest (with every file's sha256), written in a
+staging folder and renamed into place under a lock (publish.py). Re-exporting the same input with
+the same options and tool version reuses the package, when its files pass the integrity check."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from tei_ort import __version__
-from tei_ort.errors import UnsupportedModel
-from tei_ort.export import fuse, recipes, writer
+from tei_ort import __version__, integrity
+from tei_ort.errors import PackageError, UnsupportedModel
+from tei_ort.export import fuse, publish, recipes, writer
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
 from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
@@ -80,8 +81,17 @@ class ExportResult:
 
 
 def export_model(
-    model: str, out: Path, options: ExportOptions | None = None, hub: HubOptions | None = None
+    model: str,
+    out: Path,
+    options: ExportOptions | None = None,
+    hub: HubOptions | None = None,
+    *,
+    integrity_cache: Path | None = None,
 ) -> ExportResult:
+    """Export `model` into the package folder `out`, or reuse the package there when it was
+    exported from the same sources with the same options and tool version and its files pass the
+    integrity check (`integrity_cache`: where verified digests are remembered; None hashes every
+    file). Crash-safe and one export at a time per folder: see tei_ort.export.publish."""
     options = options or ExportOptions()
     hub = hub or HubOptions()
     timer = _Timer()
@@ -90,23 +100,59 @@ def export_model(
     subject = plan(source, options)
     key, key_inputs = cache_key(source, options)
     timer.lap("source")  # locate (download), read, hash
-    if is_package(out) and writer.read_export_key(out) == key:
-        logger.info(
-            "%s: reusing the package in %s (same sources, options, tool version)", model, out
-        )
+    if _reusable(out, key, integrity_cache):
         return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
-    out.mkdir(parents=True, exist_ok=True)
-    writer.clear_export_record(out)  # an export that stops half-way must not be reused
-    work = out / WORK_DIR
-    work.mkdir(exist_ok=True)
+    publish.check_target(out)
+    with publish.export_lock(out):
+        # Another process may have exported it while this one waited for the lock.
+        if _reusable(out, key, integrity_cache):
+            return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
+        staging = publish.staging_folder(out)
+        try:
+            manifest = _export(subject, staging, options, timer)
+            writer.write_export_record(staging, key, key_inputs)
+            publish.publish(staging, out)
+        except OSError as exc:
+            publish.discard(staging)
+            raise publish.write_error(exc, out) from exc
+        except BaseException:
+            publish.discard(staging)
+            raise
+    logger.info("%s -> %s in %.1f s: %s", model, out, sum(timer.seconds.values()), timer.seconds)
+    return ExportResult(out, manifest, reused=False, seconds=timer.seconds)
+
+
+def _reusable(out: Path, key: str, integrity_cache: Path | None) -> bool:
+    if not is_package(out) or writer.read_export_key(out) != key:
+        return False
+    try:
+        report = integrity.verify(out, integrity_cache)
+    except PackageError as exc:
+        logger.warning(
+            "%s: the package there fails its integrity check (%s); exporting again", out, exc
+        )
+        return False
+    logger.info(
+        "reusing the package in %s (same sources, options, tool version; %s)",
+        out,
+        report.describe(),
+    )
+    return True
+
+
+def _export(subject: Subject, package: Path, options: ExportOptions, timer: _Timer) -> Manifest:
+    """Every file of the package, written into `package` (a staging folder); the manifest last,
+    with the digest of every other file."""
+    work = package / WORK_DIR
+    work.mkdir()
     try:
         graphs = _graphs(subject, work, options, timer)
-        base = _base_manifest(subject, out)
+        base = _base_manifest(subject, package)
         vset = validation_set(options.validation_queries, options.validation_passages)
         reference = REFERENCE_RUNNERS[subject.task](subject, vset)
-        write_fidelity_set(out, vset, reference)
+        write_fidelity_set(package, vset, reference)
         timer.lap("reference")
-        validator = Validator(out, base, subject, vset, reference)
+        validator = Validator(package, base, subject, vset, reference)
         variants: list[Variant] = [build_fp32(validator, graphs)]
         timer.lap("fp32")
         for name, build in DERIVED_BUILDERS.items():
@@ -117,11 +163,10 @@ def export_model(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     manifest = replace(base, variants=tuple(variants))
-    _remove_stale_graphs(out, manifest)
-    write_manifest(out, manifest)
-    writer.write_export_record(out, key, key_inputs)
-    logger.info("%s -> %s in %.1f s: %s", model, out, sum(timer.seconds.values()), timer.seconds)
-    return ExportResult(out, manifest, reused=False, seconds=timer.seconds)
+    _remove_unlisted_graphs(package, manifest)
+    manifest = replace(manifest, files=integrity.digest_files(package))
+    write_manifest(package, manifest)
+    return manifest
 
 
 def plan(source: SourceModel, options: ExportOptions) -> Subject:
@@ -211,9 +256,9 @@ def _base_manifest(subject: Subject, out: Path) -> Manifest:
     )
 
 
-def _remove_stale_graphs(out: Path, manifest: Manifest) -> None:
-    """Graphs an earlier export left that this manifest does not list (a variant no longer asked
-    for, or one the quantizer could not build)."""
+def _remove_unlisted_graphs(out: Path, manifest: Manifest) -> None:
+    """Graphs this manifest does not list (a variant the quantizer could not build, or one that
+    was written and then dropped)."""
     listed = {variant.file for variant in manifest.variants}
     for spec in VARIANT_SPECS.values():
         if spec.file not in listed:

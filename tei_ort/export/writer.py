@@ -12,11 +12,8 @@ import numpy as np
 
 from tei_ort.errors import PackageError
 from tei_ort.export.source import CONFIG_FILE, SourceModel
-from tei_ort.package import TOKENIZER_FILE, DenseLayer
+from tei_ort.package import EXPORT_RECORD_FILE, TOKENIZER_FILE, DenseLayer
 from tei_ort.st_config import DenseSource
-
-# Beside manifest.json: the cache key of the export that wrote the package (see pipeline).
-EXPORT_RECORD_FILE = "export.json"
 
 
 def write_tokenizer(source: SourceModel, package: Path) -> None:
@@ -90,7 +87,3 @@ def read_export_key(package: Path) -> str | None:
 def write_export_record(package: Path, cache_key: str, inputs: dict[str, Any]) -> None:
     record = {"cache_key": cache_key, "inputs": inputs}
     (package / EXPORT_RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def clear_export_record(package: Path) -> None:
-    (package / EXPORT_RECORD_FILE).unlink(missing_ok=True)

@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tei_ort.package import MANIFEST_FILE, Validation
+from tei_ort.package import CHECKS_FILE, MANIFEST_FILE, Validation
 from tei_ort.runtime.cpu import CpuInfo
 from tei_ort.runtime.providers import available, engine_name
 
 logger = logging.getLogger(__name__)
 
-CHECKS_FILE = "checks.json"
 CHECKS_VERSION = 1
 
 

