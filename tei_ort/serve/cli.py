@@ -26,6 +26,7 @@ from tei_ort.serve import model_source
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
 from tei_ort.serve.bind_address import bind_unlistening
+from tei_ort.serve.grpc import attach_grpc
 from tei_ort.serve.logs import configure_logging
 from tei_ort.serve.operations import ServeContext
 from tei_ort.serve.settings import Settings, load_settings
@@ -168,13 +169,16 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             settings.port,
         )
 
-    return create_app(
+    app = create_app(
         ctx,
         payload_limit=settings.payload_limit,
         access=AccessPolicy(settings.api_key, settings.cors_allow_origin),
         telemetry=telemetry,
         on_started=summary,
     )
+    if settings.grpc_port is not None:
+        attach_grpc(app, host, settings.grpc_port)
+    return app
 
 
 def run(app: Sanic, host: str, port: int) -> None:  # type: ignore[type-arg]

@@ -70,6 +70,8 @@ class Settings(pydantic.BaseModel):
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-embeddings-inference.server"
     prometheus_port: int = pydantic.Field(default=9000, ge=0, le=65535)
+    # ours beside TEI's: TEI builds HTTP or gRPC; tei-serve serves both, gRPC when this is set
+    grpc_port: int | None = pydantic.Field(default=None, ge=1, le=65535)
     # env-only knobs, as in TEI
     task: str | None = None  # TASK=sentence-similarity routes POST / to /similarity
     log_level: str = "info"
@@ -234,6 +236,11 @@ FLAGS: tuple[Flag, ...] = (
         "prometheus_port",
         "Port of the separate Prometheus listener (0: none; /metrics on the main port always "
         "answers). Default: 9000.",
+    ),
+    Flag(
+        "grpc_port",
+        "Also serve TEI's gRPC API (package tei.v1, with health checking and reflection) on this "
+        "port, beside HTTP, with the same model, limits and API key. Default: off.",
     ),
 )
 # TEI reads these from the environment only.
