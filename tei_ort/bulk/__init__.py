@@ -1,0 +1,9 @@
+"""tei-embed: embed files offline, with the runtime and the server's engine (no HTTP).
+
+inputs.py     which files, and their rows (JSONL, Parquet, CSV, plain text), bad rows named
+shards.py     the output: Parquet shards written atomically, and the manifest that resumes a job
+model.py      --model-id -> a loaded Model and the server's EngineConfig for it
+job.py        the shard loop: one engine request per shard (the server's token-budget batcher)
+progress.py   a progress bar on a terminal, log lines otherwise; the summary
+cli.py        `tei-embed`
+"""

@@ -1,0 +1,217 @@
+"""`tei-embed INPUT... -o OUTPUT`: embed files offline with the server's engine, resumably.
+
+Wiring only: settings (pydantic, the edge) -> input files -> the output folder's manifest (a
+resumed job pins the provider and variant it started with) -> model and engine -> Job.run.
+Exit status: 0 done, 2 a user error (bad arguments, a bad row under --on-error fail, an output
+folder that holds another job), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+
+from tei_ort.bulk import inputs
+from tei_ort.bulk.job import Job, JobOptions, OnError, describe, fingerprint
+from tei_ort.bulk.model import LoadedModel, ModelChoice, load
+from tei_ort.bulk.progress import Summary, progress_for
+from tei_ort.bulk.shards import JobManifest, OutputFolder
+from tei_ort.bulk.tasks import TASKS
+from tei_ort.engine import Engine, Tokenization
+from tei_ort.errors import TeiOrtError, ValidationError
+from tei_ort.serve.settings import DEFAULT_MODEL_ID
+from tei_ort.tokenization import TruncationDirection
+
+logger = logging.getLogger("tei_ort.bulk")
+
+
+class EmbedSettings(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    inputs: tuple[str, ...] = pydantic.Field(min_length=1)
+    output: Path
+    model_id: str | None = None
+    revision: str | None = None
+    huggingface_hub_cache: Path | None = None
+    provider: Literal["auto", "cpu", "cuda", "openvino"] = "auto"
+    variant: Literal["fp32", "fp16", "int8", "int8-w7", "bf16"] | None = None
+    intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
+    max_batch_tokens: int = pydantic.Field(default=16384, ge=1)
+    text_field: str = "text"
+    id_field: str | None = None
+    task: Literal["embed", "sparse"] = "embed"
+    prompt_name: str | None = None
+    truncate: bool = True
+    truncation_direction: TruncationDirection = TruncationDirection.RIGHT
+    normalize: bool = True
+    dimensions: int | None = pydantic.Field(default=None, ge=1)
+    shard_size: int = pydantic.Field(default=10_000, ge=1)
+    on_error: OnError = OnError.FAIL
+    log_level: str = "info"
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tei-embed",
+        description="Embed JSONL, Parquet, CSV/TSV or plain-text files (or folders and globs of "
+        "them) into Parquet shards, with tei-serve's runtime and batching and no HTTP. Killed "
+        "and started again with the same arguments, it finishes the job.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    model = p.add_argument_group("model (as tei-serve)")
+    model.add_argument(
+        "--model-id",
+        help="a model package, an ONNX repo or folder, or a plain Hugging Face model "
+        f"(exported on the fly). Default: {DEFAULT_MODEL_ID}, embedded.",
+    )
+    model.add_argument("--revision")
+    model.add_argument("--huggingface-hub-cache", type=Path)
+    model.add_argument("--provider", default="auto", help="auto, cpu, cuda or openvino")
+    model.add_argument("--variant", help="fp32, fp16, int8, int8-w7 or bf16; default: chosen here")
+    model.add_argument("--intra-op-threads", type=int)
+    model.add_argument("--max-batch-tokens", type=int, default=16384)
+    rows = p.add_argument_group("rows")
+    rows.add_argument("--text-field", default="text", help="JSONL/CSV/Parquet field to embed")
+    rows.add_argument("--id-field", help="field copied to the output's `id` column")
+    rows.add_argument(
+        "--on-error",
+        choices=[o.value for o in OnError],
+        default=OnError.FAIL.value,
+        help="a bad row (missing field, not a string, empty, refused by the tokenizer): skip "
+        "it (reported, and listed in the manifest) or stop the job. Default: fail.",
+    )
+    request = p.add_argument_group("embedding (as the API's fields)")
+    request.add_argument("--task", choices=sorted(TASKS), default="embed")
+    request.add_argument("--prompt-name")
+    request.add_argument("--truncate", type=_bool, default=True, metavar="BOOL")
+    request.add_argument("--truncation-direction", choices=["right", "left"], default="right")
+    request.add_argument("--normalize", type=_bool, default=True, metavar="BOOL")
+    request.add_argument("--dimensions", type=int, help="Matryoshka: keep the first N")
+    job = p.add_argument_group("job")
+    job.add_argument("--shard-size", type=int, default=10_000, help="rows per Parquet shard")
+    job.add_argument("--log-level", default="info")
+    return p
+
+
+def _job_options(settings: EmbedSettings) -> JobOptions:
+    return JobOptions(
+        fields=inputs.Fields(settings.text_field, settings.id_field),
+        task=settings.task,
+        tokenization=Tokenization(
+            settings.truncate, settings.truncation_direction, settings.prompt_name
+        ),
+        normalize=settings.normalize,
+        dimensions=settings.dimensions,
+        shard_size=settings.shard_size,
+        on_error=settings.on_error,
+    )
+
+
+def _choice(settings: EmbedSettings, previous: JobManifest | None) -> ModelChoice:
+    provider: str = settings.provider
+    variant: str | None = settings.variant
+    if previous is not None:
+        if variant is not None and variant != previous.variant:
+            raise ValidationError(
+                f"{settings.output} was started with --variant {previous.variant}; a job keeps "
+                "its variant (use a new output folder for another)"
+            )
+        provider, variant = previous.provider, previous.variant
+    return ModelChoice(
+        settings.model_id,
+        settings.revision,
+        settings.huggingface_hub_cache,
+        provider,
+        variant,
+        settings.intra_op_threads,
+        settings.max_batch_tokens,
+    )
+
+
+async def _run_engine(
+    loaded: LoadedModel,
+    files: list[Path],
+    options: JobOptions,
+    output: OutputFolder,
+    manifest: JobManifest,
+) -> Summary:
+    engine = Engine(loaded.model, loaded.config)
+    await engine.start()
+    try:
+        job = Job(engine, files, options, output, manifest)
+        await job.check()
+        progress = progress_for(inputs.count_rows(files), sys.stderr.isatty())
+        try:
+            return await job.run(progress)
+        finally:
+            progress.close()
+    finally:
+        await engine.stop()
+
+
+def run(settings: EmbedSettings) -> Summary:
+    files = inputs.expand(settings.inputs)
+    options = _job_options(settings)
+    output = OutputFolder(settings.output)
+    previous = output.read_manifest()
+    described = describe(files, options, settings.model_id or DEFAULT_MODEL_ID)
+    key = fingerprint(described)
+    if previous is not None and previous.fingerprint != key:
+        raise ValidationError(
+            f"{settings.output} holds the output of another job (other inputs, model or "
+            "options); use a new output folder, or remove this one"
+        )
+    if previous is not None:
+        logger.info("resuming: %d shards already done", len(previous.shards))
+    loaded = load(_choice(settings, previous), settings.shard_size)
+    manifest = previous or JobManifest(
+        fingerprint=key,
+        job=described,
+        model_id=loaded.model_id,
+        provider=loaded.model.provider.value,
+        variant=loaded.model.variant.name.value,
+        shard_size=settings.shard_size,
+    )
+    output.prepare()
+    output.write_manifest(manifest)
+    return asyncio.run(_run_engine(loaded, files, options, output, manifest))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = vars(build_parser().parse_args(argv))
+    try:
+        settings = EmbedSettings.model_validate(args)
+    except pydantic.ValidationError as exc:
+        raise SystemExit(f"tei-embed: {exc}") from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        summary = run(settings)
+    except TeiOrtError as exc:
+        logger.error("tei-embed: %s", exc)
+        raise SystemExit(2) from exc
+    logger.info("done: %s; output in %s", summary.describe(), settings.output)
+
+
+if __name__ == "__main__":
+    main()
