@@ -1,0 +1,118 @@
+"""More of `tei-serve --help`'s flags, end to end: `load_settings([...])` -> `cli.build` -> a real
+server on a loopback socket, on the tiny hand-built package of tests/runtime/conftest.py. Each
+flag is shown by what a client gets back (or what a collector receives), not by the parsed
+Settings: --served-model-name, --max-client-batch-size, --payload-limit, --api-key,
+--cors-allow-origin, the engine limits /info reports from the running engine
+(--max-concurrent-requests, --max-batch-tokens, --max-batch-requests, --tokenization-workers),
+and --otlp-endpoint / --otlp-service-name. tests/serve/test_flags_take_effect.py has the others."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.serve.cli import build
+from tei_ort.serve.settings import load_settings
+from tests.runtime.conftest import make_package  # noqa: F401  (the fixture, used by name)
+from tests.serve import live
+from tests.serve.test_tracing import Receiver
+
+MakePackage = Callable[..., Path]
+KEY = "k-123"
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+def _args(package: Path, cache: Path, *extra: str) -> list[str]:
+    base = ["--model-id", str(package), "--huggingface-hub-cache", str(cache)]
+    return [*base, "--prometheus-port", "0", "--provider", "cpu", "--variant", "fp32", *extra]
+
+
+def _vectors(package: Path, texts: list[str]) -> np.ndarray:
+    model = Model.load(package, RuntimeOptions(provider="cpu", variant="fp32"))
+    return model.embed(texts, normalize=True)
+
+
+def test_serving_flags_reach_clients(make_package: MakePackage, tmp_path: Path) -> None:  # noqa: F811
+    package = make_package()
+    flags = [
+        "--served-model-name",
+        "my-name",
+        "--max-client-batch-size",
+        "2",
+        "--payload-limit",
+        "2000",
+        "--api-key",
+        KEY,
+        "--cors-allow-origin",
+        "https://a.example",
+        "--max-concurrent-requests",
+        "7",
+        "--max-batch-tokens",
+        "1024",
+        "--max-batch-requests",
+        "3",
+        "--tokenization-workers",
+        "1",
+    ]
+    app = build(load_settings(_args(package, tmp_path / "hub", *flags), {}))
+    with live.serve_app(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        info = client.get("/info", headers=AUTH).json()
+        models = client.get("/v1/models", headers=AUTH).json()
+        openai = client.post("/v1/embeddings", json={"input": ["a", "b"]}, headers=AUTH)
+        two = client.post("/embed", json={"inputs": ["a", "b"]}, headers=AUTH)
+        three = client.post("/embed", json={"inputs": ["a", "b", "c"]}, headers=AUTH)
+        big = client.post("/embed", json={"inputs": "word " * 500}, headers=AUTH)
+        no_key = client.post("/embed", json={"inputs": "a"})
+        allowed = client.options(
+            "/embed",
+            headers={"origin": "https://a.example", "access-control-request-method": "POST"},
+        )
+        other = client.get("/health", headers={"origin": "https://b.example"})
+    want = _vectors(package, ["a", "b"])
+    # --served-model-name: /info, /v1/models and OpenAI's `model`.
+    assert info["served_model_name"] == "my-name"
+    assert [m["id"] for m in models["data"]] == ["my-name"]
+    assert openai.json()["model"] == "my-name"
+    np.testing.assert_allclose([d["embedding"] for d in openai.json()["data"]], want, atol=1e-5)
+    # --max-client-batch-size 2: two inputs pass, three are refused in TEI's shape.
+    np.testing.assert_allclose(two.json(), want, atol=1e-5)
+    assert three.status_code == 422
+    assert three.json() == {
+        "error": "batch size 3 > maximum allowed batch size 2",
+        "error_type": "Validation",
+    }
+    # --payload-limit 2000: a 2.5 kB body is refused before it is parsed.
+    assert big.status_code == 413 and big.json()["error_type"] == "Validation"
+    # --api-key: required; the right key was accepted above.
+    assert no_key.status_code == 401 and no_key.json()["error_type"] == "Unauthorized"
+    # --cors-allow-origin: that origin only.
+    assert allowed.headers["access-control-allow-origin"] == "https://a.example"
+    assert "access-control-allow-origin" not in other.headers
+    # The engine limits, as /info reads them from the running engine's configuration.
+    assert [info[k] for k in ("max_concurrent_requests", "max_batch_tokens")] == [7, 1024]
+    assert [info[k] for k in ("max_batch_requests", "tokenization_workers")] == [3, 1]
+    assert info["max_client_batch_size"] == 2
+
+
+def test_otlp_flags_send_spans_to_the_collector(
+    make_package: MakePackage,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    try:
+        flags = ["--otlp-endpoint", receiver.url, "--otlp-service-name", "my-tei"]
+        app = build(load_settings(_args(make_package(), tmp_path / "hub", *flags), {}))
+        with live.serve_app(app) as url:
+            r = httpx.post(f"{url}/embed", json={"inputs": "hello"}, timeout=60)
+            assert r.status_code == 200
+        # Stopping the server flushes the exporter: the spans are at the collector by now.
+        names = {(s.service, s.name) for s in receiver.spans}
+    finally:
+        receiver.server.shutdown()
+    assert ("my-tei", "POST /embed") in names, names
+    assert {("my-tei", n) for n in ("tokenization", "queue", "inference")} <= names, names
+    assert set(receiver.paths) == {"/v1/traces"}
