@@ -17,7 +17,16 @@ from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.observed_engine import ObservedEngine
 from tei_ort.serve.operations import Operation, ServeContext, parse_json
 from tei_ort.serve.replies import json_response, to_response
-from tei_ort.serve.routes import dispatch, docs, health, openai, rerank_compat, tei
+from tei_ort.serve.routes import (
+    cohere_embed,
+    dispatch,
+    docs,
+    health,
+    ollama,
+    openai,
+    rerank_compat,
+    tei,
+)
 from tei_ort.serve.telemetry import Telemetry, TelemetryOptions, method_of
 
 logger = logging.getLogger(__name__)
@@ -28,6 +37,8 @@ OPERATIONS: tuple[Operation, ...] = (
     *openai.OPERATIONS,
     *rerank_compat.OPERATIONS,
     *dispatch.OPERATIONS,
+    *cohere_embed.OPERATIONS,
+    *ollama.OPERATIONS,
 )
 GET_ROUTES: dict[str, RouteHandler] = {
     **dict.fromkeys(health.HEALTH_PATHS, health.health),
@@ -38,6 +49,13 @@ GET_ROUTES: dict[str, RouteHandler] = {
 }
 # Routes whose clients expect OpenAI's error body.
 OPENAI_PATHS = frozenset({*openai.PATHS, openai.MODELS_PATH})
+ErrorBody = Callable[[BaseException], tuple[int, dict[str, object]]]
+# Each API's error body on its own routes; TEI's everywhere else.
+ERROR_BODIES: dict[str, ErrorBody] = {
+    **dict.fromkeys(OPENAI_PATHS, errors.openai_body),
+    **dict.fromkeys(cohere_embed.PATHS, cohere_embed.error_body),
+    **dict.fromkeys(ollama.PATHS, ollama.error_body),
+}
 _names = itertools.count()
 # Seconds Sanic waits, after SIGTERM, for in-flight requests before it drops their connections:
 # under Kubernetes' default 30 s grace period, so that the process exits by itself (status 0)
@@ -65,7 +83,7 @@ async def _models(request: Request) -> HTTPResponse:
 
 
 async def _error(request: Request, exc: Exception) -> HTTPResponse:
-    render = errors.openai_body if request.path in OPENAI_PATHS else errors.tei_body
+    render = ERROR_BODIES.get(request.path, errors.tei_body)
     status, body = render(exc)
     response = json_response(body, status=status)
     response.headers.update(request.app.ctx.access.cors_headers(request))

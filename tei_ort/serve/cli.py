@@ -21,6 +21,7 @@ from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import PROVIDERS
 from tei_ort.runtime.providers import resolve as resolve_provider
+from tei_ort.runtime.quantized_embeddings import read_ranges
 from tei_ort.runtime.trial import batch_tokens
 from tei_ort.serve import model_source
 from tei_ort.serve.access import AccessPolicy
@@ -125,6 +126,7 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         variant_note="; ".join(n for n in (model.selection_note, f"batching: {batch_note}") if n),
         cpu=this_cpu().describe(),
         isa_class=this_cpu().isa_class.value,
+        embedding_ranges=read_ranges(resolved.path),
     )
     loaded = time.perf_counter()
     host = settings.bind_host()

@@ -66,7 +66,9 @@ def build(operations: Iterable[Operation], version: str) -> JsonObject:
                     **{
                         status: {
                             "description": text,
-                            "content": {"application/json": {"schema": _TEI_ERROR}},
+                            "content": {
+                                "application/json": {"schema": op.error_schema or _TEI_ERROR}
+                            },
                         }
                         for status, text in _ERRORS.items()
                     },

@@ -12,6 +12,7 @@ import orjson
 import pydantic
 
 from tei_ort.errors import ValidationError
+from tei_ort.runtime.quantized_embeddings import EmbeddingRanges
 from tei_ort.serve.engine_api import EngineAPI
 from tei_ort.serve.errors import MalformedBody
 from tei_ort.serve.replies import Reply
@@ -38,6 +39,8 @@ class ServeContext:
     cpu: str = ""  # CpuInfo.describe(): "Intel(R) Xeon(R) Processor [x86-amx]"
     isa_class: str = ""  # IsaClass value ("x86-amx", "arm-bf16", "unknown")
     variant_note: str = ""  # why this variant was chosen on this machine (free text)
+    # The package's int8/uint8 calibration (embedding_ranges.npz); None: float and binary only.
+    embedding_ranges: EmbeddingRanges | None = None
 
 
 Handler = Callable[[ServeContext, JsonObject], Awaitable[Reply]]
@@ -53,6 +56,8 @@ class Operation:
     response_example: object = None  # shown in the OpenAPI document
     # Counted in te_request_* (TEI counts inference routes, not /tokenize or /decode).
     metered: bool = True
+    # The JSON schema of this API's error body, for the OpenAPI document; None: TEI's.
+    error_schema: JsonObject | None = None
 
 
 def parse_json(raw: bytes) -> JsonObject:

@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field
 
 from tei_ort.engine.types import EmbedInput, PredictInput, Tokenization
 from tei_ort.errors import EmptyInput, ValidationError
+from tei_ort.runtime.quantized_embeddings import EmbeddingType
 from tei_ort.tokenization import TruncationDirection
 
 TokenId = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -22,6 +23,11 @@ Input = str | TokenIds | list[str | TokenIds]
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
+
+EMBEDDING_TYPE_HELP = (
+    "Ours: int8 / uint8 (each dimension scaled by ranges calibrated at export), binary / ubinary "
+    "(sign bits packed eight to a byte), as sentence-transformers' quantize_embeddings."
+)
 
 # "Left", "RIGHT" and "right" are all fine (LiteLLM and Milvus send capitalised names).
 Direction = Annotated[TruncationDirection, BeforeValidator(_lower)]
@@ -46,6 +52,9 @@ class EmbedBody(Truncation):
     prompt_name: str | None = None
     normalize: bool = True
     dimensions: int | None = Field(default=None, description="Matryoshka: keep the first N.")
+    embedding_type: EmbeddingType = Field(
+        default=EmbeddingType.FLOAT, description=EMBEDDING_TYPE_HELP
+    )
 
 
 class EmbedAllBody(Truncation):

@@ -34,9 +34,11 @@ from tei_ort.serve.app import create_app
 from tei_ort.serve.engine_api import EngineAPI
 from tei_ort.serve.grpc import GrpcListener, attach_grpc
 from tei_ort.serve.settings import load_settings
+from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 from tests.serve.fakes import FakeEngine, FakeModel
 from tests.serve.live import context, serve_app
 from tests.serve.scrape import scrape, value
+from tests.serve.test_tracing import PARENT_ID, TRACE_ID, Receiver
 
 PROTO_DIR = Path(tei_ort.serve.grpc.__file__).parent
 # sha256 of proto/tei.proto in huggingface/text-embeddings-inference at 0d124dc (2026-11): ours is
@@ -53,10 +55,8 @@ def generate(out: Path, *, grpc_stubs: bool = True) -> None:
     assert protoc.main(["grpc_tools.protoc", *args]) == 0
 
 
-@pytest.fixture(scope="session")
-def tei(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
-    """The client side: tei_pb2 and tei_pb2_grpc generated into a temporary folder."""
-    out = tmp_path_factory.mktemp("tei_stubs")
+def load_stubs(out: Path) -> types.SimpleNamespace:
+    """The client side, as a TEI user builds it: tei_pb2 and tei_pb2_grpc from tei.proto."""
     generate(out)
     sys.path.insert(0, str(out))
     try:
@@ -65,6 +65,11 @@ def tei(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     finally:
         sys.path.remove(str(out))
     return types.SimpleNamespace(pb=pb, rpc=rpc)
+
+
+@pytest.fixture(scope="session")
+def tei(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    return load_stubs(tmp_path_factory.mktemp("tei_stubs"))
 
 
 @dataclass
@@ -81,9 +86,18 @@ class Served:
 
 @contextmanager
 def grpc_server(
-    engine: EngineAPI, tei: types.SimpleNamespace, api_key: str | None = None
+    engine: EngineAPI,
+    tei: types.SimpleNamespace,
+    api_key: str | None = None,
+    telemetry: TelemetryOptions | None = None,
 ) -> Iterator[Served]:
-    app = create_app(context(engine), payload_limit=1 << 22, access=AccessPolicy(api_key, ()))
+    ctx = context(engine)
+    app = create_app(
+        ctx,
+        payload_limit=1 << 22,
+        access=AccessPolicy(api_key, ()),
+        telemetry=Telemetry.build(ctx, telemetry) if telemetry else None,
+    )
     listener = attach_grpc(app, "127.0.0.1", 0)
     with (
         serve_app(app) as url,
@@ -617,6 +631,32 @@ def test_metrics_count_grpc_requests(embedder: Served) -> None:
     assert moved("te_embed_count") == 12  # inputs received, the refused one included
     assert moved("te_embed_success") == 11
     assert moved("te_request_duration_count") == 11
+
+
+def test_grpc_calls_are_traced(tei: types.SimpleNamespace) -> None:
+    receiver = Receiver()
+    options = TelemetryOptions(otlp_endpoint=receiver.url, otlp_service_name="tei-grpc")
+    try:
+        with grpc_server(engine_for(Task.EMBEDDING), tei, telemetry=options) as served:
+            parent = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),)
+            embed = served.stub("Embed")
+            got = embed.Embed(tei.pb.EmbedRequest(inputs="a b c"), metadata=parent)
+            list(embed.EmbedStream(tei.pb.EmbedRequest(inputs=t) for t in ("d", "e f")))
+            with pytest.raises(grpc.RpcError):
+                embed.Embed(tei.pb.EmbedRequest(inputs="x", dimensions=0))
+    finally:
+        receiver.server.shutdown()
+    # Stopping the server flushed the exporter.
+    unary = [s for s in receiver.spans if s.name == "tei.v1.Embed/Embed"]
+    assert len(unary) == 2
+    ok = next(s for s in unary if s.trace_id == TRACE_ID)
+    assert ok.parent_id == PARENT_ID  # the caller's traceparent, sent as metadata
+    assert ok.attributes["compute_tokens"] == got.metadata.compute_tokens
+    children = {s.name for s in receiver.spans if s.parent_id == ok.span_id}
+    assert children == {"tokenization", "queue", "inference"}
+    failed = next(s for s in unary if s is not ok)
+    assert failed.status_code == 2  # STATUS_CODE_ERROR
+    assert len([s for s in receiver.spans if s.name == "tei.v1.Embed/EmbedStream"]) == 2
 
 
 def test_api_key_as_authorization_metadata(tei: types.SimpleNamespace) -> None:

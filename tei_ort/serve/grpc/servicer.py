@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
-import numpy as np
 from google.protobuf.message import Message
 
 from tei_ort.engine.types import EmbedRequest, Metadata, RerankRequest
-from tei_ort.errors import EmptyInput, WrongModelType
+from tei_ort.errors import WrongModelType
 from tei_ort.package import Task
 from tei_ort.serve.grpc import convert
 from tei_ort.serve.grpc import tei_pb2 as pb
+from tei_ort.serve.grpc.rerank_stream import rank_stream
 from tei_ort.serve.grpc.status import status_of
 from tei_ort.serve.grpc.streams import ordered
 from tei_ort.serve.operations import ServeContext
@@ -196,48 +195,17 @@ class TeiServicer:
             if self._engine.model.task is not Task.RERANKER:  # before reading, as TEI
                 raise WrongModelType("model is not a re-ranker model")
             response, meta = await self._observed(
-                "RerankStream", "batch", True, lambda: self._rank_all(requests), context
+                "RerankStream",
+                "batch",
+                True,
+                lambda: rank_stream(self._engine, requests, self._stream_slots),
+                context,
             )
         except Exception as exc:
             await _abort(context, exc)
         if meta is not None:
             await context.send_initial_metadata(tuple(metadata_headers(meta).items()))
         return response
-
-    async def _rank_all(
-        self, requests: AsyncIterator[pb.RerankStreamRequest]
-    ) -> Answer[pb.RerankResponse]:
-        started = time.perf_counter()
-        pairs = [request async for request in requests]
-        if not pairs:
-            raise EmptyInput("`texts` cannot be empty")
-        # TEI takes raw_scores and return_text from the first message only.
-        first = pairs[0]
-        limit = self._engine.config.max_client_batch_size
-        results = await asyncio.gather(
-            *(self._rank_group(group, first.raw_scores) for group in _groups(pairs, limit))
-        )
-        scores = np.concatenate([r.scores for r in results])  # (n,), in message order
-        texts = [p.text for p in pairs] if first.return_text else None
-        metas = [r.metadata for r in results]
-        meta = Metadata(
-            sum(m.compute_characters for m in metas),
-            sum(m.compute_tokens for m in metas),
-            float(np.mean([m.tokenization_s for m in metas])),
-            float(np.mean([m.queue_s for m in metas])),
-            float(np.mean([m.inference_s for m in metas])),
-            time.perf_counter() - started,
-            tuple(t for m in metas for t in m.input_tokens),
-        )
-        ranks = convert.ranks(scores, texts)
-        return pb.RerankResponse(ranks=ranks, metadata=convert.metadata(meta)), meta
-
-    async def _rank_group(self, group: list[pb.RerankStreamRequest], raw_scores: bool) -> Any:
-        head = group[0]
-        tokenization = convert.tokenization(head.truncate, head.truncation_direction)
-        request = RerankRequest(head.query, [m.text for m in group], tokenization, raw_scores)
-        async with self._stream_slots:
-            return await self._engine.rerank(request)
 
     # -- the handlers grpc calls ----------------------------------------------------------------
 
@@ -304,24 +272,6 @@ class TeiServicer:
         token = given[7:] if given[:7].lower() == "bearer " else given
         if not hmac.compare_digest(token.encode(), self._api_key.encode()):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "No valid auth token")
-
-
-def _groups(pairs: list[pb.RerankStreamRequest], limit: int) -> list[list[pb.RerankStreamRequest]]:
-    """Consecutive messages with the same query and tokenization, at most `limit` per group: one
-    engine call each (messages normally share one query, so a stream is a few big calls)."""
-    groups: list[list[pb.RerankStreamRequest]] = []
-    for pair in pairs:
-        last = groups[-1] if groups else None
-        if (
-            last is not None
-            and len(last) < limit
-            and (last[0].query, last[0].truncate, last[0].truncation_direction)
-            == (pair.query, pair.truncate, pair.truncation_direction)
-        ):
-            last.append(pair)
-        else:
-            groups.append([pair])
-    return groups
 
 
 # The span name is "<package>.<Service>/<Method>", OpenTelemetry's convention for RPC spans.

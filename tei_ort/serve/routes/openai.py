@@ -5,15 +5,14 @@ float32, so base64 is the hot path here: one bytes copy per vector, no per-float
 
 from __future__ import annotations
 
-import base64
 import logging
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from tei_ort.engine.types import EmbedRequest, Tokenization
-from tei_ort.serve import schemas
+from tei_ort.runtime.quantized_embeddings import EmbeddingType
+from tei_ort.serve import embedding_types, schemas
 from tei_ort.serve.operations import JsonObject, Operation, ServeContext, validate
 from tei_ort.serve.replies import Reply
 
@@ -29,10 +28,15 @@ class EmbeddingsBody(schemas.Body):
     user: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, description="Matryoshka, then re-normalized.")
+    embedding_type: EmbeddingType = Field(
+        default=EmbeddingType.FLOAT,
+        description=f"{schemas.EMBEDDING_TYPE_HELP} With base64: the int8 / uint8 / bit bytes.",
+    )
 
 
 async def embeddings(ctx: ServeContext, body: JsonObject) -> Reply:
     req = validate(EmbeddingsBody, body)
+    ranges = embedding_types.ranges_for(ctx, req.embedding_type, req.dimensions, normalized=True)
     if req.model is not None and req.model != ctx.served_model_name:
         logger.debug("request names model %r; serving %r", req.model, ctx.served_model_name)
     # As TEI: always normalized, truncation per --auto-truncate on the right, default prompt only.
@@ -44,13 +48,13 @@ async def embeddings(ctx: ServeContext, body: JsonObject) -> Reply:
             dimensions=req.dimensions,
         )
     )
-    vectors = result.embeddings  # (n, dimensions) float32
+    # (n, dimensions) float32 / int8 / uint8, or (n, dimensions / 8) packed bits
+    vectors = embedding_types.quantize(result.embeddings, req.embedding_type, ranges)
     encoded: list[object]
     if req.encoding_format == "base64":
-        little_endian = vectors.astype("<f4", copy=False)
-        encoded = [base64.b64encode(row.tobytes()).decode("ascii") for row in little_endian]
+        encoded = list(embedding_types.base64_rows(vectors))
     else:
-        encoded = list(np.ascontiguousarray(vectors))  # rows: orjson writes each as [f32]
+        encoded = list(embedding_types.json_rows(vectors))  # orjson writes each as [number]
     tokens = result.metadata.compute_tokens
     payload = {
         "object": "list",

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 
 from tei_ort.engine.types import EmbedRequest, PredictRequest, RerankRequest, SparseVector
-from tei_ort.serve import schemas
+from tei_ort.serve import embedding_types, schemas
 from tei_ort.serve.operations import JsonObject, Operation, ServeContext, validate
 from tei_ort.serve.ranking import rank
 from tei_ort.serve.replies import Reply, dumps
@@ -21,6 +21,8 @@ _NUMBERS_PER_TOKEN = 5
 
 async def embed(ctx: ServeContext, body: JsonObject) -> Reply:
     req = validate(schemas.EmbedBody, body)
+    kind = req.embedding_type
+    ranges = embedding_types.ranges_for(ctx, kind, req.dimensions, normalized=req.normalize)
     result = await ctx.engine.embed(
         EmbedRequest(
             schemas.embed_inputs(req.inputs),
@@ -29,8 +31,10 @@ async def embed(ctx: ServeContext, body: JsonObject) -> Reply:
             dimensions=req.dimensions,
         )
     )
-    # (n, dimensions) float32: orjson writes it as [[f32]], one vector per input.
-    return Reply(result.embeddings, result.metadata, result.embeddings.size)
+    # (n, dimensions) float32 / int8 / uint8, or (n, dimensions / 8) packed bits: orjson writes
+    # it as [[number]], one vector per input.
+    vectors = embedding_types.quantize(result.embeddings, kind, ranges)
+    return Reply(vectors, result.metadata, vectors.size)
 
 
 async def embed_all(ctx: ServeContext, body: JsonObject) -> Reply:
