@@ -116,3 +116,42 @@ def test_otlp_flags_send_spans_to_the_collector(
     assert ("my-tei", "POST /embed") in names, names
     assert {("my-tei", n) for n in ("tokenization", "queue", "inference")} <= names, names
     assert set(receiver.paths) == {"/v1/traces"}
+
+
+def test_prometheus_port_serves_metrics(make_package: MakePackage, tmp_path: Path) -> None:  # noqa: F811
+    port = live.free_port()
+    args = _args(make_package(), tmp_path / "hub")
+    args[args.index("--prometheus-port") + 1] = str(port)
+    app = build(load_settings(args, {}))
+    with live.serve_app(app) as url:
+        assert (
+            httpx.post(f"{url}/embed", json={"inputs": ["a", "b"]}, timeout=60).status_code == 200
+        )
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60)
+    assert scraped.status_code == 200
+    assert 'te_request_count{method="batch"} 1.0' in scraped.text
+    assert 'te_request_success{method="batch"} 1.0' in scraped.text
+
+
+def test_pooling_flag_overrides_the_package(make_package: MakePackage, tmp_path: Path) -> None:  # noqa: F811
+    package = make_package()  # mean pooling in its manifest
+    texts = ["hello world", "a longer sentence than that"]
+    served: dict[str, np.ndarray] = {}
+    for pooling in ("cls", "mean"):
+        args = _args(package, tmp_path / f"hub-{pooling}", "--pooling", pooling)
+        with live.serve_app(build(load_settings(args, {}))) as url:
+            served[pooling] = np.asarray(
+                httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=60).json()
+            )
+            tokens = httpx.post(f"{url}/embed_all", json={"inputs": texts}, timeout=60).json()
+    # From the token states the same server returns: CLS is the first token's, mean their mean.
+    states = [np.asarray(t, dtype=np.float32) for t in tokens]  # each (tokens, hidden)
+    first = np.stack([s[0] for s in states])
+    mean = np.stack([s.mean(axis=0) for s in states])
+    np.testing.assert_allclose(
+        served["cls"], first / np.linalg.norm(first, axis=1, keepdims=True), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        served["mean"], mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5
+    )
+    assert not np.allclose(served["cls"], served["mean"], atol=1e-3)  # the flag changed them
