@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from tei_ort.errors import PackageError
+from tei_ort.export.architectures import own
 from tei_ort.export.recipes import MASKED_LM, Recipe
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,12 @@ DYNAMIC_AXES = ("batch_size", "sequence_length")
 
 def export_onnx(model_dir: Path, recipe: Recipe, out: Path, *, opset: int = DEFAULT_OPSET) -> None:
     """Write optimum's graph for `recipe` to `out`: inputs (batch, seq) int64, one output named by
-    `recipe.head.export_output`. `add_head` turns it (or its fused form) into the package graph."""
+    `recipe.head.export_output`. `add_head` turns it (or its fused form) into the package graph.
+    Families whose modelling code lives on the hub are exported from our own torch modules."""
+    if recipe.family.own_module is not None:
+        own.export(model_dir, recipe, out, opset=opset)
+        check_io(onnx.load(str(out)), recipe, recipe.head.export_output)
+        return
     from optimum.exporters.onnx import main_export
     from torch.jit import TracerWarning  # type: ignore[attr-defined]
 

@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tei_ort.export import recipes
+from tei_ort.export.architectures import own
 from tei_ort.export.recipes import Recipe
 from tei_ort.export.source import SourceModel
-from tei_ort.package import Pooling
+from tei_ort.export.writer import _load_dense
+from tei_ort.package import Pooling, Task
 
 FloatArray = npt.NDArray[np.float32]
 BATCH_SIZE = 32
@@ -32,6 +35,9 @@ def embeddings(source: SourceModel, pooling: Pooling, texts: Sequence[str]) -> F
     from sentence_transformers.models import Pooling as StPooling
     from sentence_transformers.models import Transformer
 
+    recipe = recipes.for_task(source.architecture, Task.EMBEDDING)
+    if recipe.family.own_module is not None:  # hub code never runs: our module is the reference
+        return _own_embeddings(source, recipe, pooling, list(texts))
     max_length = source.max_input_length()
     mode = ST_POOLING_MODES[pooling]
     if source.st is not None:
@@ -79,15 +85,35 @@ def logits(
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    rows = []
+    order, batches = _batches(source, recipe, list(inputs))
+    if recipe.family.own_module is not None:
+        own_model = own.load(source.model_dir, recipe)
+        rows = [own.forward(own_model, recipe, batch).numpy() for batch in batches]
+        return _unsort(order, rows)  # (n, num_labels)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(source.model_dir), local_files_only=True
     ).eval()
-    rows = []
-    order, batches = _batches(source, recipe, list(inputs))
     for batch in batches:
         with torch.inference_mode():
             rows.append(model(**batch).logits.numpy())  # (batch, num_labels)
     return _unsort(order, rows)
+
+
+def _own_embeddings(
+    source: SourceModel, recipe: Recipe, pooling: Pooling, texts: list[str]
+) -> FloatArray:
+    model = own.load(source.model_dir, recipe)
+    st = source.st
+    dense = [(*_load_dense(source.root, d), d.activation) for d in (st.dense if st else ())]
+    normalize = bool(st and st.normalize)
+    inputs: list[str | tuple[str, str]] = list(texts)
+    order, batches = _batches(source, recipe, inputs)
+    rows = [
+        own.sentence_embeddings(model, recipe, dense, normalize, pooling, batch).numpy()
+        for batch in batches
+    ]
+    return _unsort(order, rows)  # (n, dims)
 
 
 def _batches(
@@ -100,7 +126,7 @@ def _batches(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
-        str(source.model_dir), local_files_only=True
+        str(source.model_dir), local_files_only=True, trust_remote_code=False
     )
     order = sorted(range(len(inputs)), key=lambda i: _chars(inputs[i]))
     batches: list[dict[str, Any]] = []

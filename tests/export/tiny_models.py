@@ -51,6 +51,7 @@ class FamilySpec:
     head_config: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     tokenizer_class: str | None = None  # tokenizer_config.json tokenizer_class, when not generic
     model_input_names: tuple[str, ...] = ()  # tokenizer_config.json, when the family sets it
+    jina_variant: str | None = None  # JinaBERT (tiny_jina.py builds it): "v2" or "code"
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -116,6 +117,14 @@ FAMILIES |= {
         tokenizer_class="PreTrainedTokenizerFast",
         # As ModernBERT's tokenizer_config.json: no token_type_ids, which its forward rejects.
         model_input_names=("input_ids", "attention_mask"),
+    ),
+    # JinaBERT v2 (jina-embeddings-v2-*-en, jina-reranker-v1-*) and its qk-post-norm code variant:
+    # BERT's tokenizer, our own module (tiny_jina.py), mean pooling + Normalize like the real ones.
+    "jina-bert": FamilySpec(
+        "bert", "JinaBert", "minilm", 0, "mean", heads=CLASSIFIER_HEADS, jina_variant="v2"
+    ),
+    "jina-bert-code": FamilySpec(
+        "bert", "JinaBert", "minilm", 0, "mean", heads=CLASSIFIER_HEADS, jina_variant="code"
     ),
 }
 
@@ -247,6 +256,10 @@ def build_model(family: str, head: str, tokenizer_dir: Path, out: Path, seed: in
     import transformers
 
     spec = FAMILIES[family]
+    if spec.jina_variant is not None:
+        from tests.export import tiny_jina
+
+        return tiny_jina.build(spec.jina_variant, head, tokenizer_dir, out, seed)
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     bert_specials = spec.tokenizer == "minilm" or spec.tokenizer.endswith("_cls")
     pad_id = tokenizer.token_to_id("[PAD]" if bert_specials else "<pad>")

@@ -7,13 +7,14 @@ from tei_ort.export.architectures import (
     bert,
     deberta_v2,
     distilbert,
+    jina_bert,
     modernbert,
     mpnet,
     roberta,
 )
 from tei_ort.export.architectures.family import Family
 
-MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert)
+MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert, jina_bert)
 FAMILIES: tuple[Family, ...] = tuple(family for module in MODULES for family in module.FAMILIES)
 
 __all__ = ["FAMILIES", "Family"]
