@@ -225,3 +225,25 @@ def test_resume_recomputes_every_torn_shard_and_nothing_else(
     assert read_output(out).equals(whole)
     assert not list(out.glob(".*tmp*"))
     assert pq.read_table(out / "part-00002.parquet").num_rows == 16
+
+
+def test_without_model_id_the_servers_embedded_default(
+    minilm_package: Path, model: Model, tmp_path: Path
+) -> None:
+    """No --model-id: the same embedded all-MiniLM-L6-v2 tei-serve serves (here found in the
+    cache the minilm_package fixture filled, as tei-serve would find it there)."""
+    from tests.conftest import PACKAGE_CACHE
+
+    texts = _texts(6)
+    settings = _settings(
+        minilm_package,
+        [_jsonl(tmp_path / "a.jsonl", texts)],
+        tmp_path / "out",
+        model_id=None,
+        huggingface_hub_cache=PACKAGE_CACHE,
+    )
+    run(settings)
+    manifest = OutputFolder(tmp_path / "out").read_manifest()
+    assert manifest is not None and manifest.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    vectors = np.array(read_output(tmp_path / "out").column("embedding").to_pylist())
+    np.testing.assert_allclose(vectors, model.embed(texts), atol=ATOL)

@@ -54,3 +54,13 @@ def test_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
     bar = progress_for(10, on_terminal=True)
     assert isinstance(bar, BarProgress)
     bar.close()
+
+
+def test_the_bar_counts_reused_rows_and_advances(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = BarProgress(100)
+    bar.reused(40)
+    bar.advance(10, 500)
+    assert bar._bar.n == 50  # the count the bar shows
+    bar.close()
+    shown = capsys.readouterr().err
+    assert "50/100" in shown and "tokens/s" in shown
