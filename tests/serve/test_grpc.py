@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import socket
 import sys
 import threading
 import time
@@ -789,6 +790,22 @@ def test_shutdown_lets_calls_in_flight_finish(tei: types.SimpleNamespace) -> Non
         closer.join(60)
         assert not closer.is_alive()
     np.testing.assert_array_equal(f32([a.embeddings for a in answers]), f32(want))
+
+
+def test_a_taken_grpc_port_fails_the_start(tei: types.SimpleNamespace) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = create_app(
+            context(engine_for(Task.EMBEDDING)),
+            payload_limit=1 << 20,
+            access=AccessPolicy(None, ()),
+        )
+        attach_grpc(app, "127.0.0.1", port)
+        refused = pytest.raises(RuntimeError, match=f"cannot listen for gRPC on 127.0.0.1:{port}")
+        with refused, serve_app(app):
+            pass
 
 
 def test_grpc_port_setting() -> None:

@@ -121,7 +121,9 @@ class GrpcListener:
         # unary calls and HTTP keep the other half.
         slots = max(1, ctx.engine.config.max_concurrent_requests // 2)
         servicer = TeiServicer(ctx, telemetry, api_key, stream_slots=slots)
-        server = grpc.aio.server()
+        # No SO_REUSEPORT (grpc's default on Linux): a second server on a taken port must fail,
+        # not silently share its calls with the first.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers(tei_handlers(servicer))
         self._health = ModelHealth(ctx.engine)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -129,7 +131,11 @@ class GrpcListener:
         reflection.enable_server_reflection(
             (*names, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(listen_address(self.host, self.requested_port))
+        address = listen_address(self.host, self.requested_port)
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
         await self._health.start()
         await server.start()
         self._server = server
