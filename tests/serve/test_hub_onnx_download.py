@@ -1,5 +1,5 @@
 """`--model-id org/name` naming a hub repo with an ONNX export: `tei-serve` (the real CLI, in its
-own process) downloads it with huggingface_hub and serves it. The hub is a local stand-in on a
+own process) downloads it with huggingface_hub, at `--revision`, with `--hf-token`, and serves it. The hub is a local stand-in on a
 loopback port (HF_ENDPOINT), speaking the part of the hub's HTTP API that snapshot_download uses
 (repo info, then HEAD and GET per file), so the download runs for real without the network. The
 repo holds a tiny random-weight BERT embedder's ONNX graph beside its Hugging Face files; the
@@ -28,6 +28,8 @@ pytest.importorskip("torch")
 
 REPO_ID = "stand-in/tiny-onnx"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REVISION = "v1.0"  # a tag: --revision picks it, and only it is served
+TOKEN = "hf_stand_in_token"  # --hf-token: every request must carry it
 TEXTS = ["What is Deep Learning?", "x", "Paris is the capital of France. " * 10]
 
 
@@ -38,6 +40,7 @@ class Hub:
         self.root = root
         self.files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
         self.fetched: list[str] = []
+        self.authorizations: set[str | None] = set()
         self.lock = threading.Lock()
 
     def info(self) -> dict[str, object]:
@@ -46,7 +49,7 @@ class Hub:
 
 
 def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
-    info_path = f"/api/models/{REPO_ID}/revision/main"
+    info_path = f"/api/models/{REPO_ID}/revision/{REVISION}"
     file_prefix = f"/{REPO_ID}/resolve/"
 
     class Handler(BaseHTTPRequestHandler):
@@ -57,7 +60,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             if not self.path.startswith(file_prefix):
                 return None
             revision, _, name = self.path.removeprefix(file_prefix).partition("/")
-            if revision not in (COMMIT, "main") or name not in hub.files:
+            if revision not in (COMMIT, REVISION) or name not in hub.files:
                 return None
             return hub.root / name
 
@@ -69,7 +72,17 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
 
+        def _authorized(self) -> bool:
+            with hub.lock:
+                hub.authorizations.add(self.headers.get("authorization"))
+            if self.headers.get("authorization") == f"Bearer {TOKEN}":
+                return True
+            self.send_error(401)
+            return False
+
         def do_HEAD(self) -> None:
+            if not self._authorized():
+                return
             path = self._file()
             if path is None:
                 self.send_error(404)
@@ -77,6 +90,8 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             self._head(path)
 
         def do_GET(self) -> None:
+            if not self._authorized():
+                return
             if self.path.split("?")[0] == info_path:
                 body = json.dumps(hub.info()).encode()
                 self.send_response(200)
@@ -140,6 +155,8 @@ def test_serves_a_hub_onnx_repo_downloaded_at_start(
     cache = tmp_path / "hub-cache"
     env = {
         "MODEL_ID": REPO_ID,
+        "REVISION": REVISION,
+        "HF_TOKEN": TOKEN,
         "HF_ENDPOINT": endpoint,
         "HUGGINGFACE_HUB_CACHE": str(cache),
         "HF_HUB_OFFLINE": None,
@@ -156,7 +173,9 @@ def test_serves_a_hub_onnx_repo_downloaded_at_start(
     )
     assert got.status_code == 200, got.text
     np.testing.assert_allclose(got.json(), want, atol=1e-4)
-    assert info["model_id"] == REPO_ID
+    assert (info["model_id"], info["model_sha"]) == (REPO_ID, REVISION)
+    # --hf-token: every request carried it (the stand-in refuses any other with a 401).
+    assert stand_in.authorizations == {f"Bearer {TOKEN}"}
     # Only what serving an ONNX repo needs came down: the JSON files and the graph, not the
     # PyTorch weights or the WordPiece vocabulary (tokenizer.json has it).
     assert "onnx/model.onnx" in stand_in.fetched
