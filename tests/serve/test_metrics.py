@@ -16,7 +16,7 @@ from tei_ort.runtime.cpu import this_cpu
 from tei_ort.serve import metrics
 from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 from tests.serve.conftest import MAX_CLIENT_BATCH_SIZE, real_engine
-from tests.serve.fakes import FakeEngine, FakeModel
+from tests.serve.fakes import FakeModel
 from tests.serve.live import context, free_port, serve
 from tests.serve.scrape import scrape, value
 
@@ -137,7 +137,7 @@ def test_engine_failure_labels(fake_engine_server, failure, status, label) -> No
 
 
 def test_predict_family(fake_models: dict[Task, FakeModel]) -> None:
-    engine = FakeEngine(fake_models[Task.CLASSIFICATION])
+    engine = real_engine(fake_models[Task.CLASSIFICATION])  # the real engine's counts
     with serve(context(engine)) as url, httpx.Client(base_url=url) as client:
         assert client.post("/predict", json={"inputs": ["a", "b"]}).status_code == 200  # a pair
         assert client.post("/predict", json={"inputs": [["a"], ["b"], ["c"]]}).status_code == 200
@@ -150,7 +150,7 @@ def test_predict_family(fake_models: dict[Task, FakeModel]) -> None:
 
 
 def test_separate_prometheus_listener(fake_models: dict[Task, FakeModel]) -> None:
-    ctx = context(FakeEngine(fake_models[Task.EMBEDDING]))
+    ctx = context(real_engine(fake_models[Task.EMBEDDING]))
     port = free_port()
     telemetry = Telemetry.build(ctx, TelemetryOptions(prometheus_port=port))
     with serve(ctx, telemetry=telemetry) as url, httpx.Client(base_url=url) as client:
