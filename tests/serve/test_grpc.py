@@ -25,6 +25,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_tools import protoc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tei_ort.serve.grpc
 from tei_ort import errors
@@ -607,6 +609,94 @@ def test_garbage_and_unknown_methods_do_not_hurt_the_server(embedder: Served) ->
     answer = embedder.stub("Embed").Embed(pb.EmbedRequest(inputs="after garbage"))
     want = post(embedder, "/embed", {"inputs": "after garbage"})[0]
     np.testing.assert_array_equal(f32(answer.embeddings), f32(want))
+
+
+# HTTP status -> the gRPC code TEI gives the same error.
+HTTP_TO_GRPC = {
+    400: Code.INVALID_ARGUMENT,
+    422: Code.INVALID_ARGUMENT,
+    424: Code.FAILED_PRECONDITION,
+    429: Code.RESOURCE_EXHAUSTED,
+    503: Code.UNAVAILABLE,
+}
+DIRECTION_NAMES = {0: "right", 1: "left", 2: "up"}  # 2: no such direction
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text=st.text(max_size=120),
+    truncate=st.booleans(),
+    normalize=st.none() | st.booleans(),
+    dimensions=st.none() | st.integers(0, 12),
+    prompt_name=st.none() | st.sampled_from(["query", "passage", "nope"]),
+    direction=st.sampled_from([0, 1, 2]),
+)
+def test_random_embed_requests_answer_as_http_does(
+    embedder: Served,
+    text: str,
+    truncate: bool,
+    normalize: bool | None,
+    dimensions: int | None,
+    prompt_name: str | None,
+    direction: int,
+) -> None:
+    """Whatever the fields, gRPC answers what HTTP answers: the same vector, or TEI's code for
+    HTTP's status, with the same message."""
+    optional = {"normalize": normalize, "dimensions": dimensions, "prompt_name": prompt_name}
+    fields = {k: v for k, v in optional.items() if v is not None}
+    body = {
+        "inputs": text,
+        "truncate": truncate,
+        "truncation_direction": DIRECTION_NAMES[direction],
+    }
+    r = embedder.http.post("/embed", json={**body, **fields})
+    message = embedder.tei.pb.EmbedRequest(
+        inputs=text, truncate=truncate, truncation_direction=direction, **fields
+    )
+    try:
+        got = embedder.stub("Embed").Embed(message)
+    except grpc.RpcError as failure:
+        assert r.status_code != 200, failure.details()
+        assert failure.code() == HTTP_TO_GRPC[r.status_code], (r.json(), failure.details())
+        if direction != 2:  # pydantic words HTTP's enum error; ours names the field
+            assert failure.details() == r.json()["error"]
+    else:
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(f32(got.embeddings), f32(r.json()[0]))
+
+
+def test_random_bytes_never_crash_any_method(embedder: Served, reranker: Served) -> None:
+    rng = np.random.default_rng(13)
+    for served in (embedder, reranker):
+        for service in served.tei.pb.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
+                for _ in range(8):
+                    payloads = [rng.bytes(int(rng.integers(0, 64))) for _ in range(3)]
+                    if method.client_streaming:
+                        call = (
+                            served.channel.stream_stream(path)
+                            if method.server_streaming
+                            else served.channel.stream_unary(path)
+                        )
+                        request: Any = iter(payloads)
+                    else:
+                        call, request = served.channel.unary_unary(path), payloads[0]
+                    try:
+                        answer = call(request)
+                        if method.server_streaming:
+                            list(answer)
+                    except grpc.RpcError as failure:
+                        code, details = failure.code(), failure.details()
+                        decode = details.startswith("failed to decode Protobuf message")
+                        assert code in HTTP_TO_GRPC.values() or (
+                            code == Code.INTERNAL and decode
+                        ), (path, code, details)
+        assert statuses(served)[""] == SERVING
+    answer = embedder.stub("Embed").Embed(embedder.tei.pb.EmbedRequest(inputs="still fine"))
+    np.testing.assert_array_equal(
+        f32(answer.embeddings), f32(post(embedder, "/embed", {"inputs": "still fine"})[0])
+    )
 
 
 # -- metrics, auth, health, lifecycle, settings ----------------------------------------------

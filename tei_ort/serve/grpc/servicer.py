@@ -70,7 +70,7 @@ class TeiServicer:
         self._telemetry = telemetry
         self._api_key = api_key
         # Stream messages wait for one of these before they call the engine, as TEI's streams wait
-        # for a permit, so that a stream of thousands never answers itself RESOURCE_EXHAUSTED; the
+        # for a permit, so that streams alone never fill admission (RESOURCE_EXHAUSTED); the
         # rest of --max-concurrent-requests stays for unary calls and HTTP.
         self._stream_slots = asyncio.Semaphore(stream_slots)
 
