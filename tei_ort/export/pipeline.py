@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tei_ort import __version__, integrity
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import fuse, publish, recipes, writer
+from tei_ort.export import checkpoints, fuse, publish, recipes, writer
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
 from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
@@ -102,6 +102,8 @@ def export_model(
     timer.lap("source")  # locate (download), read, hash
     if _reusable(out, key, integrity_cache):
         return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
+    # Before torch, transformers or sentence-transformers open any pickle checkpoint.
+    checkpoints.check(source.root, source.files)
     publish.check_target(out)
     with publish.export_lock(out):
         # Another process may have exported it while this one waited for the lock.
