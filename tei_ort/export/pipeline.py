@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tei_ort import __version__, integrity
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import checkpoints, fuse, publish, recipes, writer
+from tei_ort.export import calibration, checkpoints, fuse, publish, recipes, writer
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
 from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
@@ -166,6 +166,9 @@ def _export(subject: Subject, package: Path, options: ExportOptions, timer: _Tim
         shutil.rmtree(work, ignore_errors=True)
     manifest = replace(base, variants=tuple(variants))
     _remove_unlisted_graphs(package, manifest)
+    write_manifest(package, manifest)  # calibration loads the fp32 graph through the runtime
+    calibration.calibrate(package)  # int8/uint8 embedding ranges, covered by the digests below
+    timer.lap("calibration")
     manifest = replace(manifest, files=integrity.digest_files(package))
     write_manifest(package, manifest)
     return manifest
