@@ -154,6 +154,18 @@ def test_garbage_and_unknown_methods_do_not_hurt_the_server(embedder: Served) ->
     np.testing.assert_array_equal(f32(answer.embeddings), f32(want))
 
 
+def test_a_message_over_4_mib_is_refused(embedder: Served) -> None:
+    """gRPC's default receive limit, tonic's (TEI's) too; the server goes on serving."""
+    pb = embedder.tei.pb
+    with pytest.raises(grpc.RpcError) as too_big:
+        embedder.stub("Embed").Embed(pb.EmbedRequest(inputs="x" * (5 << 20)))
+    assert too_big.value.code() == Code.RESOURCE_EXHAUSTED
+    answer = embedder.stub("Embed").Embed(pb.EmbedRequest(inputs="small"))
+    np.testing.assert_array_equal(
+        f32(answer.embeddings), f32(post(embedder, "/embed", {"inputs": "small"})[0])
+    )
+
+
 DIRECTION_NAMES = {0: "right", 1: "left", 2: "up"}  # 2: no such direction
 
 

@@ -63,6 +63,19 @@ def test_metrics_count_grpc_requests(embedder: Served) -> None:
     assert moved("te_request_duration_count") == 11
 
 
+def test_rerank_calls_count_as_batches(reranker: Served) -> None:
+    pb = reranker.tei.pb
+    before = scrape(reranker.http)
+    reranker.stub("Rerank").Rerank(pb.RerankRequest(query="q", texts=["a", "b"]))
+    stream = (pb.RerankStreamRequest(query="q", text=t) for t in ("a", "b", "c"))
+    reranker.stub("Rerank").RerankStream(stream)
+    after = scrape(reranker.http)
+    moved = value(after, "te_request_count", method="batch")
+    moved -= value(before, "te_request_count", method="batch")
+    assert moved == 2
+    assert value(after, "te_predict_count") - value(before, "te_predict_count") == 5
+
+
 def test_grpc_calls_are_traced(tei: types.SimpleNamespace) -> None:
     receiver = Receiver()
     options = TelemetryOptions(otlp_endpoint=receiver.url, otlp_service_name="tei-grpc")
