@@ -87,7 +87,8 @@ def build(operations: Iterable[Operation], version: str) -> JsonObject:
             "title": "tei_ort",
             "version": version,
             "description": "Text Embeddings Inference's API on ONNX Runtime, with OpenAI "
-            "embeddings and Cohere/Jina rerank.",
+            "embeddings, Cohere/Jina rerank, Cohere embed v2 and Ollama's embed API. Each API's "
+            "routes answer errors in its own body; Ollama's use 400 where this list says 422.",
         },
         "paths": paths,
         "components": {"schemas": definitions.get("$defs", {})},
