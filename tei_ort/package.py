@@ -11,6 +11,8 @@ Layout of a package folder::
     fidelity.npz         the validation texts and the PyTorch reference outputs for them, so that a
                          server on a CPU of another class can re-validate a variant before serving
                          it (tei_ort.runtime.fidelity_check); plain arrays, read without pickle
+    embedding_ranges.npz dense embedders: per-dimension min / max of the fp32 vectors on calibration
+                         texts, for int8 / uint8 embeddings (tei_ort.runtime.quantized_embeddings)
     export.json          the export's cache key (source hashes, options, tool version): a second
                          export of the same input reuses the package
     checks.json          written by the server, not the export: what each machine that served the
