@@ -4,13 +4,17 @@ metadata, health checking per service, and a taken --grpc-port failing the start
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import types
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tei_ort.engine import Engine, EngineConfig
 from tei_ort.package import Task
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
@@ -74,6 +78,46 @@ def test_rerank_calls_count_as_batches(reranker: Served) -> None:
     moved -= value(before, "te_request_count", method="batch")
     assert moved == 2
     assert value(after, "te_predict_count") - value(before, "te_predict_count") == 5
+
+
+class GatedModel(FakeModel):
+    """Forwards wait for `gate` after the warm-up: a request holds its slot until the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.forwards = 0
+
+    def forward(self, encodings: Any) -> Any:
+        self.forwards += 1
+        if self.forwards > 1:
+            assert self.gate.wait(60)
+        return super().forward(encodings)
+
+
+def test_http_and_grpc_share_one_admission(tei: types.SimpleNamespace) -> None:
+    """One request in flight at most: while HTTP holds the slot, a gRPC call is refused."""
+    model = GatedModel()
+    engine = Engine(model, EngineConfig(max_concurrent_requests=1))
+    with grpc_server(engine, tei) as served:
+        answered: list[int] = []
+        holder = threading.Thread(
+            target=lambda: answered.append(
+                served.http.post("/embed", json={"inputs": "hold"}).status_code
+            )
+        )
+        holder.start()
+        deadline = time.monotonic() + 30
+        while engine.stats().in_flight == 0:  # a condition with a deadline, not a guessed sleep
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        with pytest.raises(grpc.RpcError) as refused:
+            served.stub("Embed").Embed(tei.pb.EmbedRequest(inputs="x"))
+        model.gate.set()
+        holder.join(60)
+        assert refused.value.code() == Code.RESOURCE_EXHAUSTED
+        assert refused.value.details() == "Model is overloaded"
+        assert answered == [200]
 
 
 def test_grpc_calls_are_traced(tei: types.SimpleNamespace) -> None:
