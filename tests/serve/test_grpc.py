@@ -32,6 +32,7 @@ from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
 from tei_ort.serve.engine_api import EngineAPI
 from tei_ort.serve.grpc import GrpcListener, attach_grpc
+from tei_ort.serve.grpc.server import listen_address
 from tei_ort.serve.settings import load_settings
 from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 from tests.serve.fakes import FakeModel
@@ -370,3 +371,8 @@ def test_grpc_port_setting() -> None:
     assert load_settings([], {"GRPC_PORT": "50052"}).grpc_port == 50052
     with pytest.raises(ValueError, match="grpc_port"):
         load_settings(["--grpc-port", "0"], {})
+
+
+def test_listen_address_brackets_ipv6() -> None:
+    assert listen_address("0.0.0.0", 50051) == "0.0.0.0:50051"
+    assert listen_address("::", 50051) == "[::]:50051"
