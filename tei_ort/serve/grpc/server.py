@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sanic import Sanic
 
+from tei_ort.serve.app import GRACEFUL_SHUTDOWN_S
 from tei_ort.serve.grpc import tei_pb2 as pb
 from tei_ort.serve.grpc.health import ModelHealth
 from tei_ort.serve.grpc.servicer import Context, TeiServicer
@@ -26,9 +27,8 @@ from tei_ort.serve.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
-# Seconds calls in flight get to finish after SIGTERM (HTTP's GRACEFUL_SHUTDOWN_S, in parallel).
-GRACE_S = 25.0
-TEI_SERVICES = tuple(pb.DESCRIPTOR.services_by_name)  # "Info", "Embed", ...
+# Seconds calls in flight get to finish after SIGTERM: HTTP's, spent in parallel with HTTP's.
+GRACE_S = GRACEFUL_SHUTDOWN_S
 # (client streams, server streams) -> grpc's handler for that kind of method.
 _HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
