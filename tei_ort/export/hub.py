@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tei_ort import hub_errors
 from tei_ort.errors import PackageError
 
 logger = logging.getLogger(__name__)
@@ -67,11 +68,20 @@ def _download(
     repo_id: str, revision: str | None, token: str | None, cache_dir: Path | None
 ) -> Location:
     import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     cache = str(cache_dir) if cache_dir else None
     logger.info("downloading %s (revision %s) from the hub", repo_id, revision or "main")
     try:
-        files = set(huggingface_hub.list_repo_files(repo_id, revision=revision, token=token))
+        try:
+            files = set(huggingface_hub.list_repo_files(repo_id, revision=revision, token=token))
+        except hub_errors.UNREACHABLE:
+            # The hub is down or HF_HUB_OFFLINE is set: serve the revision from the cache.
+            logger.warning("%s: the hub cannot be reached; using the cached copy", repo_id)
+            folder = huggingface_hub.snapshot_download(
+                repo_id, revision=revision, token=token, cache_dir=cache, local_files_only=True
+            )
+            return _location(Path(folder), repo_id, revision)
         prefix = _transformer_prefix(files)
         weights = _weight_patterns(files, prefix, repo_id)
         folder = huggingface_hub.snapshot_download(
@@ -81,14 +91,15 @@ def _download(
             cache_dir=cache,
             allow_patterns=[*METADATA_PATTERNS, *weights],
         )
-    except (huggingface_hub.errors.HfHubHTTPError, OSError, ValueError) as exc:
-        # OSError covers connection failures and offline mode with nothing cached.
-        raise PackageError(
-            f"{repo_id}: not a local folder, and the hub download failed ({exc})"
-        ) from exc
-    local = Path(folder)
-    commit = local.name if _COMMIT.match(local.name) else revision
-    return Location(local, repo_id, commit)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        # OSError covers connection failures mid-download and offline mode with nothing cached.
+        raise hub_errors.describe(exc, repo_id, revision) from exc
+    return _location(Path(folder), repo_id, revision)
+
+
+def _location(folder: Path, repo_id: str, revision: str | None) -> Location:
+    commit = folder.name if _COMMIT.match(folder.name) else revision
+    return Location(folder, repo_id, commit)
 
 
 def _transformer_prefix(files: set[str]) -> str:

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tei_ort import integrity
+from tei_ort import hub_errors, integrity
 from tei_ort.errors import PackageError
 from tei_ort.package import Pooling, VariantName, is_package
 from tei_ort.serve import onnx_package
@@ -134,9 +134,7 @@ def _download(repo_id: str, settings: Settings) -> Path:
             allow_patterns=list(HUB_PATTERNS),
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise PackageError(
-            f"{repo_id}: not a local folder, and the hub download failed ({exc})"
-        ) from exc
+        raise hub_errors.describe(exc, repo_id, settings.revision) from exc
     return Path(folder)
 
 

@@ -131,52 +131,6 @@ def test_not_a_folder_nor_a_repo_id(tmp_path: Path) -> None:
         hub.locate(str(tmp_path / "missing" / "deep" / "path"))
 
 
-def test_hub_download_fetches_only_the_needed_files(
-    monkeypatch: pytest.MonkeyPatch, bert_st: Path, tmp_path: Path
-) -> None:
-    import huggingface_hub
-
-    commit = "a" * 40
-    snapshot = tmp_path / "snapshots" / commit
-    shutil.copytree(bert_st, snapshot)
-    calls: dict[str, object] = {}
-
-    def list_repo_files(
-        repo_id: str, revision: str | None = None, token: str | None = None
-    ) -> list[str]:
-        calls["list"] = (repo_id, revision, token)
-        return [
-            "config.json",
-            "model.safetensors",
-            "pytorch_model.bin",
-            "onnx/model.onnx",
-            "tokenizer.json",
-        ]
-
-    def snapshot_download(repo_id: str, **kwargs: object) -> str:
-        calls["download"] = (repo_id, kwargs)
-        return str(snapshot)
-
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    location = hub.locate("org/model", revision="v1", token="secret", cache_dir=tmp_path / "cache")
-    assert (location.folder, location.model_id, location.revision) == (
-        snapshot,
-        "org/model",
-        commit,
-    )
-    assert calls["list"] == ("org/model", "v1", "secret")
-    repo_id, kwargs = calls["download"]  # type: ignore[misc]
-    assert repo_id == "org/model"
-    assert kwargs["revision"] == "v1" and kwargs["token"] == "secret"
-    assert kwargs["cache_dir"] == str(tmp_path / "cache")
-    patterns = kwargs["allow_patterns"]
-    assert "model.safetensors" in patterns and "tokenizer.json" in patterns
-    assert "pytorch_model.bin" not in patterns  # safetensors present: the .bin is never fetched
-    assert not any("onnx" in p for p in patterns)
-    assert read_source(location).location.revision == commit
-
-
 def test_dense_without_weights_is_refused(tiny_source: TinySource, tmp_path: Path) -> None:
     folder = tmp_path / "xlmr"
     shutil.copytree(tiny_source("xlm-roberta", "embedding"), folder)
