@@ -38,6 +38,83 @@ def transformers_forward(source: Path, head: str, texts: list[str]) -> np.ndarra
     return torch_logits(source, texts)
 
 
+def own_module_forward(source: Path, head: str, texts: list[str]) -> np.ndarray:
+    """An own-module family's expected outputs: our PyTorch module (tei_ort.export.architectures)
+    on transformers' tokenization, pooled (1_Pooling) and normalized by hand."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from tei_ort.export.architectures import own
+    from tei_ort.export.recipes import BASE, lookup
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    recipe = lookup(json.loads((source / "config.json").read_text())["architectures"][0])
+    if head == "embedding":
+        recipe = lookup(recipe.family.class_prefix + BASE.class_suffix)
+    model = own.load(source, recipe)
+    pairs = head == "reranker"
+    encoded = tokenizer(
+        [texts[0]] * (len(texts) - 1) if pairs else texts,
+        texts[1:] if pairs else None,
+        padding=True,
+        truncation=True,
+        max_length=48 if head == "embedding" else 8192,
+        return_tensors="pt",
+    )
+    args = [encoded["input_ids"], encoded["attention_mask"]]
+    if recipe.family.uses_token_type_ids:
+        args.append(encoded["token_type_ids"])
+    with torch.no_grad():
+        out = model(*args)
+    if head == "reranker":
+        return out[:, 0].numpy()  # type: ignore[no-any-return]
+    if head == "classification":
+        return out.numpy()  # type: ignore[no-any-return]
+    pooling = json.loads((source / "1_Pooling" / "config.json").read_text())
+    mask = encoded["attention_mask"][..., None].float()
+    pooled = out[:, 0] if pooling["pooling_mode_cls_token"] else (out * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()  # type: ignore[no-any-return]
+
+
+def check_hub_code_never_runs(source: Path, tmp_path: Path) -> None:
+    """A copy of `source` whose auto_map points at its own modeling/configuration files, which
+    write a marker and exit when imported, exports and validates: neither file ever runs."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tei_ort.export.pipeline import export_model
+    from tests.export.conftest import TINY_OPTIONS
+
+    folder = tmp_path / "malicious"
+    shutil.copytree(source, folder)
+    marker = tmp_path / "hub-code-ran"
+    trap = (
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "raise SystemExit('hub code ran')\n"
+    )
+    for name in ("modeling.py", "configuration.py"):
+        (folder / name).write_text(trap)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration.Config",
+        "AutoModel": "modeling.Model",
+        "AutoModelForMaskedLM": "modeling.Model",
+        "AutoModelForSequenceClassification": "modeling.Model",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    result = export_model(str(folder), tmp_path / "pkg", TINY_OPTIONS)
+    fp32 = result.manifest.variant(VariantName.FP32)
+    assert fp32.validation is not None and fp32.validation.passed
+    assert not marker.exists()
+    # The trap works: running the file does write the marker.
+    subprocess.run([sys.executable, str(folder / "modeling.py")], check=False)
+    assert marker.read_text() == "ran"
+
+
 def check_fp32_validated(tiny_package: TinyPackage, family: str, head: str) -> None:
     manifest = tiny_package(family, head).manifest
     assert manifest.task is EXPECTED_TASK[head]

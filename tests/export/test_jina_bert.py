@@ -9,11 +9,7 @@ transformers class has it; it follows TEI's candle port), and real jina weights 
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,46 +17,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tei_ort.export.architectures import jina_bert_model, own
-from tei_ort.export.pipeline import export_model
-from tei_ort.export.recipes import lookup
-from tei_ort.package import VariantName
+from tei_ort.export.architectures import jina_bert_model
 from tei_ort.runtime import Model, RuntimeOptions
 from tests.export import family_checks, tiny_jina
-from tests.export.conftest import TINY_OPTIONS, TinyPackage, TinySource
+from tests.export.conftest import TinyPackage, TinySource
 
 VARIANTS = ("jina-bert", "jina-bert-code")
 HEADS = ("embedding", "classification", "reranker")
 
 
-def own_forward(source: Path, head: str, texts: list[str]) -> np.ndarray:
-    """Our module in PyTorch on transformers' tokenization; pooling and normalization by hand."""
-    from transformers import BertTokenizerFast
-
-    tokenizer = BertTokenizerFast.from_pretrained(str(source))
-    architecture = json.loads((source / "config.json").read_text())["architectures"][0]
-    recipe = lookup(architecture)
-    if head == "embedding":
-        recipe = lookup("JinaBertModel")
-    model = own.load(source, recipe)
-    pairs = head == "reranker"
-    encoded = tokenizer(
-        [texts[0]] * (len(texts) - 1) if pairs else texts,
-        texts[1:] if pairs else None,
-        padding=True,
-        truncation=True,
-        max_length=48 if head == "embedding" else 8192,
-        return_tensors="pt",
-    )
-    with torch.no_grad():
-        out = model(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
-    if head == "reranker":
-        return out[:, 0].numpy()
-    if head == "classification":
-        return out.numpy()
-    mask = encoded["attention_mask"][..., None].float()
-    mean = (out * mask).sum(1) / mask.sum(1)
-    return torch.nn.functional.normalize(mean, dim=-1).numpy()
+own_forward = family_checks.own_module_forward
 
 
 @pytest.mark.parametrize("family", VARIANTS)
@@ -213,26 +179,8 @@ def test_glu_mlp_equals_transformers_modernbert_mlp(variant: str) -> None:
         np.testing.assert_allclose(mlp(x).numpy(), want.numpy(), atol=1e-5, rtol=0)
 
 
-def test_hub_code_in_the_folder_is_never_imported(tiny_source: TinySource, tmp_path: Path) -> None:
-    """A folder whose auto_map points at its own modeling/configuration files, which write a
-    marker and raise when imported, exports and validates: neither file ever runs."""
-    folder = tmp_path / "malicious"
-    shutil.copytree(tiny_source("jina-bert", "embedding"), folder)
-    marker = tmp_path / "hub-code-ran"
-    trap = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nraise SystemExit('hub code ran')\n"
-    for name in ("modeling_bert.py", "configuration_bert.py"):
-        (folder / name).write_text(trap)
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {
-        "AutoConfig": "configuration_bert.JinaBertConfig",
-        "AutoModel": "modeling_bert.JinaBertModel",
-        "AutoModelForMaskedLM": "modeling_bert.JinaBertForMaskedLM",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    result = export_model(str(folder), tmp_path / "pkg", TINY_OPTIONS)
-    fp32 = result.manifest.variant(VariantName.FP32)
-    assert fp32.validation is not None and fp32.validation.passed
-    assert not marker.exists()
-    # The trap works: running the file does write the marker.
-    subprocess.run([sys.executable, str(folder / "modeling_bert.py")], check=False)
-    assert marker.read_text() == "ran"
+@pytest.mark.parametrize("family", VARIANTS)
+def test_hub_code_in_the_folder_is_never_imported(
+    tiny_source: TinySource, tmp_path: Path, family: str
+) -> None:
+    family_checks.check_hub_code_never_runs(tiny_source(family, "embedding"), tmp_path)

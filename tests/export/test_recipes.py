@@ -16,8 +16,12 @@ def test_table_covers_every_family_and_head() -> None:
         for s in ("Model", "ForSequenceClassification", "ForMaskedLM")
     }
     expected |= {
-        p + s for p in ("DebertaV2", "ModernBert") for s in ("Model", "ForSequenceClassification")
+        p + s
+        for p in ("DebertaV2", "ModernBert", "JinaBert", "New")
+        for s in ("Model", "ForSequenceClassification")
     }
+    # Names real checkpoints carry for their bare encoder (JinaBERT's embedding models, mGTE).
+    expected |= {"JinaBertForMaskedLM", "NewForTokenClassification", "NewForMaskedLM"}
     assert set(recipes.RECIPES) == expected
     assert recipes.lookup("XLMRobertaForMaskedLM").family.position_offset == 2
     assert recipes.lookup("BertModel").family.uses_token_type_ids
@@ -28,6 +32,11 @@ def test_a_head_the_family_does_not_export_is_a_clear_error() -> None:
     with pytest.raises(UnsupportedModel, match="deberta-v2 family does not export"):
         recipes.for_task("DebertaV2ForSequenceClassification", Task.SPARSE_EMBEDDING)
     assert recipes.lookup("ModernBertModel").family.model_type == "modernbert"
+    # JinaBERT's embedding checkpoints name JinaBertForMaskedLM: read as embeddings.
+    assert recipes.detect_task("JinaBertForMaskedLM", 0, False) is Task.EMBEDDING
+    assert recipes.for_task("JinaBertForMaskedLM", Task.EMBEDDING).architecture == "JinaBertModel"
+    # model_type bert without `architectures` stays BERT, not JinaBERT.
+    assert recipes.FAMILIES_BY_MODEL_TYPE["bert"].class_prefix == "Bert"
 
 
 def test_unsupported_architecture_lists_the_supported_ones() -> None:

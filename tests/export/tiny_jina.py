@@ -125,30 +125,33 @@ def build(variant: str, head: str, tokenizer_dir: Path, out: Path, seed: int = 0
         model = jina_bert_model.JinaBertModel(parsed)
     else:
         model = jina_bert_model.JinaBertForSequenceClassification(parsed)
-    _randomize(model)
+    randomize(model)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     if head != "embedding":  # BertForSequenceClassification's names
         tensors = {("bert." + k if k.startswith("pooler.") else k): v for k, v in tensors.items()}
     save_file(tensors, str(out / "model.safetensors"))
     if head == "embedding":
-        _write_sentence_transformers(out)
+        write_sentence_transformers(out)
     return out
 
 
-def _randomize(model: Any) -> None:
+def randomize(model: Any) -> None:
     """Every parameter random (LayerNorms too), so a misplaced tensor changes the outputs."""
     import torch
 
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("LayerNorm.weight") or "layer_norm" in name or "layernorm" in name:
+            if name.endswith("LayerNorm.weight") or any(
+                n in name for n in ("layer_norm", "layernorm", "_ln.")
+            ):
                 parameter.copy_(1 + 0.2 * torch.randn_like(parameter))
             else:
                 parameter.copy_(0.2 * torch.randn_like(parameter))
 
 
-def _write_sentence_transformers(out: Path) -> None:
-    """jina-embeddings-v2's sentence-transformers files: Transformer, mean Pooling, Normalize."""
+def write_sentence_transformers(out: Path, pooling: str = "mean") -> None:
+    """jina-embeddings-v2's sentence-transformers files: Transformer, mean Pooling, Normalize
+    (GTE's: CLS pooling)."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {
@@ -168,8 +171,8 @@ def _write_sentence_transformers(out: Path) -> None:
     (out / "1_Pooling").mkdir()
     pooling = {
         "word_embedding_dimension": 32,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
     }

@@ -52,6 +52,7 @@ class FamilySpec:
     tokenizer_class: str | None = None  # tokenizer_config.json tokenizer_class, when not generic
     model_input_names: tuple[str, ...] = ()  # tokenizer_config.json, when the family sets it
     jina_variant: str | None = None  # JinaBERT (tiny_jina.py builds it): "v2" or "code"
+    own_builder: str | None = None  # a test module whose build(head, tokenizer, out) makes it
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -126,6 +127,8 @@ FAMILIES |= {
     "jina-bert-code": FamilySpec(
         "bert", "JinaBert", "minilm", 0, "mean", heads=CLASSIFIER_HEADS, jina_variant="code"
     ),
+    # GTE (model_type new): our own module, built by tiny_gte.py; BERT's tokenizer as v1.5.
+    "gte": FamilySpec("new", "New", "minilm", 0, "cls", heads=CLASSIFIER_HEADS, own_builder="gte"),
 }
 
 
@@ -260,6 +263,10 @@ def build_model(family: str, head: str, tokenizer_dir: Path, out: Path, seed: in
         from tests.export import tiny_jina
 
         return tiny_jina.build(spec.jina_variant, head, tokenizer_dir, out, seed)
+    if spec.own_builder == "gte":
+        from tests.export import tiny_gte
+
+        return tiny_gte.build(head, tokenizer_dir, out, seed)
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     bert_specials = spec.tokenizer == "minilm" or spec.tokenizer.endswith("_cls")
     pad_id = tokenizer.token_to_id("[PAD]" if bert_specials else "<pad>")

@@ -7,6 +7,7 @@ from tei_ort.export.architectures import (
     bert,
     deberta_v2,
     distilbert,
+    gte,
     jina_bert,
     modernbert,
     mpnet,
@@ -14,7 +15,7 @@ from tei_ort.export.architectures import (
 )
 from tei_ort.export.architectures.family import Family
 
-MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert, jina_bert)
+MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert, jina_bert, gte)
 FAMILIES: tuple[Family, ...] = tuple(family for module in MODULES for family in module.FAMILIES)
 
 __all__ = ["FAMILIES", "Family"]
