@@ -195,11 +195,13 @@ def run(settings: EmbedSettings) -> Summary:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     try:
         settings = EmbedSettings.model_validate(args)
     except pydantic.ValidationError as exc:
-        raise SystemExit(f"tei-embed: {exc}") from exc
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        parser.error(problems.replace("_", "-"))  # exits with status 2, as argparse's own errors
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

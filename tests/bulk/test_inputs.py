@@ -122,3 +122,15 @@ def test_unreadable_arguments_are_errors(tmp_path: Path) -> None:
         inputs.expand([str(tmp_path / "absent.jsonl")])
     with pytest.raises(ValidationError, match="no input files found"):
         inputs.expand([str(tmp_path / "*.parquet")])
+
+
+def test_bad_arguments_exit_2_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tei_ort.bulk.cli import main
+
+    for flag, value in (("--provider", "tpu"), ("--shard-size", "0"), ("--on-error", "ignore")):
+        with pytest.raises(SystemExit) as exited:
+            main([str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "out"), flag, value])
+        assert exited.value.code == 2
+        assert flag in capsys.readouterr().err
