@@ -6,19 +6,23 @@ quantize_embeddings given the same calibration vectors; errors come in each API'
 from __future__ import annotations
 
 import base64
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import cohere
 import httpx
 import numpy as np
+import ollama
 import pytest
 from cohere.core.api_error import ApiError
 
 from tei_ort.export import corpus
-from tei_ort.package import Task
+from tei_ort.package import CHECKS_FILE, Task
 from tei_ort.runtime import outputs
-from tei_ort.runtime.quantized_embeddings import EmbeddingRanges
-from tests.serve import expected
+from tei_ort.runtime.quantized_embeddings import EmbeddingRanges, read_ranges
+from tests.serve import expected, live
 from tests.serve.conftest import real_engine
 from tests.serve.fakes import FakeModel
 from tests.serve.live import context, serve
@@ -272,3 +276,40 @@ def test_openapi_documents_the_new_routes(server: httpx.Client) -> None:
     embed_ref = document["paths"]["/embed"]["post"]["requestBody"]["content"]["application/json"]
     embed_fields = document["components"]["schemas"][embed_ref["schema"]["$ref"].rsplit("/", 1)[1]]
     assert "embedding_type" in embed_fields["properties"]
+
+
+# -- tei-serve on the real all-MiniLM-L6-v2 package ------------------------------------------
+
+
+@pytest.mark.slow
+def test_tei_serve_on_the_real_package(minilm_export: Any, tmp_path: Path) -> None:
+    """The ranges the export calibrated, read by tei-serve at start-up: Cohere's int8 and the
+    /embed uint8 equal sentence-transformers given those ranges; Ollama's client gets the same
+    float vectors."""
+    package = tmp_path / "minilm"
+    shutil.copytree(minilm_export.path, package, ignore=shutil.ignore_patterns(CHECKS_FILE))
+    ranges = read_ranges(package)
+    assert ranges is not None
+    unit = ranges.for_vectors(384, normalized=True)
+    env = {
+        "MODEL_ID": str(package),
+        "HOSTNAME": "127.0.0.1",
+        "HUGGINGFACE_HUB_CACHE": str(tmp_path / "cache"),
+        "VARIANT": "fp32",
+        "PROVIDER": "cpu",
+    }
+    with live.tei_serve(env) as (url, _):
+        co = cohere.ClientV2(api_key="unused", base_url=url)
+        result = co.embed(
+            texts=TEXTS, model="m", input_type="search_document", embedding_types=["float", "int8"]
+        )
+        floats = np.asarray(result.embeddings.float_, dtype=np.float32)  # (3, 384)
+        want = quantization.quantize_embeddings(floats, "int8", ranges=unit)
+        np.testing.assert_array_equal(result.embeddings.int8, want)
+        assert len(np.unique(want)) > 100  # spread over the buckets, not clipped to the ends
+        uint8 = httpx.post(f"{url}/embed", json={"inputs": TEXTS, "embedding_type": "uint8"})
+        np.testing.assert_array_equal(
+            uint8.json(), quantization.quantize_embeddings(floats, "uint8", ranges=unit)
+        )
+        local = ollama.Client(host=url).embed(model="all-minilm", input=TEXTS)
+        np.testing.assert_allclose(local.embeddings, floats, atol=1e-6)
