@@ -51,6 +51,9 @@ def export_onnx(model_dir: Path, recipe: Recipe, out: Path, *, opset: int = DEFA
             local_files_only=True,
         )
         graph = onnx.load(str(Path(tmp) / "model.onnx"))
+    if recipe.family.raw_graph_fix is not None:
+        changed = recipe.family.raw_graph_fix(graph)
+        logger.info("%s: graph fix changed %d places", recipe.architecture, changed)
     check_io(graph, recipe, recipe.head.export_output)
     onnx.save(graph, str(out))
 

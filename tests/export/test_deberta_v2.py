@@ -37,3 +37,18 @@ def test_fused_where_ort_can(tiny_package: TinyPackage) -> None:
     ops = {node.op_type for node in graph.graph.node}
     assert {"SkipLayerNormalization", "BiasGelu"} <= ops, sorted(ops)
     assert "Attention" not in ops
+
+
+def test_no_if_left_and_bf16_validates(tiny_package: TinyPackage) -> None:
+    """transformers' build_rpos exports as an If that OpenVINO cannot compile; the family's graph
+    fix takes its self-attention branch, so the package graph has none and bf16 is built."""
+    from tei_ort.package import VariantName
+    from tei_ort.runtime.providers import openvino_bf16
+
+    result = tiny_package("deberta-v2", "reranker")
+    graph = onnx.load(str(result.path / "model.onnx"))
+    assert "If" not in {node.op_type for node in graph.graph.node}
+    if not openvino_bf16():
+        pytest.skip("needs the openvino package and a CPU with bfloat16 for the bf16 half")
+    bf16 = result.manifest.variant(VariantName.BF16).validation
+    assert bf16 is not None and bf16.passed and bf16.texts > 0, bf16

@@ -6,6 +6,7 @@ from __future__ import annotations
 from tei_ort.export.architectures import (
     bert,
     deberta_v2,
+    decoders,
     distilbert,
     gte,
     jina_bert,
@@ -15,7 +16,7 @@ from tei_ort.export.architectures import (
 )
 from tei_ort.export.architectures.family import Family
 
-MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert, jina_bert, gte)
+MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert, jina_bert, gte, decoders)
 FAMILIES: tuple[Family, ...] = tuple(family for module in MODULES for family in module.FAMILIES)
 
 __all__ = ["FAMILIES", "Family"]

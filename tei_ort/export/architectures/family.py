@@ -3,7 +3,9 @@ family's own module (bert.py, roberta.py, ...) and collected by architectures/__
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # Head class suffixes as transformers names them: BertModel, BertForSequenceClassification, ...
 MODEL = "Model"
@@ -31,3 +33,6 @@ class Family:
     # tei_ort.export.architectures that builds our own torch model from the checkpoint's tensors
     # (families whose modelling code lives on the hub, which is never run).
     own_module: str | None = None
+    # Applied to optimum's raw graph (an onnx.ModelProto) before fusion, when the family's export
+    # holds a construct a runtime cannot take; returns how many places it changed.
+    raw_graph_fix: Callable[[Any], int] | None = None

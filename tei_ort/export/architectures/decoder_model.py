@@ -1,0 +1,114 @@
+"""Decoder-style embedders (Qwen3, Qwen2, Mistral, Llama, Gemma3 text) as encoders: transformers'
+own bare model class (the checkpoint's config and tensors), run without a KV cache, with the
+attention mask built here rather than by transformers.
+
+Why not optimum's decoder export: its feature-extraction graph takes position_ids as a third input
+and traces transformers' mask code, which bakes shapes in. Here the graph takes (input_ids,
+attention_mask) like every other package graph, and the mask is plain tensor arithmetic on the
+dynamic sequence axis:
+
+- positions are 0..n-1 for each input: the runtime pads on the right, so a real token's position
+  equals its unpadded one (rotary attention depends only on position differences, so a
+  left-padded reference gives the same vectors);
+- causal models keep j <= i, bidirectional ones (EmbeddingGemma) every j; a
+  sliding window keeps |i - j| < window; padding keys are never attended to.
+
+Own module protocol (tei_ort.export.architectures.own): build(config, head, tensors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tei_ort.errors import UnsupportedModel
+
+# Checkpoints saved from the causal LM class prefix the bare model's tensors with "model."
+# (Qwen3-Embedding's own safetensors hold the bare names); the LM head is not part of an encoder.
+_PREFIX = "model."
+_LM_HEAD = "lm_head."
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+class DecoderEncoder(nn.Module):
+    """forward(input_ids (b, s), attention_mask (b, s)) -> last_hidden_state (b, s, hidden)."""
+
+    def __init__(self, model: nn.Module, *, causal: bool, window: int | None, per_layer: bool):
+        super().__init__()
+        self.model = model
+        self.causal = causal
+        self.window = window
+        # Models with layer_types (Qwen2/3, Gemma3) take one mask per attention type.
+        self.per_layer = per_layer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        index = torch.ones_like(attention_mask[0]).cumsum(0) - 1  # (seq,) 0..s-1, traced dynamic
+        positions = index[None, :].expand_as(input_ids)  # (batch, seq)
+        distance = index[:, None] - index[None, :]  # (seq_q, seq_k): i - j
+        keys = attention_mask[:, None, None, :].bool()  # (batch, 1, 1, seq_k)
+        full = keys & (distance >= 0) if self.causal else keys  # (batch, 1, seq_q, seq_k)
+        masks = {FULL: _additive(full)}
+        if self.window is not None:
+            near = distance.abs() < self.window
+            masks[SLIDING] = _additive(full & near)
+        mask: Any = masks if self.per_layer else masks.get(SLIDING, masks[FULL])
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
+        )
+        return out.last_hidden_state  # type: ignore[no-any-return]
+
+
+def _additive(keep: torch.Tensor) -> torch.Tensor:
+    """bool (batch, 1, q, k) -> 0 where attended, the float32 minimum elsewhere (as transformers'
+    eager masks)."""
+    blocked = torch.tensor(torch.finfo(torch.float32).min, dtype=torch.float32)
+    return torch.where(keep, torch.tensor(0.0, dtype=torch.float32), blocked)
+
+
+def hf_config(config: dict[str, Any]) -> Any:
+    """transformers' config class for the model type, from config.json's fields, eager attention
+    (the one implementation that takes our float masks as given and traces to plain ops)."""
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in config.items() if k not in ("auto_map", "architectures")}
+    parsed = AutoConfig.for_model(**fields)
+    parsed._attn_implementation = "eager"
+    parsed.use_cache = False
+    return parsed
+
+
+def is_causal(config: dict[str, Any]) -> bool:
+    """Gemma3's use_bidirectional_attention (EmbeddingGemma) attends both ways, as transformers
+    runs it; every other decoder checkpoint here was trained causal."""
+    return not config.get("use_bidirectional_attention")
+
+
+def sliding_window(parsed: Any) -> int | None:
+    """The window, when some layer uses one: Gemma3 (sliding layers), Mistral (every layer),
+    Qwen2/3 with use_sliding_window."""
+    window = getattr(parsed, "sliding_window", None)
+    layer_types = getattr(parsed, "layer_types", None)
+    if window is None or (layer_types is not None and SLIDING not in layer_types):
+        return None
+    return int(window)
+
+
+def build(config: dict[str, Any], head: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    from transformers import AutoModel
+
+    if head != "Model":
+        raise UnsupportedModel(f"{config.get('model_type')}: only the bare model is exported")
+    parsed = hf_config(config)
+    model = AutoModel.from_config(parsed, attn_implementation="eager")
+    state = {
+        name.removeprefix(_PREFIX): tensor
+        for name, tensor in tensors.items()
+        if not name.startswith(_LM_HEAD)
+    }
+    model.load_state_dict(state, strict=True)
+    per_layer = getattr(parsed, "layer_types", None) is not None
+    encoder = DecoderEncoder(
+        model, causal=is_causal(config), window=sliding_window(parsed), per_layer=per_layer
+    )
+    return encoder.eval()

@@ -1,0 +1,35 @@
+"""Decoder-style embedders that transformers implements: Qwen3 (Qwen3-Embedding), Qwen2
+(gte-Qwen2), Mistral (e5-mistral-7b-instruct), Llama. All four export through decoder_model.py:
+transformers' bare model, no KV cache, (input_ids, attention_mask) -> last_hidden_state with
+dynamic axes. Pooling (last token, usually), normalization and prompts come from the
+sentence-transformers files.
+
+Their checkpoints name the causal LM class (Qwen3ForCausalLM) or the bare one (MistralModel);
+both mean the bare decoder here. Sequence-classification heads are not exported."""
+
+from tei_ort.export.architectures.family import MODEL, Family
+
+OWN_MODULE = "tei_ort.export.architectures.decoder_model"
+
+
+def _decoder(model_type: str, class_prefix: str) -> Family:
+    return Family(
+        model_type,
+        class_prefix,
+        uses_token_type_ids=False,
+        position_offset=0,
+        # onnxruntime's bert fusions find no LayerNorm/GELU here; the pipeline keeps whichever
+        # graph validates (fused or not).
+        fusion_model_type="bert",
+        heads=(MODEL,),
+        encoder_aliases=(class_prefix + "ForCausalLM",),
+        own_module=OWN_MODULE,
+    )
+
+
+FAMILIES = (
+    _decoder("qwen3", "Qwen3"),
+    _decoder("qwen2", "Qwen2"),
+    _decoder("mistral", "Mistral"),
+    _decoder("llama", "Llama"),
+)
