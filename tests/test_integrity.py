@@ -158,6 +158,12 @@ def test_a_failing_export_cache_is_rebuilt(source: Path, tmp_path: Path) -> None
     assert second == first
     assert (second / "model.onnx").read_bytes() == good
     assert integrity.verify(second).files == len(integrity.package_files(second))
+    # A cached export from before the digests cannot be checked: it is exported again.
+    manifest = json.loads((second / MANIFEST_FILE).read_text())
+    del manifest["files"]
+    (second / MANIFEST_FILE).write_text(json.dumps(manifest))
+    third = model_source.resolve(settings, "cpu").path
+    assert integrity.verify(third).files == len(integrity.package_files(third)) >= 4
 
 
 def test_tei_export_verify(package: Path) -> None:

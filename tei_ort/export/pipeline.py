@@ -134,6 +134,9 @@ def _reusable(out: Path, key: str, integrity_cache: Path | None) -> bool:
             "%s: the package there fails its integrity check (%s); exporting again", out, exc
         )
         return False
+    if report.files == 0:  # exported before the digests: export again, to have them
+        logger.info("%s: %s; exporting again", out, report.describe())
+        return False
     logger.info(
         "reusing the package in %s (same sources, options, tool version; %s)",
         out,
