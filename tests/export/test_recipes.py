@@ -22,7 +22,8 @@ def test_table_covers_every_family_and_head() -> None:
     }
     # Names real checkpoints carry for their bare encoder (JinaBERT's embedding models, mGTE).
     expected |= {"JinaBertForMaskedLM", "NewForTokenClassification", "NewForMaskedLM"}
-    assert set(recipes.RECIPES) == expected
+    # Every encoder head; other families (the decoder embedders) add their own rows.
+    assert expected <= set(recipes.RECIPES)
     assert recipes.lookup("XLMRobertaForMaskedLM").family.position_offset == 2
     assert recipes.lookup("BertModel").family.uses_token_type_ids
     assert not recipes.lookup("DistilBertModel").family.uses_token_type_ids
@@ -41,9 +42,9 @@ def test_a_head_the_family_does_not_export_is_a_clear_error() -> None:
 
 def test_unsupported_architecture_lists_the_supported_ones() -> None:
     with pytest.raises(UnsupportedModel) as info:
-        recipes.lookup("LlamaForCausalLM")
+        recipes.lookup("T5ForConditionalGeneration")
     message = str(info.value)
-    assert "LlamaForCausalLM" in message
+    assert "T5ForConditionalGeneration" in message
     assert all(
         name in message
         for name in ("BertModel", "MPNetForMaskedLM", "CamembertForSequenceClassification")
