@@ -138,6 +138,9 @@ def _batches(
             firsts,
             seconds or None,
             padding=True,
+            # As the runtime pads (last-token pooling reads length - 1), whatever side the
+            # tokenizer's files name: Qwen3-Embedding's say left.
+            padding_side="right",
             truncation=True,
             max_length=source.max_input_length(),
             return_tensors="pt",

@@ -56,7 +56,8 @@ class DecoderEncoder(nn.Module):
         out = self.model(
             input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
         )
-        return out.last_hidden_state  # type: ignore[no-any-return]
+        hidden: torch.Tensor = out.last_hidden_state  # (batch, seq, hidden)
+        return hidden
 
 
 def _additive(keep: torch.Tensor) -> torch.Tensor:
@@ -100,7 +101,7 @@ def build(config: dict[str, Any], head: str, tensors: dict[str, torch.Tensor]) -
     if head != "Model":
         raise UnsupportedModel(f"{config.get('model_type')}: only the bare model is exported")
     parsed = hf_config(config)
-    model = AutoModel.from_config(parsed, attn_implementation="eager")
+    model = AutoModel.from_config(parsed, attn_implementation="eager")  # type: ignore[no-untyped-call]
     state = {
         name.removeprefix(_PREFIX): tensor
         for name, tensor in tensors.items()

@@ -1,0 +1,212 @@
+"""Tiny random-weight decoder embedders in their real checkpoints' layout.
+
+- qwen3: Qwen3-Embedding-0.6B: architectures Qwen3ForCausalLM with the bare model's tensor names,
+  a Qwen2 byte-level BPE tokenizer whose post-processor appends <|endoftext|> (the EOS the model
+  pools on; also its pad token), tokenizer_config padding_side left, sentence-transformers files
+  with last-token pooling, Normalize, and prompts {"query": "Instruct: ...\\nQuery:",
+  "document": ""}.
+- qwen2: gte-Qwen2-*-instruct's layout, but with the causal LM's "model."-prefixed tensor names
+  (the loader must accept both).
+- mistral: e5-mistral-7b-instruct: MistralModel, sliding_window set.
+- llama: LlamaModel (bare names).
+The tokenizer is trained here on the offline corpus: the real vocabularies are 150k tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tei_ort.export import corpus
+
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIALS = (ENDOFTEXT, IM_START, IM_END)
+# Qwen2's pre-tokenizer split (tokenizer.json of every Qwen2/Qwen3 checkpoint).
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QUERY_PROMPT = (
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+)
+MAX_SEQ_LENGTH = 48
+HIDDEN = 32
+FAMILIES = ("qwen3", "qwen2", "mistral", "llama")
+
+
+def build_tokenizer(out: Path, *, append_eos: bool = True) -> Path:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(corpus.paragraphs()), trainer)
+    eos = tokenizer.token_to_id(ENDOFTEXT)
+    if append_eos:  # Qwen3-Embedding's fix: the EOS is appended by the tokenizer itself
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A:0 {ENDOFTEXT}:0",
+            pair=f"$A:0 {ENDOFTEXT}:0 $B:1 {ENDOFTEXT}:1",
+            special_tokens=[(ENDOFTEXT, eos)],
+        )
+    else:
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    out.mkdir(parents=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "padding_side": "left",
+        "eos_token": IM_END,
+        "pad_token": ENDOFTEXT,
+        "bos_token": None,
+        "unk_token": None,
+        "model_max_length": 131072,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "split_special_tokens": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def config(family: str, vocab: int) -> dict[str, Any]:
+    """A few layers of each family's real config; sizes shrunk, rope and norms as shipped."""
+    common: dict[str, Any] = {
+        "hidden_size": HIDDEN,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "vocab_size": vocab,
+        "torch_dtype": "float32",
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": family == "qwen3",
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
+    per_family: dict[str, dict[str, Any]] = {
+        "qwen3": {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "head_dim": 16,
+            "attention_bias": False,
+            "max_position_embeddings": 32768,
+            "max_window_layers": 2,
+            "rope_theta": 1000000,
+            "rope_scaling": None,
+            "sliding_window": None,
+            "use_sliding_window": False,
+        },
+        "qwen2": {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "max_position_embeddings": 32768,
+            "max_window_layers": 2,
+            "rope_theta": 1000000.0,
+            "sliding_window": 131072,
+            "use_sliding_window": False,
+        },
+        "mistral": {
+            "architectures": ["MistralModel"],
+            "model_type": "mistral",
+            "max_position_embeddings": 32768,
+            "rope_theta": 10000.0,
+            # Shorter than the tiny texts' length, so the window is exercised (4096 in e5-mistral).
+            "sliding_window": 8,
+        },
+        "llama": {
+            "architectures": ["LlamaModel"],
+            "model_type": "llama",
+            "max_position_embeddings": 2048,
+            "rope_theta": 500000.0,
+            "attention_bias": False,
+            "mlp_bias": False,
+        },
+    }
+    return common | per_family[family]
+
+
+def build(family: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModel
+
+    from tests.export.tiny_jina import randomize
+
+    out.mkdir(parents=True)
+    for file in tokenizer_dir.iterdir():
+        shutil.copyfile(file, out / file.name)
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    fields = config(family, len(vocab))  # the special tokens are in the trained vocab
+    (out / "config.json").write_text(json.dumps(fields, indent=2))
+    torch.manual_seed(seed)
+    parsed = AutoConfig.for_model(**{k: v for k, v in fields.items() if k != "architectures"})
+    model = AutoModel.from_config(parsed)
+    randomize(model)
+    for name, parameter in model.named_parameters():  # RMSNorm gains near 1, as trained ones
+        if name.endswith("norm.weight"):
+            with torch.no_grad():
+                parameter.copy_(1 + 0.2 * torch.randn_like(parameter))
+    prefix = "model." if family == "qwen2" else ""
+    tensors = {prefix + k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(out / "model.safetensors"))
+    write_sentence_transformers(out)
+    return out
+
+
+def write_sentence_transformers(out: Path) -> None:
+    """Qwen3-Embedding's files: Transformer, last-token Pooling, Normalize; query prompt."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
+    ]
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "1_Pooling").mkdir()
+    pooling = {
+        "word_embedding_dimension": HIDDEN,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True,
+        "include_prompt": True,
+    }
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (out / "2_Normalize").mkdir()
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+    )
+    st_config = {
+        "prompts": {"query": QUERY_PROMPT, "document": ""},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+    (out / "config_sentence_transformers.json").write_text(json.dumps(st_config))
