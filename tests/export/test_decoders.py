@@ -4,7 +4,8 @@ on tiny random-weight models in the real checkpoints' layout (tests/export/tiny_
 The independent reference is sentence-transformers itself loading the source folder as shipped:
 left padding (tokenizer_config.json), the EOS the tokenizer appends, last-token pooling,
 Normalize, the prompts of config_sentence_transformers.json, transformers' own attention masks
-(sdpa, Mistral's sliding window). The package pads on the right and builds its own mask."""
+(sdpa, Mistral's sliding window, Gemma3's bidirectional attention), sentence-transformers' Dense
+layers (EmbeddingGemma). The package pads on the right and builds its own mask."""
 
 from __future__ import annotations
 
@@ -84,9 +85,18 @@ def fp32(package: ExportResult) -> Model:
 @pytest.mark.parametrize("family", tiny_decoders.FAMILIES)
 def test_exported_and_validated(decoder_package: DecoderPackage, family: str) -> None:
     manifest = decoder_package(family).manifest
-    assert manifest.task is Task.EMBEDDING and manifest.pooling is not None
-    assert manifest.pooling.value == "last_token" and manifest.normalize
-    assert manifest.prompts == {"query": tiny_decoders.QUERY_PROMPT, "document": ""}
+    assert manifest.task is Task.EMBEDDING and manifest.pooling is not None and manifest.normalize
+    assert manifest.model_type == tiny_decoders.MODEL_TYPES.get(family, family)
+    if family == "gemma3":  # EmbeddingGemma: mean pooling, then its two Dense layers
+        assert manifest.pooling.value == "mean"
+        assert [(d.in_features, d.out_features) for d in manifest.dense] == [
+            (tiny_decoders.HIDDEN, tiny_decoders.GEMMA_DENSE),
+            (tiny_decoders.GEMMA_DENSE, tiny_decoders.HIDDEN),
+        ]
+        assert manifest.prompts["query"] == "task: search result | query: "
+    else:
+        assert manifest.pooling.value == "last_token" and manifest.dense == ()
+        assert manifest.prompts == {"query": tiny_decoders.QUERY_PROMPT, "document": ""}
     for name in (VariantName.FP32, VariantName.BF16):
         validation = manifest.variant(name).validation
         assert validation is not None and validation.passed, validation
@@ -147,10 +157,11 @@ def test_prompt_changes_the_vector(decoder_package: DecoderPackage) -> None:
     )
 
 
-@pytest.mark.parametrize("family", ["qwen3", "mistral"])
+@pytest.mark.parametrize("family", ["qwen3", "mistral", "gemma3"])
 def test_left_and_right_padding_agree(decoder_source: DecoderSource, family: str) -> None:
     """Rotary attention sees only position differences, so the model's own left padding and the
-    runtime's right padding give the same vectors (Mistral: with its sliding window)."""
+    runtime's right padding give the same vectors (Mistral: with its sliding window; Gemma3:
+    bidirectional, sliding and full layers)."""
     source = decoder_source(family)
     left = st_embeddings(source, TEXTS, padding_side="left")
     right = st_embeddings(source, TEXTS, padding_side="right")

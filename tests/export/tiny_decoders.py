@@ -31,7 +31,9 @@ QUERY_PROMPT = (
 )
 MAX_SEQ_LENGTH = 48
 HIDDEN = 32
-FAMILIES = ("qwen3", "qwen2", "mistral", "llama")
+FAMILIES = ("qwen3", "qwen2", "mistral", "llama", "gemma3")
+MODEL_TYPES = {"gemma3": "gemma3_text"}
+GEMMA_DENSE = 48  # EmbeddingGemma: 768 -> 3072 -> 768, no biases, identity
 
 
 def build_tokenizer(out: Path, *, append_eos: bool = True) -> Path:
@@ -128,6 +130,24 @@ def config(family: str, vocab: int) -> dict[str, Any]:
             # Shorter than the tiny texts' length, so the window is exercised (4096 in e5-mistral).
             "sliding_window": 8,
         },
+        "gemma3": {
+            "architectures": ["Gemma3TextModel"],
+            "model_type": "gemma3_text",
+            "head_dim": 16,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 2048,
+            "query_pre_attn_scalar": 16,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "rope_scaling": None,
+            # Shorter than the tiny texts, so that the window is exercised (512 in the real one).
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "use_bidirectional_attention": True,
+            "attn_logit_softcapping": None,
+            "final_logit_softcapping": None,
+            "pad_token_id": 0,
+        },
         "llama": {
             "architectures": ["LlamaModel"],
             "model_type": "llama",
@@ -166,7 +186,10 @@ def build(family: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
     prefix = "model." if family == "qwen2" else ""
     tensors = {prefix + k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / "model.safetensors"))
-    write_sentence_transformers(out)
+    if family == "gemma3":
+        write_embedding_gemma_st(out)
+    else:
+        write_sentence_transformers(out)
     return out
 
 
@@ -206,6 +229,61 @@ def write_sentence_transformers(out: Path) -> None:
     )
     st_config = {
         "prompts": {"query": QUERY_PROMPT, "document": ""},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+    (out / "config_sentence_transformers.json").write_text(json.dumps(st_config))
+
+
+def write_embedding_gemma_st(out: Path) -> None:
+    """EmbeddingGemma's files: Transformer, mean Pooling, Dense (up, no bias), Dense (down, no
+    bias), Normalize; its task prompts."""
+    import torch
+    from safetensors.torch import save_file
+
+    kinds = ["Transformer", "Pooling", "Dense", "Dense", "Normalize"]
+    paths = ["", "1_Pooling", "2_Dense", "3_Dense", "4_Normalize"]
+    modules = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))
+    ]
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "1_Pooling").mkdir()
+    pooling = {
+        "word_embedding_dimension": HIDDEN,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    for folder, (n_in, n_out) in (
+        ("2_Dense", (HIDDEN, GEMMA_DENSE)),
+        ("3_Dense", (GEMMA_DENSE, HIDDEN)),
+    ):
+        (out / folder).mkdir()
+        dense = {
+            "in_features": n_in,
+            "out_features": n_out,
+            "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity",
+        }
+        (out / folder / "config.json").write_text(json.dumps(dense))
+        weight = 0.3 * torch.randn(n_out, n_in)
+        save_file({"linear.weight": weight.contiguous()}, str(out / folder / "model.safetensors"))
+    (out / "4_Normalize").mkdir()
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+    )
+    st_config = {
+        "prompts": {
+            "query": "task: search result | query: ",
+            "document": "title: none | text: ",
+            "Classification": "task: classification | query: ",
+        },
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
     }

@@ -1,8 +1,8 @@
 """Decoder-style embedders that transformers implements: Qwen3 (Qwen3-Embedding), Qwen2
-(gte-Qwen2), Mistral (e5-mistral-7b-instruct), Llama. All four export through decoder_model.py:
-transformers' bare model, no KV cache, (input_ids, attention_mask) -> last_hidden_state with
-dynamic axes. Pooling (last token, usually), normalization and prompts come from the
-sentence-transformers files.
+(gte-Qwen2), Mistral (e5-mistral-7b-instruct), Llama, Gemma3 text (EmbeddingGemma). All export
+through decoder_model.py: transformers' bare model, no KV cache, (input_ids, attention_mask) ->
+last_hidden_state with dynamic axes. Pooling (last token; EmbeddingGemma: mean), Dense layers,
+normalization and prompts come from the sentence-transformers files.
 
 Their checkpoints name the causal LM class (Qwen3ForCausalLM) or the bare one (MistralModel);
 both mean the bare decoder here. Sequence-classification heads are not exported."""
@@ -32,4 +32,7 @@ FAMILIES = (
     _decoder("qwen2", "Qwen2"),
     _decoder("mistral", "Mistral"),
     _decoder("llama", "Llama"),
+    # EmbeddingGemma (Gemma3TextModel): use_bidirectional_attention, sliding and full layers,
+    # mean pooling and two Dense layers in its sentence-transformers files.
+    _decoder("gemma3_text", "Gemma3Text"),
 )
