@@ -125,6 +125,9 @@ def verify(package: Path, cache_file: Path | None = None) -> Report:
 
 
 def _check_listed(manifest: Manifest) -> None:
+    for name in manifest.files:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise PackageError(f"{MANIFEST_FILE}: {name!r} is not a path inside the package")
     needed = [
         TOKENIZER_FILE,
         *(v.file for v in manifest.variants),

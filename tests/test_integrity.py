@@ -101,6 +101,10 @@ def test_truncated_missing_and_unlisted_files_are_named(package: Path) -> None:
     (package / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match="model.onnx is used but has no digest"):
         integrity.verify(package)
+    manifest["files"]["../outside"] = {"sha256": "0" * 64, "size": 1}
+    (package / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="'../outside' is not a path inside the package"):
+        integrity.verify(package)
 
 
 def test_a_package_without_digests_is_served_with_a_warning(
