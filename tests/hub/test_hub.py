@@ -292,3 +292,12 @@ def test_tei_serve_an_onnx_repo_from_the_hub(hub: Hub, tmp_path: Path) -> None:
     fetched = sorted(hub.downloads("org/onnx"))
     assert "onnx/model.onnx" in fetched and "model.safetensors" not in fetched
     assert all(name.endswith(".json") or name == "onnx/model.onnx" for name in fetched)
+    # Restarted with HF_HUB_OFFLINE=1, then against a hub that is down: served from the cache,
+    # the same vectors, not one request to the hub.
+    hub.log.clear()
+    down = f"http://127.0.0.1:{free_port()}"
+    for restart in ({**env, "HF_HUB_OFFLINE": "1"}, {**env, "HF_ENDPOINT": down}):
+        with tei_serve(restart, module="tei_ort.serve.cli", timeout_s=300) as (url, _):
+            again = httpx.post(f"{url}/embed", json={"inputs": ["a query", "another"]})
+        np.testing.assert_allclose(np.asarray(again.json()), vectors, atol=1e-6)
+    assert hub.log == []
