@@ -184,15 +184,18 @@ class Job:
             runs = [self._task.run(self._engine, self._request([r.text or ""])) for r in chunk]
             outcomes.extend(await asyncio.gather(*runs, return_exceptions=True))
         failed: list[RowError] = []
-        done: list[tasks.Embedded] = []
         for row, outcome in zip(rows, outcomes, strict=True):
             if isinstance(outcome, (ValidationError, TokenizationError)):
                 failed.append(RowError(file=row.file, row=row.row, reason=str(outcome)))
             elif isinstance(outcome, BaseException):
                 raise outcome
-            else:
-                done.append(outcome)
-        return self._concat(done), failed
+        refused = {(e.file, e.row) for e in failed}
+        kept = [r for r in rows if (r.file, r.row) not in refused]
+        if not kept:
+            return self._empty(), failed
+        # The rest again as one request, not the single-input runs above (batched as they came):
+        # so this shard's batches, too, depend only on its rows, and a resumed run repeats them.
+        return await self._task.run(self._engine, self._request(self._texts(kept))), failed
 
     @staticmethod
     def _texts(rows: list[Row]) -> list[str]:
@@ -201,13 +204,6 @@ class Job:
     def _empty(self) -> tasks.Embedded:
         names = self._schema.names[len(tasks.ROW_FIELDS) :]
         return tasks.Embedded({n: pa.array([], self._schema.field(n).type) for n in names}, 0)
-
-    def _concat(self, parts: list[tasks.Embedded]) -> tasks.Embedded:
-        if not parts:
-            return self._empty()
-        names = parts[0].columns
-        columns = {n: pa.concat_arrays([p.columns[n] for p in parts]) for n in names}
-        return tasks.Embedded(columns, sum(p.tokens for p in parts))
 
     def _report(self, errors: list[RowError]) -> None:
         if errors and self._options.on_error is OnError.FAIL:

@@ -147,6 +147,9 @@ def test_bad_rows_are_skipped_reported_and_recorded(
     logged = caplog.text
     assert f"skipped {path}, row 3: missing field 'text'" in logged
     assert f"skipped {path}, row 17: empty text" in logged
+    # A shard with a refused input is recomputed identically (as a resumed job would).
+    run(_settings(minilm_package, [path], tmp_path / "again", on_error="skip", truncate=False))
+    assert read_output(tmp_path / "again").equals(table)
 
 
 def test_on_error_fail_names_the_row_and_keeps_earlier_shards(
