@@ -79,6 +79,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     refs = {"main": ids[main], "v1.0": ids[main], "dev": ids[dev], "refs/pr/1": ids[pr]}
     onnx = _onnx_repo(source, root)
     big = _commit(source, root / "big", "big: ")
+    plain = _commit(source, root / "plain", "plain: ")  # no ONNX export: tei-serve exports it
+    (plain / "pytorch_model.bin").write_bytes(UNNEEDED["pytorch_model.bin"])
     (big / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(24_000_000))
     hub = Hub(
         repos={
@@ -92,6 +94,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             "org/vanished": Repo(
                 {ids[main]: main}, {"main": ids[main]}, vanished=frozenset({"model.safetensors"})
             ),
+            "org/plain": Repo({commit_of(plain): plain}, {"main": commit_of(plain)}),
             "org/big": Repo({commit_of(big): big}, {"main": commit_of(big)}),
             "org/onnx": Repo(
                 {commit_of(onnx): onnx},
@@ -301,3 +304,21 @@ def test_tei_serve_an_onnx_repo_from_the_hub(hub: Hub, tmp_path: Path) -> None:
             again = httpx.post(f"{url}/embed", json={"inputs": ["a query", "another"]})
         np.testing.assert_allclose(np.asarray(again.json()), vectors, atol=1e-6)
     assert hub.log == []
+
+
+def test_tei_serve_exports_a_plain_hub_model_on_the_fly(hub: Hub, tmp_path: Path) -> None:
+    hub.log.clear()
+    env = _env(
+        hub.url,
+        tmp_path,
+        MODEL_ID="org/plain",
+        VARIANT="fp32",
+        HUGGINGFACE_HUB_CACHE=str(tmp_path / "cache"),
+    )
+    with tei_serve(env, module="tei_ort.serve.cli", timeout_s=600) as (url, _):
+        got = httpx.post(f"{url}/embed", json={"inputs": "a query", "prompt_name": "query"})
+        info = httpx.get(f"{url}/info").json()
+    assert got.status_code == 200 and np.asarray(got.json()).shape == (1, 32)
+    assert info["model_id"] == "org/plain"
+    fetched = set(hub.downloads("org/plain"))
+    assert "model.safetensors" in fetched and "pytorch_model.bin" not in fetched
