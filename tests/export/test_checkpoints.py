@@ -4,8 +4,10 @@ model does."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickletools
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -105,3 +107,18 @@ def test_a_plain_bin_checkpoint_exports_like_safetensors(source: Path, tmp_path:
         np.load(tmp_path / "a" / "fidelity.npz")["reference"],
         np.load(tmp_path / "b" / "fidelity.npz")["reference"],
     )
+
+
+def test_a_repos_own_python_code_is_never_imported(source: Path, tmp_path: Path) -> None:
+    """config.json's auto_map names the repo's modeling file, as trust_remote_code repos do: the
+    export uses transformers' own BERT and never imports the file (its import would leave a mark)."""
+    marker = tmp_path / "imported"
+    folder = tmp_path / "remote-code"
+    shutil.copytree(source, folder)
+    (folder / "modeling_trap.py").write_text(f"import os\nos.mkdir({str(marker)!r})\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_trap.TrapModel", "AutoConfig": "modeling_trap.C"}
+    (folder / "config.json").write_text(json.dumps(config))
+    result = export_model(str(folder), tmp_path / "pkg", tiny_bert.OPTIONS)
+    assert result.manifest.variant(VariantName.FP32).is_servable
+    assert not marker.exists()
