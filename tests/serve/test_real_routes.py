@@ -276,6 +276,13 @@ def test_root_and_invocations_embed(embedder: Served) -> None:
         np.testing.assert_allclose(
             ok(embedder.client.post(path, json={"inputs": TEXTS[:2]})), want, atol=ATOL
         )
+    # OpenAI's path without /v1, and Vertex's instances (each one the model's own route).
+    body = ok(embedder.client.post("/embeddings", json={"input": TEXTS[:2]}))
+    np.testing.assert_allclose([d["embedding"] for d in body["data"]], want, atol=ATOL)
+    instances = [{"inputs": TEXTS[0]}, {"inputs": TEXTS[:2]}]
+    vertex = ok(embedder.client.post("/vertex", json={"instances": instances}))
+    np.testing.assert_allclose(vertex["predictions"][0], want[:1], atol=ATOL)
+    np.testing.assert_allclose(vertex["predictions"][1], want, atol=ATOL)
 
 
 # -- classifier --------------------------------------------------------------------------------
