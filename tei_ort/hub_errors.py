@@ -4,7 +4,8 @@ tei-export (export/hub.py) and tei-serve (serve/model_source.py). huggingface_hu
 
 from __future__ import annotations
 
-import requests
+import importlib.util
+
 from huggingface_hub import constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -18,8 +19,24 @@ from huggingface_hub.errors import (
 
 from tei_ort.errors import PackageError
 
-# Failures that mean "the hub could not be asked", as opposed to "the hub said no".
-UNREACHABLE = (requests.ConnectionError, requests.Timeout, OfflineModeIsEnabled)
+
+def _unreachable() -> tuple[type[Exception], ...]:
+    """Failures that mean "the hub could not be asked", as opposed to "the hub said no".
+    huggingface_hub < 1 raises requests' errors and 1.x httpx's; a serving install may have only
+    one of the two libraries, so each is imported only where it is installed."""
+    found: list[type[Exception]] = [OfflineModeIsEnabled]
+    if importlib.util.find_spec("requests") is not None:
+        import requests
+
+        found += [requests.ConnectionError, requests.Timeout]
+    if importlib.util.find_spec("httpx") is not None:
+        import httpx
+
+        found.append(httpx.TransportError)
+    return tuple(found)
+
+
+UNREACHABLE = _unreachable()
 
 
 def describe(exc: Exception, repo_id: str, revision: str | None) -> PackageError:
