@@ -4,16 +4,21 @@ flag is shown by what a client gets back (or what a collector receives), not by 
 Settings: --served-model-name, --max-client-batch-size, --payload-limit, --api-key,
 --cors-allow-origin, the engine limits /info reports from the running engine
 (--max-concurrent-requests, --max-batch-tokens, --max-batch-requests, --tokenization-workers),
-and --otlp-endpoint / --otlp-service-name. tests/serve/test_flags_take_effect.py has the others."""
+--otlp-endpoint / --otlp-service-name, --prometheus-port, --pooling, --dtype and --dense-path.
+tests/serve/test_flags_take_effect.py, test_hub_onnx_download.py (--revision, --hf-token) and
+test_logs.py (--json-output, --hostname, --port, LOG_LEVEL) have the others."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
+from tei_ort.errors import TeiOrtError
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.serve.cli import build
 from tei_ort.serve.settings import load_settings
@@ -155,3 +160,25 @@ def test_pooling_flag_overrides_the_package(make_package: MakePackage, tmp_path:
         served["mean"], mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5
     )
     assert not np.allclose(served["cls"], served["mean"], atol=1e-3)  # the flag changed them
+
+
+def test_dtype_picks_the_variant_and_dense_path_is_ignored(
+    make_package: MakePackage,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    package = make_package()  # fp32 only
+    args = _args(package, tmp_path / "hub", "--dtype", "float32", "--dense-path", "2_Dense")
+    args = [a for a in args if a not in ("--variant", "fp32")]  # TEI's --dtype alone
+    with caplog.at_level(logging.WARNING, logger="tei_ort.serve"):
+        app = build(load_settings(args, {}))
+    assert "--dense-path ignored: the package carries its Dense layers" in caplog.text
+    with live.serve_app(app) as url:
+        info = httpx.get(f"{url}/info", timeout=60).json()
+        got = httpx.post(f"{url}/embed", json={"inputs": ["a", "b"]}, timeout=60).json()
+    assert (info["variant"], info["model_dtype"]) == ("fp32", "float32")
+    np.testing.assert_allclose(got, _vectors(package, ["a", "b"]), atol=1e-5)
+    # float16 asks for the fp16 variant, which this package does not have: refused, by name.
+    fp16 = [*args[: args.index("--dtype") + 1], "float16"]
+    with pytest.raises(TeiOrtError, match="fp16"):
+        build(load_settings(fp16, {}))
