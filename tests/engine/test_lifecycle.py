@@ -146,4 +146,4 @@ def test_config_limits_are_checked() -> None:
         Engine(FakeModel(max_input_length=512), EngineConfig(max_batch_tokens=256))
     with pytest.raises(ValueError, match="max_concurrent_requests"):
         EngineConfig(max_concurrent_requests=0)
-    assert EngineConfig().max_client_batch_size >= 1000
+    assert EngineConfig().max_client_batch_size == 2048  # README: "defaults to 2048"
