@@ -60,8 +60,12 @@ class Report:
 
 
 def sha256(path: Path) -> str:
+    # hashlib.file_digest would do this, but only from Python 3.11; the package supports 3.10.
+    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def package_files(package: Path) -> list[str]:
