@@ -6,7 +6,6 @@ already, so extra Sanic workers would only multiply the model's memory."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -15,19 +14,15 @@ from sanic import Sanic
 
 from tei_ort import __version__
 from tei_ort.engine import Engine, EngineConfig
-from tei_ort.errors import TeiOrtError, ValidationError
-from tei_ort.package import Manifest, Pooling, Task
-from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.errors import TeiOrtError
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import PROVIDERS
-from tei_ort.runtime.providers import resolve as resolve_provider
 from tei_ort.runtime.quantized_embeddings import read_ranges
-from tei_ort.runtime.trial import batch_tokens
-from tei_ort.serve import model_source
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
 from tei_ort.serve.bind_address import bind_unlistening
 from tei_ort.serve.grpc import attach_grpc
+from tei_ort.serve.loading import load_model
 from tei_ort.serve.logs import configure_logging
 from tei_ort.serve.operations import ServeContext
 from tei_ort.serve.settings import Settings, load_settings
@@ -43,64 +38,15 @@ VARIANT_DTYPES = {
     "int8-w7": "int8",
     "bf16": "bfloat16",
 }
-# The prompt name that carries --default-prompt's literal text.
-LITERAL_PROMPT = "--default-prompt"
-
-
-def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
-    """--pooling and the default prompt flags, applied to the manifest the engine reads."""
-    changes: dict[str, object] = {}
-    if settings.pooling is not None:
-        pooling = Pooling(settings.pooling.replace("-", "_"))
-        if (pooling is Pooling.SPLADE) != (manifest.task is Task.SPARSE_EMBEDDING):
-            raise ValidationError(
-                f"--pooling {pooling.value} does not fit a {manifest.task.value} model"
-            )
-        if manifest.task is Task.EMBEDDING:
-            changes["pooling"] = pooling
-    if settings.default_prompt is not None:
-        changes["prompts"] = {**manifest.prompts, LITERAL_PROMPT: settings.default_prompt}
-        changes["default_prompt_name"] = LITERAL_PROMPT
-    elif settings.default_prompt_name is not None:
-        if settings.default_prompt_name not in manifest.prompts:
-            known = ", ".join(sorted(manifest.prompts)) or "none"
-            raise ValidationError(
-                f"--default-prompt-name {settings.default_prompt_name!r} is not one of this "
-                f"model's prompts ({known})"
-            )
-        changes["default_prompt_name"] = settings.default_prompt_name
-    return dataclasses.replace(manifest, **changes) if changes else manifest  # type: ignore[arg-type]
 
 
 def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
     started = time.perf_counter()
-    provider = resolve_provider(settings.provider)
-    resolved = model_source.resolve(settings, provider.value)
     if settings.dense_path is not None:
         logger.warning("--dense-path ignored: the package carries its Dense layers")
-    options = RuntimeOptions(
-        # "auto" again rather than the provider resolved above: Model.load moves on from
-        # OpenVINO when the package has no validated bf16 variant.
-        provider=settings.provider,
-        variant=settings.variant_name,
-        intra_op_threads=settings.intra_op_threads,
-        allow_spinning=settings.ort_spinning,
-        allow_unvalidated=resolved.allow_unvalidated,
-        # Variant checks of a read-only package (tei_ort.runtime.selection) go here.
-        checks_dir=model_source.cache_root(settings) / "checks",
-    )
-    model = Model.load(resolved.path, options)
-    target_batch_tokens, batch_note = batch_tokens(model, options)
-    logger.info("batching: %s", batch_note)
-    model.manifest = with_overrides(model.manifest, settings)
-    shapes_started = time.perf_counter()
-    if shapes := model.warm_up_shapes(settings.max_batch_tokens):
-        logger.info(
-            "ran each of %d batch shapes once (%s) in %.1f s",
-            shapes,
-            model.provider.value,
-            time.perf_counter() - shapes_started,
-        )
+    loaded_model = load_model(settings)
+    model, resolved = loaded_model.model, loaded_model.resolved
+    target_batch_tokens, batch_note = loaded_model.target_batch_tokens, loaded_model.batch_note
     config = EngineConfig(
         max_concurrent_requests=settings.max_concurrent_requests,
         max_batch_tokens=settings.max_batch_tokens,

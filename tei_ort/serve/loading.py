@@ -1,0 +1,88 @@
+"""Settings -> a loaded, warmed runtime Model: the start-up steps `tei-serve` and `tei-embed`
+share. The model source is resolved (a package, an ONNX repo, a plain model exported on the fly,
+or the embedded default), the variant chosen on this CPU (tei_ort.runtime.selection), the batch
+budget timed or read from the per-machine cache, the --pooling / default-prompt flags applied, and
+the provider's batch shapes run once."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+from tei_ort.errors import ValidationError
+from tei_ort.package import Manifest, Pooling, Task
+from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.providers import resolve as resolve_provider
+from tei_ort.runtime.trial import batch_tokens
+from tei_ort.serve import model_source
+from tei_ort.serve.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The prompt name that carries --default-prompt's literal text.
+LITERAL_PROMPT = "--default-prompt"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Model
+    resolved: model_source.ResolvedModel
+    # The batch budget the trial (or the cache) chose on this machine; None: the full budget.
+    target_batch_tokens: int | None
+    batch_note: str  # how it was chosen, for /info and the log
+
+
+def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
+    """--pooling and the default prompt flags, applied to the manifest the engine reads."""
+    changes: dict[str, object] = {}
+    if settings.pooling is not None:
+        pooling = Pooling(settings.pooling.replace("-", "_"))
+        if (pooling is Pooling.SPLADE) != (manifest.task is Task.SPARSE_EMBEDDING):
+            raise ValidationError(
+                f"--pooling {pooling.value} does not fit a {manifest.task.value} model"
+            )
+        if manifest.task is Task.EMBEDDING:
+            changes["pooling"] = pooling
+    if settings.default_prompt is not None:
+        changes["prompts"] = {**manifest.prompts, LITERAL_PROMPT: settings.default_prompt}
+        changes["default_prompt_name"] = LITERAL_PROMPT
+    elif settings.default_prompt_name is not None:
+        if settings.default_prompt_name not in manifest.prompts:
+            known = ", ".join(sorted(manifest.prompts)) or "none"
+            raise ValidationError(
+                f"--default-prompt-name {settings.default_prompt_name!r} is not one of this "
+                f"model's prompts ({known})"
+            )
+        changes["default_prompt_name"] = settings.default_prompt_name
+    return dataclasses.replace(manifest, **changes) if changes else manifest  # type: ignore[arg-type]
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    provider = resolve_provider(settings.provider)
+    resolved = model_source.resolve(settings, provider.value)
+    options = RuntimeOptions(
+        # "auto" again rather than the provider resolved above: Model.load moves on from
+        # OpenVINO when the package has no validated bf16 variant.
+        provider=settings.provider,
+        variant=settings.variant_name,
+        intra_op_threads=settings.intra_op_threads,
+        allow_spinning=settings.ort_spinning,
+        allow_unvalidated=resolved.allow_unvalidated,
+        # Variant checks of a read-only package (tei_ort.runtime.selection) go here.
+        checks_dir=model_source.cache_root(settings) / "checks",
+    )
+    model = Model.load(resolved.path, options)
+    target_batch_tokens, batch_note = batch_tokens(model, options)
+    logger.info("batching: %s", batch_note)
+    model.manifest = with_overrides(model.manifest, settings)
+    shapes_started = time.perf_counter()
+    if shapes := model.warm_up_shapes(settings.max_batch_tokens):
+        logger.info(
+            "ran each of %d batch shapes once (%s) in %.1f s",
+            shapes,
+            model.provider.value,
+            time.perf_counter() - shapes_started,
+        )
+    return LoadedModel(model, resolved, target_batch_tokens, batch_note)
