@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 
 MAX_GROWTH = 0.10
+HOSTILE_PAYLOAD_LIMIT = 16_000_000
 WORDS = [
     "the",
     "quick",
@@ -145,6 +146,9 @@ def main() -> None:
     port = _free_port()
     command = [sys.executable, "-m", "tei_ort.serve.cli", "--hostname", "127.0.0.1"]
     command += ["--port", str(port), "--prometheus-port", "0", *serve_args]
+    if args.profile == "hostile" and "--payload-limit" not in serve_args:
+        # A 1,000 x 8,000-character body is ~8 MB, past TEI's default 2 MB limit (a 413).
+        command += ["--payload-limit", str(HOSTILE_PAYLOAD_LIMIT)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
