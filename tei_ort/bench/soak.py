@@ -80,9 +80,9 @@ def _mixed(rng: random.Random, args: argparse.Namespace) -> tuple[str, dict[str,
 
 def _hostile(rng: random.Random, args: argparse.Namespace) -> tuple[str, dict[str, object]]:
     # What a careless or hostile client sends (issue 14, item 5): /rerank with hundreds of long
-    # passages, or /embed with 1,000 texts of 8,000 characters. truncate: true, so that every
-    # answer but 429 is a 200; the memory these requests hold must be given back.
-    if rng.random() < 0.5:
+    # passages to a reranker, /embed with 1,000 texts of 8,000 characters to an embedder.
+    # truncate: true, so that every answer but 429 is a 200; the memory they hold must come back.
+    if args.model_type == "reranker":
         passages = [
             _long_text(rng, rng.randint(2_000, 8_000)) for _ in range(rng.randint(200, 400))
         ]
@@ -138,8 +138,9 @@ def main() -> None:
         "--profile",
         choices=sorted(PROFILES),
         default="mixed",
-        help="mixed: /embed batches of short and long texts; hostile: /rerank of hundreds of "
-        "long passages and /embed of 1,000 texts of 8,000 characters (429s allowed)",
+        help="mixed: /embed batches of short and long texts; hostile: /embed of 1,000 texts of "
+        "8,000 characters (an embedder) or /rerank of hundreds of long passages (a reranker), "
+        "429s allowed",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out/soak.json"))
     args, serve_args = parser.parse_known_args()
@@ -157,6 +158,7 @@ def main() -> None:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("tei-serve did not start")
             time.sleep(0.5)
+        args.model_type = _model_type(url)
         statuses, curve, elapsed = asyncio.run(_run(url, server.pid, args))
     finally:
         server.send_signal(signal.SIGTERM)
@@ -170,6 +172,7 @@ def main() -> None:
         "requests_per_s": round(total / elapsed, 1),
         "inputs_per_s": round(total * args.batch / elapsed, 1) if args.profile == "mixed" else None,
         "profile": args.profile,
+        "model_type": args.model_type,
         "statuses": dict(statuses),
         "rss_mb_curve": curve,
         "rss_growth_after_warm_up": round(growth, 4),
@@ -187,6 +190,14 @@ def passed(profile: str, statuses: Counter[int], growth: float, exit_code: int) 
     grew under MAX_GROWTH after warm-up, and the server drained and exited 0 on SIGTERM."""
     allowed = {200, 429} if profile == "hostile" else {200}
     return 200 in statuses and set(statuses) <= allowed and growth < MAX_GROWTH and exit_code == 0
+
+
+def _model_type(url: str) -> str:
+    """TEI's /info names the model's kind: {"embedding": ...}, {"reranker": ...}, ..."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
+        return str(next(iter(json.load(response)["model_type"])))
 
 
 def _healthy(url: str) -> bool:

@@ -11,10 +11,10 @@ from tei_ort.bench import soak
 
 def test_hostile_profile_sends_what_issue_14_names() -> None:
     rng = random.Random(0)
-    args = argparse.Namespace(batch=8)
     seen: dict[str, int] = Counter()
-    for _ in range(8):
-        path, body = soak._hostile(rng, args)
+    for model_type in ("embedding", "reranker") * 3:
+        path, body = soak._hostile(rng, argparse.Namespace(batch=8, model_type=model_type))
+        assert path == {"embedding": "/embed", "reranker": "/rerank"}[model_type]
         seen[path] += 1
         assert body["truncate"] is True
         if path == "/embed":
