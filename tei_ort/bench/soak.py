@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=600)
     parser.add_argument("--warm-up-s", type=float, default=60)
     parser.add_argument("--sample-s", type=float, default=10)
+    parser.add_argument("--start-timeout-s", type=float, default=1800)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="texts per request (mixed)")
     parser.add_argument(
@@ -153,10 +154,11 @@ def main() -> None:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        # The first start may export the model (minutes on two busy cores).
+        deadline = time.monotonic() + args.start_timeout_s
         while not _healthy(url):
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("tei-serve did not start")
+                raise SystemExit(f"tei-serve did not start (exit code {server.poll()})")
             time.sleep(0.5)
         args.model_type = _model_type(url)
         statuses, curve, elapsed = asyncio.run(_run(url, server.pid, args))
