@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tei_ort.errors import PackageError
+from tei_ort.pair_template import PairTemplate
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -167,6 +168,8 @@ class Manifest:
     default_prompt_name: str | None = None
     # Classification: index -> label. Softmax when several labels, sigmoid for one (TEI's rule).
     id2label: dict[int, str] = field(default_factory=dict)
+    # LLM re-rankers (Qwen3-Reranker): how a (query, document) pair becomes ids; None elsewhere.
+    pair_template: PairTemplate | None = None
     # Every package file but manifest.json, export.json and checks.json: relative path -> digest.
     # Empty in packages exported before tei_ort recorded them (served unverified, with a warning).
     files: dict[str, FileDigest] = field(default_factory=dict)
@@ -229,6 +232,9 @@ class Manifest:
                 prompts=dict(data.get("prompts", {})),
                 default_prompt_name=data.get("default_prompt_name"),
                 id2label={int(k): str(v) for k, v in data.get("id2label", {}).items()},
+                pair_template=PairTemplate(**data["pair_template"])
+                if data.get("pair_template")
+                else None,
                 files={
                     str(name): FileDigest(sha256=str(d["sha256"]), size=int(d["size"]))
                     for name, d in data.get("files", {}).items()

@@ -141,6 +141,28 @@ class Tokenizer:
                     f"characters. Given: {chars}"
                 )
 
+    def encode_plain(
+        self,
+        texts: Sequence[str],
+        *,
+        limit: int | None = None,
+        direction: TruncationDirection = TruncationDirection.RIGHT,
+    ) -> list[npt.NDArray[np.int64]]:
+        """Ids without special tokens, at most `limit` of them (cut on `direction`), for callers
+        that assemble the ids themselves (tei_ort.pair_template)."""
+        if limit is None:
+            encodings = _encode(self._untruncated, list(texts), add_special_tokens=False)
+            return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        cut = [_cut(text, limit * _CHARS_PER_TOKEN_BOUND, direction) for text in texts]
+        encodings = _encode(self._untruncated, cut, add_special_tokens=False)
+        result = []
+        for text, short, encoding in zip(texts, cut, encodings, strict=True):
+            if len(encoding.ids) < limit and short != text:  # as encode_batch: re-encode whole
+                encoding = _encode(self._untruncated, [text], add_special_tokens=False)[0]
+            ids = np.asarray(encoding.ids, dtype=np.int64)
+            result.append(ids[:limit] if direction is TruncationDirection.RIGHT else ids[-limit:])
+        return result
+
     def count_tokens(self, inputs: Sequence[TextInput]) -> list[int]:
         return [len(e.ids) for e in _encode(self._untruncated, list(inputs))]
 

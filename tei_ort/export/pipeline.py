@@ -16,6 +16,7 @@ from pathlib import Path
 from tei_ort import __version__, integrity
 from tei_ort.errors import PackageError, UnsupportedModel
 from tei_ort.export import calibration, checkpoints, fuse, publish, recipes, writer
+from tei_ort.export.architectures import llm_rerank
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
 from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
@@ -184,6 +185,8 @@ def plan(source: SourceModel, options: ExportOptions) -> Subject:
     )
     if source.st is not None and source.st.is_sparse:
         detected = Task.SPARSE_EMBEDDING
+    if llm_rerank.template_for(source) is not None:  # Qwen3-Reranker: a causal LM, no ST files
+        detected = Task.RERANKER
     task = options.task or detected
     recipe = recipes.for_task(source.architecture, task)
     pooling = None
@@ -196,6 +199,14 @@ def plan(source: SourceModel, options: ExportOptions) -> Subject:
             )
         if pooling is Pooling.SPLADE:
             raise UnsupportedModel("pooling 'splade' means --task sparse_embedding on a masked LM")
+    if (template := llm_rerank.template_for(source)) is not None:
+        if task is not Task.RERANKER:
+            raise UnsupportedModel(
+                f"{source.architecture} without sentence-transformers files "
+                "is an LLM re-ranker; it exports only as --task reranker"
+            )
+        limit = min(source.tokenizer_max_length or template.max_length, template.max_length)
+        source = replace(source, id2label={0: llm_rerank.LABEL}, tokenizer_max_length=limit)
     if task in (Task.CLASSIFICATION, Task.RERANKER) and source.num_labels < 1:
         raise UnsupportedModel(f"{source.architecture}: a classifier needs id2label in config.json")
     return Subject(source, recipe, task, pooling)
@@ -261,6 +272,7 @@ def _base_manifest(subject: Subject, out: Path) -> Manifest:
         prompts=dict(st.prompts) if st else {},
         default_prompt_name=st.default_prompt_name if st else None,
         id2label=dict(source.id2label) if task in (Task.CLASSIFICATION, Task.RERANKER) else {},
+        pair_template=llm_rerank.template_for(source) if task is Task.RERANKER else None,
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tei_ort.export import recipes
-from tei_ort.export.architectures import own
+from tei_ort.export.architectures import llm_rerank, own
 from tei_ort.export.recipes import Recipe
 from tei_ort.export.source import SourceModel
 from tei_ort.export.writer import _load_dense
@@ -85,6 +85,9 @@ def logits(
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    template = llm_rerank.template_for(source)
+    if template is not None:  # Qwen3-Reranker: its model card's computation
+        return llm_rerank.card_logits(source, template, list(inputs))
     rows = []
     order, batches = _batches(source, recipe, list(inputs))
     if recipe.family.own_module is not None:

@@ -22,6 +22,7 @@ from tei_ort.package import (
     Variant,
     read_manifest,
 )
+from tei_ort.pair_template import encode_pairs
 from tei_ort.runtime import outputs
 from tei_ort.runtime.padding import Feeds, pad
 from tei_ort.runtime.providers import AUTO_ORDER, PROVIDERS, Provider, available, resolve
@@ -196,6 +197,11 @@ class Model:
         direction: TruncationDirection = TruncationDirection.RIGHT,
         prompt_name: str | None = None,
     ) -> list[Encoded]:
+        template = self.manifest.pair_template
+        if template is not None:  # an LLM re-ranker: its chat template, not a BERT pair
+            return encode_pairs(
+                self.tokenizer, template, inputs, truncate=truncate, direction=direction
+            )
         return self.tokenizer.encode_batch(
             inputs, truncate=truncate, direction=direction, prompt=self.prompt(prompt_name)
         )

@@ -53,7 +53,9 @@ def build_tokenizer(out: Path, *, append_eos: bool = True) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(list(corpus.paragraphs()), trainer)
+    # The corpus never says "yes": a few lines that do, so that the re-ranker's answer tokens are
+    # single BPE tokens, as in Qwen's vocabulary.
+    tokenizer.train_from_iterator([*corpus.paragraphs(), *["yes", "no"] * 2000], trainer)
     eos = tokenizer.token_to_id(ENDOFTEXT)
     if append_eos:  # Qwen3-Embedding's fix: the EOS is appended by the tokenizer itself
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -193,7 +195,9 @@ def build(family: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def write_sentence_transformers(out: Path) -> None:
+def write_sentence_transformers(
+    out: Path, hidden: int = HIDDEN, max_seq_length: int = MAX_SEQ_LENGTH
+) -> None:
     """Qwen3-Embedding's files: Transformer, last-token Pooling, Normalize; query prompt."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -213,7 +217,7 @@ def write_sentence_transformers(out: Path) -> None:
     (out / "modules.json").write_text(json.dumps(modules))
     (out / "1_Pooling").mkdir()
     pooling = {
-        "word_embedding_dimension": HIDDEN,
+        "word_embedding_dimension": hidden,
         "pooling_mode_cls_token": False,
         "pooling_mode_mean_tokens": False,
         "pooling_mode_max_tokens": False,
@@ -225,7 +229,7 @@ def write_sentence_transformers(out: Path) -> None:
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     (out / "2_Normalize").mkdir()
     (out / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
     )
     st_config = {
         "prompts": {"query": QUERY_PROMPT, "document": ""},
@@ -288,3 +292,28 @@ def write_embedding_gemma_st(out: Path) -> None:
         "similarity_fn_name": "cosine",
     }
     (out / "config_sentence_transformers.json").write_text(json.dumps(st_config))
+
+
+def build_reranker(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    """Qwen3-Reranker-0.6B's layout: Qwen3ForCausalLM with tied embeddings saved by
+    transformers (model.* tensors, no lm_head), a tokenizer that appends nothing, no
+    sentence-transformers files."""
+    import shutil
+
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from tests.export.tiny_jina import randomize
+
+    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    fields = config("qwen3", len(vocab))
+    torch.manual_seed(seed)
+    parsed = Qwen3Config(
+        **{k: v for k, v in fields.items() if k not in ("architectures", "model_type")}
+    )
+    model = Qwen3ForCausalLM(parsed)
+    randomize(model)
+    model.save_pretrained(str(out), safe_serialization=True)
+    for file in tokenizer_dir.iterdir():
+        shutil.copyfile(file, out / file.name)
+    return out

@@ -72,7 +72,11 @@ def hf_config(config: dict[str, Any]) -> Any:
     (the one implementation that takes our float masks as given and traces to plain ops)."""
     from transformers import AutoConfig
 
-    fields = {k: v for k, v in config.items() if k not in ("auto_map", "architectures")}
+    fields = {
+        k: v
+        for k, v in config.items()
+        if k not in ("auto_map", "architectures") and not k.startswith("_")
+    }
     parsed = AutoConfig.for_model(**fields)
     parsed._attn_implementation = "eager"
     parsed.use_cache = False
@@ -95,11 +99,35 @@ def sliding_window(parsed: Any) -> int | None:
     return int(window)
 
 
+class YesNoScorer(nn.Module):
+    """An LLM re-ranker's head (tei_ort.export.architectures.llm_rerank): the last real token's
+    hidden state times (lm_head[yes] - lm_head[no]) -> (batch, 1) logit(yes) - logit(no)."""
+
+    def __init__(self, encoder: DecoderEncoder, rows: torch.Tensor):
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("direction", (rows[0] - rows[1])[:, None])  # (hidden, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids, attention_mask)  # (batch, seq, hidden)
+        last = attention_mask.sum(1) - 1  # (batch,): right padding
+        index = last[:, None, None].expand(-1, 1, hidden.shape[-1])  # (batch, 1, hidden)
+        token = hidden.gather(1, index)[:, 0]  # (batch, hidden)
+        logits: torch.Tensor = token @ self.direction  # (batch, 1)
+        return logits
+
+
 def build(config: dict[str, Any], head: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
     from transformers import AutoModel
 
-    if head != "Model":
-        raise UnsupportedModel(f"{config.get('model_type')}: only the bare model is exported")
+    from tei_ort.export.architectures import llm_rerank
+
+    template = llm_rerank.TEMPLATES.get(str((config.get("architectures") or [""])[0]))
+    if head != "Model" and (template is None or "score.weight" in tensors):
+        raise UnsupportedModel(
+            f"{config.get('model_type')}: only the bare model and LLM re-rankers "
+            f"({', '.join(llm_rerank.TEMPLATES)}) are exported"
+        )
     parsed = hf_config(config)
     model = AutoModel.from_config(parsed, attn_implementation="eager")  # type: ignore[no-untyped-call]
     state = {
@@ -112,4 +140,7 @@ def build(config: dict[str, Any], head: str, tensors: dict[str, torch.Tensor]) -
     encoder = DecoderEncoder(
         model, causal=is_causal(config), window=sliding_window(parsed), per_layer=per_layer
     )
-    return encoder.eval()
+    if head == "Model" or template is None:
+        return encoder.eval()
+    tokenizer_file = str(config[llm_rerank.MODEL_DIR_KEY]) + "/tokenizer.json"
+    return YesNoScorer(encoder, llm_rerank.yes_no_rows(tensors, tokenizer_file, template)).eval()

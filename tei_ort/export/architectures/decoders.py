@@ -5,14 +5,15 @@ last_hidden_state with dynamic axes. Pooling (last token; EmbeddingGemma: mean),
 normalization and prompts come from the sentence-transformers files.
 
 Their checkpoints name the causal LM class (Qwen3ForCausalLM) or the bare one (MistralModel);
-both mean the bare decoder here. Sequence-classification heads are not exported."""
+both mean the bare decoder here, except a Qwen3ForCausalLM without sentence-transformers files:
+Qwen3-Reranker (llm_rerank.py). Sequence-classification (score) heads are not exported."""
 
-from tei_ort.export.architectures.family import MODEL, Family
+from tei_ort.export.architectures.family import MODEL, SEQUENCE_CLASSIFICATION, Family
 
 OWN_MODULE = "tei_ort.export.architectures.decoder_model"
 
 
-def _decoder(model_type: str, class_prefix: str) -> Family:
+def _decoder(model_type: str, class_prefix: str, *, llm_reranker: bool = False) -> Family:
     return Family(
         model_type,
         class_prefix,
@@ -21,14 +22,15 @@ def _decoder(model_type: str, class_prefix: str) -> Family:
         # onnxruntime's bert fusions find no LayerNorm/GELU here; the pipeline keeps whichever
         # graph validates (fused or not).
         fusion_model_type="bert",
-        heads=(MODEL,),
+        # LLM re-rankers (llm_rerank.py) are exported under the classification head.
+        heads=(MODEL, SEQUENCE_CLASSIFICATION) if llm_reranker else (MODEL,),
         encoder_aliases=(class_prefix + "ForCausalLM",),
         own_module=OWN_MODULE,
     )
 
 
 FAMILIES = (
-    _decoder("qwen3", "Qwen3"),
+    _decoder("qwen3", "Qwen3", llm_reranker=True),  # Qwen3-Reranker
     _decoder("qwen2", "Qwen2"),
     _decoder("mistral", "Mistral"),
     _decoder("llama", "Llama"),

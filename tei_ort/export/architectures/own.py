@@ -39,6 +39,7 @@ def load(model_dir: Path, recipe: Recipe) -> nn.Module:
         raise PackageError(f"{recipe.architecture}: exported by optimum, not by an own module")
     module: OwnModule = importlib.import_module(recipe.family.own_module)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config["_model_dir"] = str(model_dir)  # LLM re-rankers read their yes/no token ids
     return module.build(config, recipe.head.class_suffix, read_tensors(model_dir))
 
 
