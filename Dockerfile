@@ -10,7 +10,8 @@
 # listens on port 80, keeps models in the /data volume and logs JSON lines. It runs as a non-root
 # user: Docker (20.10+) lets any user bind ports below 1024 inside a container; elsewhere (e.g. a
 # Kubernetes pod without the net.ipv4.ip_unprivileged_port_start=0 sysctl) set PORT=8080.
-# tests/test_images.py replays the lines marked "replayed" outside Docker.
+# tests/test_images.py replays the lines marked "replayed" outside Docker; scripts/image_check.py
+# builds and runs the image for real (PYTHON_IMAGE: a stand-in base where Docker Hub is out of reach).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
