@@ -26,7 +26,7 @@ from tei_ort.bulk.shards import JobManifest, OutputFolder
 from tei_ort.bulk.tasks import TASKS
 from tei_ort.engine import Engine, Tokenization
 from tei_ort.errors import TeiOrtError, ValidationError
-from tei_ort.serve.settings import DEFAULT_MODEL_ID
+from tei_ort.serve.settings import DEFAULT_MODEL_ID, parse_bool
 from tei_ort.tokenization import TruncationDirection
 
 logger = logging.getLogger("tei_ort.bulk")
@@ -55,15 +55,6 @@ class EmbedSettings(pydantic.BaseModel):
     shard_size: int = pydantic.Field(default=10_000, ge=1)
     on_error: OnError = OnError.FAIL
     log_level: str = "info"
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     request = p.add_argument_group("embedding (as the API's fields)")
     request.add_argument("--task", choices=sorted(TASKS), default="embed")
     request.add_argument("--prompt-name")
-    request.add_argument("--truncate", type=_bool, default=True, metavar="BOOL")
+    request.add_argument("--truncate", type=parse_bool, default=True, metavar="BOOL")
     request.add_argument("--truncation-direction", choices=["right", "left"], default="right")
-    request.add_argument("--normalize", type=_bool, default=True, metavar="BOOL")
+    request.add_argument("--normalize", type=parse_bool, default=True, metavar="BOOL")
     request.add_argument("--dimensions", type=int, help="Matryoshka: keep the first N")
     job = p.add_argument_group("job")
     job.add_argument("--shard-size", type=int, default=10_000, help="rows per Parquet shard")

@@ -247,7 +247,8 @@ FLAGS: tuple[Flag, ...] = (
 ENV_ONLY: dict[str, str] = {"task": "TASK", "log_level": "LOG_LEVEL"}
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """TEI's boolean spellings for flags and variables (tei-embed's flags take them too)."""
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                 dest=flag.name,
                 nargs="?",
                 const=True,
-                type=_parse_bool,
+                type=parse_bool,
                 default=argparse.SUPPRESS,
                 metavar="BOOL",
                 help=help_text,
