@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tei_ort.export import corpus
+from tests.export.st_files import write_pooling_normalize
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIALS = (ENDOFTEXT, IM_START, IM_END)
@@ -199,38 +200,7 @@ def write_sentence_transformers(
     out: Path, hidden: int = HIDDEN, max_seq_length: int = MAX_SEQ_LENGTH
 ) -> None:
     """Qwen3-Embedding's files: Transformer, last-token Pooling, Normalize; query prompt."""
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-        {
-            "idx": 2,
-            "name": "2",
-            "path": "2_Normalize",
-            "type": "sentence_transformers.models.Normalize",
-        },
-    ]
-    (out / "modules.json").write_text(json.dumps(modules))
-    (out / "1_Pooling").mkdir()
-    pooling = {
-        "word_embedding_dimension": hidden,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": False,
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": True,
-        "include_prompt": True,
-    }
-    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (out / "2_Normalize").mkdir()
-    (out / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
-    )
+    write_pooling_normalize(out, hidden, "lasttoken", max_seq_length)
     st_config = {
         "prompts": {"query": QUERY_PROMPT, "document": ""},
         "default_prompt_name": None,

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tests.export.st_files import write_pooling_normalize
+
 # One layer's tensor names in the real checkpoints (TEI backends/candle/src/models/jina.rs and
 # jina_code.rs), without the "encoder.layer.N." prefix.
 LAYER_KEYS = {
@@ -152,31 +154,4 @@ def randomize(model: Any) -> None:
 def write_sentence_transformers(out: Path, pooling: str = "mean") -> None:
     """jina-embeddings-v2's sentence-transformers files: Transformer, mean Pooling, Normalize
     (GTE's: CLS pooling)."""
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-        {
-            "idx": 2,
-            "name": "2",
-            "path": "2_Normalize",
-            "type": "sentence_transformers.models.Normalize",
-        },
-    ]
-    (out / "modules.json").write_text(json.dumps(modules))
-    (out / "1_Pooling").mkdir()
-    pooling = {
-        "word_embedding_dimension": 32,
-        "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    }
-    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (out / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 48, "do_lower_case": False})
-    )
+    write_pooling_normalize(out, 32, {"mean": "mean_tokens", "cls": "cls_token"}[pooling], 48)
