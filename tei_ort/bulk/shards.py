@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydantic
 
+from tei_ort.durable import fsync
 from tei_ort.errors import ValidationError
 
 MANIFEST = "manifest.json"
@@ -66,22 +67,14 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomically(path: Path, write: Callable[[Path], object]) -> int:
     """write(temporary) then fsync, rename over `path`, fsync the folder; returns the size."""
     temporary = path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
     write(temporary)
-    _fsync(temporary)
+    fsync(temporary)
     size = temporary.stat().st_size
     os.replace(temporary, path)
-    _fsync(path.parent)  # the rename itself survives a power cut only once the folder is synced
+    fsync(path.parent)  # the rename itself survives a power cut only once the folder is synced
     return size
 
 

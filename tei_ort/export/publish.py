@@ -25,6 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from tei_ort.durable import fsync
 from tei_ort.errors import PackageError
 from tei_ort.package import is_package
 
@@ -83,14 +84,14 @@ def publish(staging: Path, out: Path) -> None:
     """Make `staging` the package at `out`: durable first (fsync), then renamed into place."""
     for path in sorted(staging.rglob("*")):
         if path.is_file():
-            _fsync(path)
-    _fsync_dir(staging)
+            fsync(path)
+    fsync(staging)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}{OLD_INFIX}{os.getpid()}"
         out.rename(old)
     staging.rename(out)
-    _fsync_dir(out.parent)
+    fsync(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -107,19 +108,3 @@ def write_error(exc: OSError, out: Path) -> PackageError:
             "nothing was written; free space or export elsewhere"
         )
     return PackageError(f"{out}: the export failed writing a file ({exc}); nothing was written")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
