@@ -154,7 +154,9 @@ MINILM_BARS = [
         0.95,
         id="int8-w7",
         marks=pytest.mark.xfail(
-            strict=True,
+            # Strict where it was measured; on another class an unexpected pass is reported
+            # (XPASS), not a failure, since no one has measured int8-w7 there yet.
+            strict=this_cpu().isa_class is IsaClass.X86_AMX,
             reason="a known miss, not a pass: on an AMX Xeon (2026-11-30) int8-w7 scored cosine "
             "0.99365 on the one-character query 'x' (every other text >= 0.9972; overlap@10 "
             "0.950), under the 0.995 bar its manifest says it cleared on the validator's texts",
