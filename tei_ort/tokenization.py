@@ -58,7 +58,9 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Token:
-    """One token as /tokenize reports it: offsets are character offsets into the input."""
+    """One token as /tokenize reports it. `start` and `stop` are UTF-8 byte offsets into the input
+    (with its prompt), as TEI reports them (its Rust tokenizer counts bytes): for "这" they are 0
+    and 3. `text` is the input's own text between them, or the token itself for a special token."""
 
     id: int
     text: str
@@ -169,6 +171,8 @@ class Tokenizer:
     def tokenize(self, text: TextInput, *, add_special_tokens: bool = True) -> list[Token]:
         encoding = _encode(self._untruncated, [text], add_special_tokens=add_special_tokens)[0]
         source = text if isinstance(text, str) else None
+        # Python's tokenizers report character offsets; TEI reports byte offsets.
+        to_byte = _byte_offsets(source) if source is not None else None
         tokens = []
         for token_id, token, special, (start, stop) in zip(
             encoding.ids,
@@ -184,8 +188,8 @@ class Tokenizer:
                     id=int(token_id),
                     text=token if span is None or source is None else source[span[0] : span[1]],
                     special=is_special,
-                    start=None if span is None else span[0],
-                    stop=None if span is None else span[1],
+                    start=None if span is None or to_byte is None else to_byte[span[0]],
+                    stop=None if span is None or to_byte is None else to_byte[span[1]],
                 )
             )
         return tokens
@@ -232,3 +236,13 @@ def _to_arrays(encoding: Encoding) -> Encoded:
         ids=np.asarray(encoding.ids, dtype=np.int64),
         type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
     )
+
+
+def _byte_offsets(text: str) -> list[int] | range:
+    """The UTF-8 byte offset of each character offset 0..len(text) (both ends included)."""
+    if text.isascii():
+        return range(len(text) + 1)
+    offsets = [0]
+    for char in text:
+        offsets.append(offsets[-1] + len(char.encode("utf-8", "surrogatepass")))
+    return offsets

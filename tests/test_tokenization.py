@@ -95,14 +95,28 @@ def test_hard_inputs_encode(tokenizer: Tokenizer, text: str) -> None:
     assert ids[0] == CLS and ids[-1] == SEP and len(ids) <= 16
 
 
-def test_tokenize_reports_character_offsets(tokenizer: Tokenizer) -> None:
+def test_tokenize_reports_utf8_byte_offsets_as_tei_does(tokenizer: Tokenizer) -> None:
+    # TEI's Rust tokenizer counts bytes: "é" is two bytes, so "world" starts at byte 7, not 6.
     tokens = tokenizer.tokenize("Héllo world")
     assert [(t.id, t.text, t.special, t.start, t.stop) for t in tokens] == [
         (CLS, "[CLS]", True, None, None),
-        (7592, "Héllo", False, 0, 5),
-        (2088, "world", False, 6, 11),
+        (7592, "Héllo", False, 0, 6),
+        (2088, "world", False, 7, 12),
         (SEP, "[SEP]", True, None, None),
     ]
+
+
+def test_tokenize_byte_offsets_slice_the_utf8_input(tokenizer: Tokenizer) -> None:
+    # TEI's own test: "这" spans bytes 0..3. Every span, cut from the UTF-8 bytes, is its text.
+    text = "这是 naïve 🙂 test"
+    tokens = [t for t in tokenizer.tokenize(text) if not t.special]
+    assert (tokens[0].start, tokens[0].stop, tokens[0].text) == (0, 3, "这")
+    assert (tokens[1].start, tokens[1].stop, tokens[1].text) == (3, 6, "是")
+    raw = text.encode()
+    for token in tokens:
+        assert token.start is not None and token.stop is not None
+        assert raw[token.start : token.stop].decode() == token.text
+    assert tokens[-1].stop == len(raw)
 
 
 def test_decode_rejects_out_of_vocabulary_ids(tokenizer: Tokenizer) -> None:

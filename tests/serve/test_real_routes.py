@@ -251,12 +251,19 @@ def test_tokenize_and_decode(embedder: Served) -> None:
         assert [t["id"] for t in tokens] == encoding["input_ids"]
         specials = set(tokenizer.all_special_ids)
         assert [t["special"] for t in tokens] == [i in specials for i in encoding["input_ids"]]
-        # A special token: its own text and no span. Any other: its span of the input, in
-        # characters, and the input's text there (not the normalized, lower-cased vocab entry).
+        # A special token: its own text and no span. Any other: its span of the input in UTF-8
+        # bytes, as TEI reports it, and the input's text there (not the normalized, lower-cased
+        # vocab entry). transformers gives character spans; count their bytes independently.
         names = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
         spans = encoding["offset_mapping"]
+
+        def byte(chars: int, sentence: str = sentence) -> int:
+            return len(sentence[:chars].encode("utf-8"))
+
         assert [(t["text"], t["start"], t["stop"]) for t in tokens] == [
-            (name, None, None) if name in tokenizer.all_special_tokens else (sentence[a:b], a, b)
+            (name, None, None)
+            if name in tokenizer.all_special_tokens
+            else (sentence[a:b], byte(a), byte(b))
             for name, (a, b) in zip(names, spans, strict=True)
         ]
     bare = ok(embedder.client.post("/tokenize", json={"inputs": text, "add_special_tokens": False}))
