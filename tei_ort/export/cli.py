@@ -89,7 +89,7 @@ def _run_validate(parsed: argparse.Namespace) -> int:
         rows = []
         failed = False
         for index, (name, model) in enumerate(models):
-            out = root / f"{index:02d}-{_slug(name)}"
+            out = root / package_folder(index, name)
             try:
                 result: ExportResult = export_model(model, out, _options(parsed), _hub(parsed))
             except TeiOrtError as exc:
@@ -177,6 +177,11 @@ def _options(parsed: argparse.Namespace) -> ExportOptions:
 
 def _hub(parsed: argparse.Namespace) -> HubOptions:
     return HubOptions(revision=parsed.revision, token=parsed.token, cache_dir=parsed.cache_dir)
+
+
+def package_folder(index: int, model: str) -> str:
+    """The folder, under `--out`, of the index-th model of `tei-export validate`."""
+    return f"{index:02d}-{_slug(model)}"
 
 
 def _slug(model: str) -> str:

@@ -5,6 +5,7 @@ the same options and tool version reuses the package, when its files pass the in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -212,10 +213,28 @@ def plan(source: SourceModel, options: ExportOptions) -> Subject:
     return Subject(source, recipe, task, pooling)
 
 
+# The code whose change changes a package or its validation (the exporter, its validation texts
+# and bars, the runtime that runs each variant): a source tree edited between two exports
+# re-exports, rather than reusing a package whose manifest another version of the code wrote.
+_CODE = ("export", "runtime", "fidelity.py", "package.py")
+
+
+@functools.cache
+def code_digest() -> str:
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for part in _CODE:
+        files = [root / part] if part.endswith(".py") else sorted((root / part).rglob("*.py"))
+        for path in files:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def cache_key(source: SourceModel, options: ExportOptions) -> tuple[str, dict[str, object]]:
     inputs: dict[str, object] = {
         "files": source.files,
         "tool_version": __version__,
+        "code": code_digest(),
         "options": json.loads(json.dumps(asdict(options), default=str)),
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()

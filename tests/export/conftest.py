@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from tei_ort.export.pipeline import ExportOptions, ExportResult, export_model
 from tei_ort.package import VariantName
-from tests.conftest import REAL_OPTIONS
+from tests.conftest import offline_export
 from tests.export import tiny_models
 
 # Small validation sets for the tiny models: the point there is the graph, not the statistics.
@@ -66,8 +65,7 @@ def minilm(minilm_export: ExportResult) -> ExportResult:
 
 
 @pytest.fixture(scope="session")
-def splade(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    # No int8 here: calibrating the 30522-wide MLM decoder is the slowest step of the suite, and
-    # MiniLM covers int8 on real text.
-    options = dataclasses.replace(REAL_OPTIONS, variants=(VariantName.FP32, VariantName.FP16))
-    return export_model(str(tiny_models.SPLADE), tmp_path_factory.mktemp("splade") / "pkg", options)
+def splade() -> ExportResult:
+    # The package `make test`'s validation step built (every variant), reused by its cache key.
+    result: ExportResult = offline_export("splade-tiny")
+    return result

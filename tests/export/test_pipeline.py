@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import fuse, validate, variants
+from tei_ort.export import fuse, pipeline, validate, variants
 from tei_ort.export.pipeline import export_model
 from tei_ort.package import Pooling, Task, VariantName, read_manifest
 from tei_ort.runtime import Model, RuntimeOptions, openvino_session
@@ -187,3 +187,16 @@ def test_without_openvino_bf16_the_export_skips_the_variant(
     options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.BF16))
     result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
     assert [v.name for v in result.manifest.variants] == [VariantName.FP32]
+
+
+def test_an_edited_exporter_exports_again(
+    tiny_source: TinySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dev tree whose exporter, validation texts or runtime changed must not reuse a package
+    # (and its manifest's validation) that the old code wrote.
+    source = tiny_source("bert", "classification")
+    assert not export_model(str(source), tmp_path / "pkg", TINY_OPTIONS).reused
+    assert export_model(str(source), tmp_path / "pkg", TINY_OPTIONS).reused
+    assert len(pipeline.code_digest()) == 64
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "0" * 64)
+    assert not export_model(str(source), tmp_path / "pkg", TINY_OPTIONS).reused
