@@ -15,7 +15,8 @@ from sanic.response import HTTPResponse
 from tei_ort.serve import errors, openapi
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.observed_engine import ObservedEngine
-from tei_ort.serve.operations import Operation, ServeContext, parse_json
+from tei_ort.serve.operations import JsonObject, Operation, ServeContext, parse_json
+from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.replies import json_response, to_response
 from tei_ort.serve.routes import (
     cohere_embed,
@@ -27,7 +28,7 @@ from tei_ort.serve.routes import (
     rerank_compat,
     tei,
 )
-from tei_ort.serve.telemetry import Telemetry, TelemetryOptions, method_of
+from tei_ort.serve.telemetry import RequestRecord, Telemetry, TelemetryOptions, method_of
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,29 @@ def _post(operation: Operation) -> RouteHandler:
         telemetry: Telemetry = request.app.ctx.telemetry
         with telemetry.request(span_name, request.headers, metered=operation.metered) as record:
             body = parse_json(request.body)
+            ctx = _route(request.app.ctx.models, body, record)
             telemetry.count(record, method_of(operation.path, body))
-            reply = await operation.handler(request.app.ctx.serve, body)
+            reply = await operation.handler(ctx, body)
             record.metadata = reply.metadata
             return await to_response(reply)
 
     return handle
 
 
+def _route(models: ModelRegistry, body: JsonObject, record: RequestRecord) -> ServeContext:
+    """The model the body's `model` field names (every API spells it `model`); the request's
+    metrics are labelled with it, or with "" when it names none of ours."""
+    try:
+        ctx = models.resolve(body.get("model"))
+    except errors.ModelNotFound:
+        record.model = ""
+        raise
+    record.model = ctx.served_model_name
+    return ctx
+
+
 async def _models(request: Request) -> HTTPResponse:
-    return json_response(openai.models(request.app.ctx.serve))
+    return json_response(openai.models(request.app.ctx.models))
 
 
 async def _error(request: Request, exc: Exception) -> HTTPResponse:
@@ -91,20 +105,33 @@ async def _error(request: Request, exc: Exception) -> HTTPResponse:
 
 
 def create_app(
-    ctx: ServeContext,
+    models: ServeContext | ModelRegistry,
     *,
     payload_limit: int,
     access: AccessPolicy,
     telemetry: Telemetry | None = None,
     on_started: Callable[[], None] | None = None,
 ) -> Sanic:  # type: ignore[type-arg]  # Sanic's generics are for typed ctx/config; ours are plain
-    """`telemetry` defaults to metrics on /metrics only (no tracing, no separate listener)."""
-    telemetry = telemetry or Telemetry.build(ctx, TelemetryOptions())
-    engine = ctx.engine
-    # Routes reach the engine through the telemetry decorator; start/stop/health pass through.
-    ctx = dataclasses.replace(
-        ctx, engine=ObservedEngine(engine, telemetry.metrics, telemetry.tracing)
+    """`models`: one model, or several (the first is the default). `telemetry` defaults to
+    metrics on /metrics only (no tracing, no separate listener)."""
+    registry = ModelRegistry.of(models)
+    telemetry = telemetry or Telemetry.build(registry, TelemetryOptions())
+    engines = [ctx.engine for ctx in registry]
+    # Routes reach each engine through the telemetry decorator; start/stop/health pass through.
+    registry = ModelRegistry(
+        tuple(
+            dataclasses.replace(
+                ctx,
+                engine=ObservedEngine(
+                    ctx.engine,
+                    telemetry.metrics.for_model(ctx.served_model_name),
+                    telemetry.tracing,
+                ),
+            )
+            for ctx in registry
+        )
     )
+    ctx = registry.default
     # Sanic keeps a registry of apps by name; tests build many apps in one process.
     app: Sanic = Sanic(f"tei_ort_{next(_names)}", configure_logging=False)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = payload_limit
@@ -114,7 +141,8 @@ def create_app(
     # Long client batches (thousands of inputs) can take a while on a CPU.
     app.config.RESPONSE_TIMEOUT = 600
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = GRACEFUL_SHUTDOWN_S
-    app.ctx.serve = ctx
+    app.ctx.serve = ctx  # the default model (gRPC, and what /info describes first)
+    app.ctx.models = registry
     app.ctx.telemetry = telemetry
     app.ctx.access = access
     app.ctx.openapi = openapi.build(OPERATIONS, ctx.version)
@@ -136,15 +164,17 @@ def create_app(
         response.headers.update(access.cors_headers(request))
 
     async def start_engine(app: Sanic) -> None:  # type: ignore[type-arg]
-        # Before the socket listens: the first request finds the model loaded and warmed up.
-        await engine.start()
+        # Before the socket listens: the first request finds every model loaded and warmed up.
+        for engine in engines:
+            await engine.start()
         telemetry.start()
         if on_started is not None:
             on_started()
 
     async def stop_engine(app: Sanic) -> None:  # type: ignore[type-arg]
-        # Sanic has stopped accepting and finished its in-flight requests; the engine drains.
-        await engine.stop()
+        # Sanic has stopped accepting and finished its in-flight requests; the engines drain.
+        for engine in engines:
+            await engine.stop()
         telemetry.stop()
 
     app.on_request(check_access)

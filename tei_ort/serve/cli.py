@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sanic import Sanic
 
@@ -22,9 +23,11 @@ from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
 from tei_ort.serve.bind_address import bind_unlistening
 from tei_ort.serve.grpc import attach_grpc
-from tei_ort.serve.loading import load_model
+from tei_ort.serve.loading import LoadedModel, load_model
 from tei_ort.serve.logs import configure_logging
+from tei_ort.serve.memory import ModelMemory, graph_bytes, resident_bytes
 from tei_ort.serve.operations import ServeContext
+from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.settings import Settings, load_settings
 from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 
@@ -40,10 +43,18 @@ VARIANT_DTYPES = {
 }
 
 
-def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
-    started = time.perf_counter()
-    if settings.dense_path is not None:
-        logger.warning("--dense-path ignored: the package carries its Dense layers")
+@dataclass(frozen=True)
+class _Served:
+    """One model loaded for serving, with what the start-up summary reports of it."""
+
+    ctx: ServeContext
+    loaded: LoadedModel
+    config: EngineConfig
+
+
+def _serve_one(settings: Settings) -> _Served:
+    """Load one model (its own engine, batcher and limits) and measure what it costs."""
+    rss_before = resident_bytes()
     loaded_model = load_model(settings)
     model, resolved = loaded_model.model, loaded_model.resolved
     target_batch_tokens, batch_note = loaded_model.target_batch_tokens, loaded_model.batch_note
@@ -73,11 +84,26 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
         cpu=this_cpu().describe(),
         isa_class=this_cpu().isa_class.value,
         embedding_ranges=read_ranges(resolved.path),
+        memory=ModelMemory(
+            graph_bytes=graph_bytes(resolved.path / model.variant.file),
+            load_rss_delta_bytes=resident_bytes() - rss_before,
+        ),
     )
+    return _Served(ctx, loaded_model, config)
+
+
+def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
+    started = time.perf_counter()
+    if settings.dense_path is not None:
+        logger.warning("--dense-path ignored: the package carries its Dense layers")
+    served = [_serve_one(one) for one in settings.per_model()]
+    registry = ModelRegistry(tuple(one.ctx for one in served))
+    ctx, config = served[0].ctx, served[0].config
+    model, resolved = served[0].loaded.model, served[0].loaded.resolved
     loaded = time.perf_counter()
     host = settings.bind_host()
     telemetry = Telemetry.build(
-        ctx,
+        registry,
         TelemetryOptions(
             otlp_endpoint=settings.otlp_endpoint,
             otlp_service_name=settings.otlp_service_name,
@@ -116,9 +142,23 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
             host,
             settings.port,
         )
+        for other in served[1:]:
+            manifest = other.loaded.model.manifest
+            logger.info(
+                "Also serving: %s as %r (%s) task=%s variant=%s max_batch_tokens=%d | "
+                "memory: graph %d bytes, resident +%d bytes at load",
+                other.ctx.model_id,
+                other.ctx.served_model_name,
+                other.loaded.resolved.origin,
+                manifest.task.value,
+                other.ctx.variant,
+                other.config.max_batch_tokens,
+                other.ctx.memory.graph_bytes if other.ctx.memory else 0,
+                other.ctx.memory.load_rss_delta_bytes if other.ctx.memory else 0,
+            )
 
     app = create_app(
-        ctx,
+        registry,
         payload_limit=settings.payload_limit,
         access=AccessPolicy(settings.api_key, settings.cors_allow_origin),
         telemetry=telemetry,

@@ -24,6 +24,10 @@ class Unauthorized(errors.TeiOrtError):
     pass
 
 
+class ModelNotFound(errors.TeiOrtError):
+    """A request's `model` names none of the models this server serves (several are served)."""
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     status: int
@@ -45,6 +49,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     errors.BackendError: ErrorKind(424, "Backend", "server_error"),
     errors.Unhealthy: ErrorKind(503, "Unhealthy", "server_error"),
     Unauthorized: ErrorKind(401, "Unauthorized", "authentication_error"),
+    ModelNotFound: ErrorKind(404, "NotFound", _INVALID),
     sanic_exceptions.PayloadTooLarge: ErrorKind(413, "Validation", _INVALID),
     sanic_exceptions.NotFound: ErrorKind(404, "NotFound", "not_found_error"),
     sanic_exceptions.MethodNotAllowed: ErrorKind(405, "MethodNotAllowed", _INVALID),

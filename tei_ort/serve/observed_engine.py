@@ -22,7 +22,7 @@ from tei_ort.engine.types import (
     TokenEmbeddingsResult,
 )
 from tei_ort.serve.engine_api import EngineAPI, EngineLimits, ModelView
-from tei_ort.serve.metrics import Family, Metrics
+from tei_ort.serve.metrics import Family, ModelMetrics
 from tei_ort.serve.telemetry import current_request
 from tei_ort.serve.tracing import Tracing
 from tei_ort.tokenization import Token
@@ -37,7 +37,7 @@ R = TypeVar("R", bound=_Result)
 
 
 class ObservedEngine:
-    def __init__(self, engine: EngineAPI, metrics: Metrics, tracing: Tracing) -> None:
+    def __init__(self, engine: EngineAPI, metrics: ModelMetrics, tracing: Tracing) -> None:
         self._engine = engine
         self._metrics = metrics
         self._tracing = tracing

@@ -15,6 +15,7 @@ from tei_ort.errors import ValidationError
 from tei_ort.runtime.quantized_embeddings import EmbeddingRanges
 from tei_ort.serve.engine_api import EngineAPI
 from tei_ort.serve.errors import MalformedBody
+from tei_ort.serve.memory import ModelMemory
 from tei_ort.serve.replies import Reply
 
 JsonObject = dict[str, Any]
@@ -41,6 +42,9 @@ class ServeContext:
     variant_note: str = ""  # why this variant was chosen on this machine (free text)
     # The package's int8/uint8 calibration (embedding_ranges.npz); None: float and binary only.
     embedding_ranges: EmbeddingRanges | None = None
+    # What this model costs in memory (graph on disk, resident growth while loading); None in
+    # contexts built without loading a package (tests' fakes).
+    memory: ModelMemory | None = None
 
 
 Handler = Callable[[ServeContext, JsonObject], Awaitable[Reply]]

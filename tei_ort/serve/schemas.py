@@ -37,6 +37,18 @@ class Body(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
 
 
+MODEL_HELP = (
+    "The served model to use, by its served name (several served: an unknown name is a 404; one "
+    "served: not checked, as TEI). Default: the first --model-id."
+)
+
+
+class Routed(Body):
+    """A top-level body: the app routes it by `model` (tei_ort/serve/registry.py)."""
+
+    model: str | None = Field(default=None, description=MODEL_HELP)
+
+
 class Truncation(Body):
     truncate: bool | None = Field(
         default=None, description="Default: the server's --auto-truncate."
@@ -47,7 +59,7 @@ class Truncation(Body):
         return Tokenization(self.truncate, self.truncation_direction, prompt_name)
 
 
-class EmbedBody(Truncation):
+class EmbedBody(Truncation, Routed):
     inputs: Input
     prompt_name: str | None = None
     normalize: bool = True
@@ -57,19 +69,19 @@ class EmbedBody(Truncation):
     )
 
 
-class EmbedAllBody(Truncation):
+class EmbedAllBody(Truncation, Routed):
     inputs: Input
     prompt_name: str | None = None
 
 
-class PredictBody(Truncation):
+class PredictBody(Truncation, Routed):
     inputs: str | list[str] | list[list[str]] = Field(
         description="A text, a [text, text] pair, or a batch of [text] / [text, text]."
     )
     raw_scores: bool = False
 
 
-class RerankBody(Truncation):
+class RerankBody(Truncation, Routed):
     query: str
     texts: list[str]
     raw_scores: bool = False
@@ -86,18 +98,18 @@ class SimilarityParameters(Truncation):
     prompt_name: str | None = None
 
 
-class SimilarityBody(Body):
+class SimilarityBody(Routed):
     inputs: SimilarityInputs
     parameters: SimilarityParameters | None = None
 
 
-class TokenizeBody(Body):
+class TokenizeBody(Routed):
     inputs: str | list[str]
     add_special_tokens: bool = True
     prompt_name: str | None = None
 
 
-class DecodeBody(Body):
+class DecodeBody(Routed):
     ids: TokenIds | list[TokenIds]
     skip_special_tokens: bool = True
 

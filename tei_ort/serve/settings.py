@@ -40,6 +40,10 @@ class Settings(pydantic.BaseModel):
     dtype: Literal["float32", "float16"] | None = None
     pooling: Literal["cls", "mean", "splade", "last_token", "last-token"] | None = None
     served_model_name: str | None = None
+    # Several models in one server: --model-id and --served-model-name given again (or
+    # comma-separated in MODEL_ID / SERVED_MODEL_NAME); the first stays in the fields above.
+    more_model_ids: tuple[str, ...] = ()
+    more_served_model_names: tuple[str, ...] = ()
     default_prompt_name: str | None = None
     default_prompt: str | None = None
     dense_path: str | None = None
@@ -82,7 +86,31 @@ class Settings(pydantic.BaseModel):
     def _one_default_prompt(self) -> Settings:
         if self.default_prompt is not None and self.default_prompt_name is not None:
             raise ValueError("--default-prompt and --default-prompt-name are mutually exclusive")
+        if len(self.more_served_model_names) > len(self.more_model_ids):
+            raise ValueError("more --served-model-name values than --model-id values")
         return self
+
+    def per_model(self) -> tuple[Settings, ...]:
+        """One Settings per served model, the first model's first. The others take every limit and
+        runtime flag, but not the first model's --revision, --pooling, default prompt or
+        --dense-path, which would not fit another model."""
+        first = self.model_copy(update={"more_model_ids": (), "more_served_model_names": ()})
+        names = self.more_served_model_names
+        others = (
+            first.model_copy(
+                update={
+                    "model_id": model_id,
+                    "served_model_name": names[index] if index < len(names) else None,
+                    "revision": None,
+                    "pooling": None,
+                    "default_prompt": None,
+                    "default_prompt_name": None,
+                    "dense_path": None,
+                }
+            )
+            for index, model_id in enumerate(self.more_model_ids)
+        )
+        return (first, *others)
 
     @property
     def model_name(self) -> str:
@@ -125,14 +153,19 @@ FLAGS: tuple[Flag, ...] = (
         "model_id",
         "A tei_ort model package folder, a hub repo or local folder with "
         "an ONNX export (onnx/model.onnx), or a plain Hugging Face model (exported on the fly when "
-        f"the export extra is installed). Default: {DEFAULT_MODEL_ID}, embedded.",
+        f"the export extra is installed). Default: {DEFAULT_MODEL_ID}, embedded. Repeat the "
+        "flag (or comma-separate the env var) to serve several models; the first is the default.",
+        kind="list",
     ),
     Flag("revision", "Hub revision: a commit, branch or refs/pr/N. Default: main."),
     Flag("dtype", "float32 or float16; picks the fp32 or fp16 variant (see --variant)."),
     Flag("pooling", "Override the pooling: cls, mean, splade or last_token."),
     Flag(
         "served_model_name",
-        "Name in /info and OpenAI replies. Default: the model id.",
+        "Name in /info and OpenAI replies, and the `model` requests route by. Default: the "
+        "model id. With several --model-id, one per model in order (repeat the flag, or "
+        "comma-separated in the env var).",
+        kind="list",
     ),
     Flag(
         "default_prompt_name",
@@ -311,5 +344,12 @@ def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
             for origin in item.split(",")
             if origin.strip()
         )
+    for name, more in (
+        ("model_id", "more_model_ids"),
+        ("served_model_name", "more_served_model_names"),
+    ):
+        if name in values:
+            first, *rest = [item.strip() for item in values[name] if item.strip()] or [None]
+            values[name], values[more] = first, tuple(rest)
     values["hostname_from_env"] = "hostname" not in given and "hostname" in values
     return Settings.model_validate(values)

@@ -21,9 +21,10 @@ from opentelemetry.trace import Span
 
 from tei_ort.engine.types import Metadata
 from tei_ort.serve import errors
-from tei_ort.serve.metrics import Metrics
+from tei_ort.serve.metrics import Metrics, ModelSeries
 from tei_ort.serve.metrics_listener import MetricsListener
 from tei_ort.serve.operations import JsonObject, ServeContext
+from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class RequestRecord:
 
     span: Span
     metered: bool
+    # The `model` label: the default model until the request is routed, "" if it names no
+    # served model.
+    model: str
     method: str | None = None  # set once the body is parsed; counted then
     metadata: Metadata | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -87,21 +91,13 @@ class Telemetry:
         self.listener = MetricsListener(metrics.exposition)
         self._options = options or TelemetryOptions()
 
+    @property
+    def default_model(self) -> str:
+        return self.metrics.models[0].name if self.metrics.models else ""
+
     @classmethod
-    def build(cls, ctx: ServeContext, options: TelemetryOptions) -> Telemetry:
-        engine = ctx.engine
-        info = {
-            "model_id": ctx.model_id,
-            "served_model_name": ctx.served_model_name,
-            "task": engine.model.task.value,
-            "variant": ctx.variant or "",
-            "dtype": ctx.dtype,
-            "provider": ctx.provider or "",
-            "version": ctx.version,
-            "isa_class": ctx.isa_class,
-            "cpu": ctx.cpu,
-        }
-        metrics = Metrics(engine.stats, info, engine.model.manifest.max_input_length)
+    def build(cls, models: ServeContext | ModelRegistry, options: TelemetryOptions) -> Telemetry:
+        metrics = Metrics([_series(ctx) for ctx in ModelRegistry.of(models)])
         tracing = Tracing(
             options.otlp_endpoint, options.otlp_service_name, export_delay_s=options.export_delay_s
         )
@@ -119,7 +115,7 @@ class Telemetry:
         """Called once the body is parsed: TEI counts a request when it knows its method."""
         record.method = method
         if record.metered:
-            self.metrics.request_started(method)
+            self.metrics.request_started(method, record.model)
 
     @contextmanager
     def request(
@@ -127,7 +123,9 @@ class Telemetry:
     ) -> Iterator[RequestRecord]:
         """Wraps one request's handling: the body must set `metadata` on success; any exception
         is labelled, traced and re-raised for the error handler to answer."""
-        record = RequestRecord(self.tracing.start_request(name, headers), metered)
+        record = RequestRecord(
+            self.tracing.start_request(name, headers), metered, self.default_model
+        )
         token = _CURRENT.set(record)
         try:
             # The span is current while the handler runs, so log lines carry its trace id.
@@ -144,7 +142,9 @@ class Telemetry:
         else:
             if metered:
                 elapsed = time.perf_counter() - record.started
-                self.metrics.request_succeeded(record.method or "single", elapsed, record.metadata)
+                self.metrics.request_succeeded(
+                    record.method or "single", record.model, elapsed, record.metadata
+                )
             Tracing.end_request(record.span, 200, None)
         finally:
             _CURRENT.reset(token)
@@ -153,9 +153,27 @@ class Telemetry:
         if record.metered:
             if record.method is None:  # failed before its body was parsed
                 self.count(record, "single")
-            self.metrics.request_failed(exc)
+            self.metrics.request_failed(exc, record.model)
         cancelled = isinstance(exc, asyncio.CancelledError)
         status = CLIENT_CLOSED if cancelled else errors.classify(exc).status
         if cancelled:
             logger.debug("client went away; its request was dropped")
         Tracing.end_request(record.span, status, exc)
+
+
+def _series(ctx: ServeContext) -> ModelSeries:
+    info = {
+        "model_id": ctx.model_id,
+        "served_model_name": ctx.served_model_name,
+        "task": ctx.engine.model.task.value,
+        "variant": ctx.variant or "",
+        "dtype": ctx.dtype,
+        "provider": ctx.provider or "",
+        "version": ctx.version,
+        "isa_class": ctx.isa_class,
+        "cpu": ctx.cpu,
+    }
+    manifest = ctx.engine.model.manifest
+    return ModelSeries(
+        ctx.served_model_name, ctx.engine.stats, info, manifest.max_input_length, ctx.memory
+    )

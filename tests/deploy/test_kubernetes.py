@@ -18,7 +18,7 @@ from cloudcoil.models.prometheus_operator import v1 as monitoring
 from tei_ort.engine import EngineStats
 from tei_ort.serve.access import OPEN_GET_PATHS
 from tei_ort.serve.app import GRACEFUL_SHUTDOWN_S
-from tei_ort.serve.metrics import Metrics
+from tei_ort.serve.metrics import Metrics, ModelSeries
 from tei_ort.serve.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def _exposition() -> str:
         overloaded_total=0,
         is_healthy=True,
     )
-    return Metrics(lambda: stats, {}, 128).exposition().decode()
+    return Metrics([ModelSeries("m", lambda: stats, {}, 128)]).exposition().decode()
 
 
 def test_hpa_scales_on_cpu_and_on_the_servers_queue_through_the_adapter_rule() -> None:
@@ -183,4 +183,4 @@ def test_hpa_scales_on_cpu_and_on_the_servers_queue_through_the_adapter_rule() -
     # The series exists, as a gauge, under that name on the server's /metrics.
     exposition = _exposition()
     assert f"# TYPE {hpa_metric} gauge" in exposition
-    assert f"{hpa_metric} 7.0" in exposition.splitlines()
+    assert f'{hpa_metric}{{model="m"}} 7.0' in exposition.splitlines()

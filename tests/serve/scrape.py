@@ -31,4 +31,14 @@ def scrape(client: httpx.Client, path: str = "/metrics") -> dict[Sample, float]:
 
 
 def value(samples: dict[Sample, float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sample with exactly these labels; without a `model` label given, the sum over every
+    model's sample (te_* series carry one; with one model served, that model's)."""
+    if "model" in labels:
+        return samples.get((name, frozenset(labels.items())), 0.0)
+    wanted = frozenset(labels.items())
+    return sum(
+        amount
+        for (sample, sample_labels), amount in samples.items()
+        if sample == name
+        and frozenset(pair for pair in sample_labels if pair[0] != "model") == wanted
+    )

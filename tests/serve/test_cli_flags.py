@@ -133,9 +133,10 @@ def test_prometheus_port_serves_metrics(make_package: MakePackage, tmp_path: Pat
             httpx.post(f"{url}/embed", json={"inputs": ["a", "b"]}, timeout=60).status_code == 200
         )
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60)
+        served = httpx.get(f"{url}/info", timeout=60).json()["served_model_name"]
     assert scraped.status_code == 200
-    assert 'te_request_count{method="batch"} 1.0' in scraped.text
-    assert 'te_request_success{method="batch"} 1.0' in scraped.text
+    assert f'te_request_count{{method="batch",model="{served}"}} 1.0' in scraped.text
+    assert f'te_request_success{{method="batch",model="{served}"}} 1.0' in scraped.text
 
 
 def test_pooling_flag_overrides_the_package(make_package: MakePackage, tmp_path: Path) -> None:  # noqa: F811

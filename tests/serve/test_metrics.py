@@ -88,8 +88,8 @@ def test_tei_names_without_total_or_created(server: httpx.Client) -> None:
     assert "# TYPE te_request_duration histogram" in text
     # TEI's buckets: 35 geometric steps from 1.5e-5 s; powers of two up to max_input_length.
     assert text.count("te_request_duration_bucket{") == 36  # + the +Inf bucket
-    assert 'te_request_input_length_bucket{le="16.0"}' in text
-    assert 'te_request_input_length_bucket{le="32.0"}' not in text
+    assert 'te_request_input_length_bucket{le="16.0",model="fake-model"}' in text
+    assert 'te_request_input_length_bucket{le="32.0",model="fake-model"}' not in text
 
 
 def test_failure_labels(server: httpx.Client) -> None:

@@ -46,7 +46,7 @@ CohereType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 
 
 class CohereEmbedBody(schemas.Body):
-    model: str | None = Field(default=None, description="Not checked: a single model is served.")
+    model: str | None = Field(default=None, description=schemas.MODEL_HELP)
     texts: list[str] | None = None
     input_type: (
         Literal["search_query", "search_document", "classification", "clustering", "image"] | None

@@ -7,8 +7,10 @@ from sanic.response import HTTPResponse
 
 from tei_ort.engine.config import default_tokenization_workers
 from tei_ort.package import Manifest, Task
+from tei_ort.serve.memory import resident_bytes
 from tei_ort.serve.metrics import CONTENT_TYPE
 from tei_ort.serve.operations import JsonObject, ServeContext
+from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.replies import json_response
 from tei_ort.serve.telemetry import Telemetry
 
@@ -16,9 +18,10 @@ HEALTH_PATHS = ("/health", "/", "/ping")
 
 
 async def health(request: Request) -> HTTPResponse:
-    ctx: ServeContext = request.app.ctx.serve
-    # TEI: 200 with an empty body, or 503 with its error body.
-    if await ctx.engine.check_health():
+    models: ModelRegistry = request.app.ctx.models
+    # TEI: 200 with an empty body, or 503 with its error body. Several models: healthy when
+    # every one is (an orchestrator restarts the server for any that is not).
+    if all([await ctx.engine.check_health() for ctx in models]):
         return HTTPResponse(status=200)
     return json_response({"error": "Model is unhealthy", "error_type": "Unhealthy"}, status=503)
 
@@ -65,11 +68,31 @@ def info_payload(ctx: ServeContext) -> JsonObject:
         "isa_class": ctx.isa_class,
         "cpu": ctx.cpu,
         "variant_note": ctx.variant_note,
+        "memory": _memory(ctx),
+    }
+
+
+def _memory(ctx: ServeContext) -> JsonObject | None:
+    if ctx.memory is None:
+        return None
+    return {
+        "graph_bytes": ctx.memory.graph_bytes,
+        "load_rss_delta_bytes": ctx.memory.load_rss_delta_bytes,
+    }
+
+
+def server_info(models: ModelRegistry) -> JsonObject:
+    """TEI's /info for the default model, as TEI clients parse it, and ours beside it: every
+    served model's own /info and the process's resident memory now."""
+    return {
+        **info_payload(models.default),
+        "models": [info_payload(ctx) for ctx in models],
+        "resident_memory_bytes": resident_bytes(),
     }
 
 
 async def info(request: Request) -> HTTPResponse:
-    return json_response(info_payload(request.app.ctx.serve))
+    return json_response(server_info(request.app.ctx.models))
 
 
 async def metrics(request: Request) -> HTTPResponse:

@@ -21,7 +21,7 @@ _OLLAMA_STATUS = {422: 400}
 
 
 class OllamaEmbedBody(schemas.Body):
-    model: str | None = Field(default=None, description="Echoed back; a single model is served.")
+    model: str | None = Field(default=None, description=schemas.MODEL_HELP)
     input: str | list[str] | None = None
     truncate: bool = Field(default=True, description="false: too long an input is an error.")
     dimensions: int | None = Field(default=None, description="Matryoshka, re-normalized.")

@@ -14,6 +14,7 @@ from tei_ort.engine.types import EmbedRequest, Tokenization
 from tei_ort.runtime.quantized_embeddings import EmbeddingType
 from tei_ort.serve import embedding_types, schemas
 from tei_ort.serve.operations import JsonObject, Operation, ServeContext, validate
+from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.replies import Reply
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,11 @@ MODELS_PATH = "/v1/models"
 
 class EmbeddingsBody(schemas.Body):
     input: schemas.Input
-    model: str | None = Field(default=None, description="Not checked: a single model is served.")
+    model: str | None = Field(
+        default=None,
+        description="The served model to use (several served: unknown names are 404; one "
+        "served: not checked). Default: the first.",
+    )
     user: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, description="Matryoshka, then re-normalized.")
@@ -68,7 +73,7 @@ async def embeddings(ctx: ServeContext, body: JsonObject) -> Reply:
     return Reply(payload, result.metadata, vectors.size)
 
 
-def models(ctx: ServeContext) -> JsonObject:
+def models(registry: ModelRegistry) -> JsonObject:
     return {
         "object": "list",
         "data": [
@@ -78,6 +83,7 @@ def models(ctx: ServeContext) -> JsonObject:
                 "created": ctx.created,
                 "owned_by": "tei_ort",
             }
+            for ctx in registry
         ],
     }
 
