@@ -86,6 +86,11 @@ def test_tei_routes_take_an_optional_model_and_default_to_the_first(server: Serv
         _scores(server.reranker, TEXTS[:1])[0], rel=1e-5
     )
     assert c.post("/predict", json={"inputs": [QUERY, TEXTS[0]]}).status_code == 424
+    # POST / picks the route by body shape and the routed model's task.
+    r = c.post("/", json={"inputs": "hello world", "model": "sp"})
+    assert r.status_code == 200 and sorted(e["index"] for e in r.json()[0]) == sorted(set(ids))
+    r = c.post("/", json={"inputs": TEXTS})
+    assert r.status_code == 200 and np.allclose(r.json(), vectors, atol=1e-6)
     assert c.post("/embed", json={"inputs": "a", "model": "rr"}).status_code == 424
 
 
