@@ -21,6 +21,7 @@ from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
 from tei_ort.serve.engine_api import EngineAPI
 from tei_ort.serve.operations import ServeContext
+from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.telemetry import Telemetry
 from tests.conftest import REPO
 
@@ -49,7 +50,7 @@ def context(engine: EngineAPI, **overrides: object) -> ServeContext:
 
 @contextmanager
 def serve(
-    ctx: ServeContext,
+    ctx: ServeContext | ModelRegistry,
     *,
     api_key: str | None = None,
     origins: tuple[str, ...] = (),
