@@ -105,10 +105,16 @@ def read_source(location: Location) -> SourceModel:
         model_dir=model_dir,
         architecture=architecture,
         model_type=model_type,
-        hidden_size=_int(config, ("hidden_size", "dim"), prefix + CONFIG_FILE),
-        num_attention_heads=_int(config, ("num_attention_heads", "n_heads"), prefix + CONFIG_FILE),
+        # DistilBERT names them dim / n_heads, NomicBERT (GPT-2 style) n_embd / n_head /
+        # n_positions (8,192 in nomic-embed-text; rotary, so no embedding table bounds it).
+        hidden_size=_int(config, ("hidden_size", "dim", "n_embd"), prefix + CONFIG_FILE),
+        num_attention_heads=_int(
+            config, ("num_attention_heads", "n_heads", "n_head"), prefix + CONFIG_FILE
+        ),
         vocab_size=_int(config, ("vocab_size",), prefix + CONFIG_FILE),
-        max_position_embeddings=_int(config, ("max_position_embeddings",), prefix + CONFIG_FILE),
+        max_position_embeddings=_int(
+            config, ("max_position_embeddings", "n_positions"), prefix + CONFIG_FILE
+        ),
         pad_token_id=_pad_token_id(config, root / prefix),
         id2label=_id2label(config, prefix + CONFIG_FILE),
         tokenizer_max_length=_tokenizer_max_length(tokenizer_config),

@@ -129,6 +129,10 @@ FAMILIES |= {
     ),
     # GTE (model_type new): our own module, built by tiny_gte.py; BERT's tokenizer as v1.5.
     "gte": FamilySpec("new", "New", "minilm", 0, "cls", heads=CLASSIFIER_HEADS, own_builder="gte"),
+    # NomicBERT (nomic-embed-text-v1.5): our own module, built by tiny_nomic.py; BERT's tokenizer.
+    "nomic-bert": FamilySpec(
+        "nomic_bert", "NomicBert", "minilm", 0, "mean", heads=("embedding",), own_builder="nomic"
+    ),
 }
 
 
@@ -267,6 +271,10 @@ def build_model(family: str, head: str, tokenizer_dir: Path, out: Path, seed: in
         from tests.export import tiny_gte
 
         return tiny_gte.build(head, tokenizer_dir, out, seed)
+    if spec.own_builder == "nomic":
+        from tests.export import tiny_nomic
+
+        return tiny_nomic.build(head, tokenizer_dir, out, seed)
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     bert_specials = spec.tokenizer == "minilm" or spec.tokenizer.endswith("_cls")
     pad_id = tokenizer.token_to_id("[PAD]" if bert_specials else "<pad>")

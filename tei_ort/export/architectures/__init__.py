@@ -12,11 +12,23 @@ from tei_ort.export.architectures import (
     jina_bert,
     modernbert,
     mpnet,
+    nomic_bert,
     roberta,
 )
 from tei_ort.export.architectures.family import Family
 
-MODULES = (bert, roberta, distilbert, mpnet, deberta_v2, modernbert, jina_bert, gte, decoders)
+MODULES = (
+    bert,
+    roberta,
+    distilbert,
+    mpnet,
+    deberta_v2,
+    modernbert,
+    jina_bert,
+    gte,
+    nomic_bert,
+    decoders,
+)
 FAMILIES: tuple[Family, ...] = tuple(family for module in MODULES for family in module.FAMILIES)
 
 __all__ = ["FAMILIES", "Family"]
