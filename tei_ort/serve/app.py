@@ -14,6 +14,7 @@ from sanic.response import HTTPResponse
 
 from tei_ort.serve import errors, openapi
 from tei_ort.serve.access import AccessPolicy
+from tei_ort.serve.memory import resident_bytes
 from tei_ort.serve.observed_engine import ObservedEngine
 from tei_ort.serve.operations import JsonObject, Operation, ServeContext, parse_json
 from tei_ort.serve.registry import ModelRegistry
@@ -92,6 +93,15 @@ def _route(models: ModelRegistry, body: JsonObject, record: RequestRecord) -> Se
     return ctx
 
 
+def _warmed_up(ctx: ServeContext, grown_bytes: int, telemetry: Telemetry) -> ServeContext:
+    """The context with its engine's warm-up added to its memory figures (tei_ort/serve/memory)."""
+    if ctx.memory is None:
+        return ctx  # not loaded from a package (tests' fakes): nothing measured at load either
+    memory = dataclasses.replace(ctx.memory, warm_up_rss_delta_bytes=grown_bytes)
+    telemetry.metrics.memory_measured(ctx.served_model_name, memory)
+    return dataclasses.replace(ctx, memory=memory)
+
+
 async def _models(request: Request) -> HTTPResponse:
     return json_response(openai.models(request.app.ctx.models))
 
@@ -165,8 +175,13 @@ def create_app(
 
     async def start_engine(app: Sanic) -> None:  # type: ignore[type-arg]
         # Before the socket listens: the first request finds every model loaded and warmed up.
-        for engine in engines:
+        started = []
+        for model, engine in zip(app.ctx.models, engines, strict=True):
+            rss_before = resident_bytes()
             await engine.start()
+            started.append(_warmed_up(model, resident_bytes() - rss_before, telemetry))
+        app.ctx.models = ModelRegistry(tuple(started))
+        app.ctx.serve = app.ctx.models.default
         telemetry.start()
         if on_started is not None:
             on_started()

@@ -1,11 +1,13 @@
 """What each served model costs in memory (issue 11): the served graph's bytes on disk and how
-much the process's resident memory grew while the model was loaded and its engine started.
+much the process's resident memory grew while the model was loaded (cli.build) and while its
+engine warmed up (the app's start, before the socket listens).
 
-The growth is measured around each model's load in turn, so it includes what that load brought
-into the process: ONNX Runtime's initialized weights, the tokenizer, warm-up activations kept in
-ONNX Runtime's arena, and (for the first model only) shared libraries loaded then. Activation
-memory that grows later with traffic is not in it; the process's own resident memory
-(process_resident_memory_bytes, /info's resident_memory_bytes) is the whole."""
+The growth is measured around each model in turn, so it holds what that model brought into the
+process: ONNX Runtime's session and weights, the tokenizer, the activations of the variant and
+batch trials and of the warm-up forward that ONNX Runtime's arena keeps, and (for the first model
+only) shared libraries loaded then. Activation memory that grows later with traffic is not in it;
+the process's own resident memory (process_resident_memory_bytes, /info's
+resident_memory_bytes) is the whole."""
 
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ _EXTERNAL_DATA_SUFFIXES = ("_data", ".data")
 class ModelMemory:
     graph_bytes: int  # the served graph file and its external data, on disk
     load_rss_delta_bytes: int  # resident memory the process gained while loading this model
+    warm_up_rss_delta_bytes: int = 0  # ... and while its engine started and warmed up
+
+    @property
+    def rss_delta_bytes(self) -> int:
+        return self.load_rss_delta_bytes + self.warm_up_rss_delta_bytes
 
 
 def resident_bytes() -> int:

@@ -15,7 +15,8 @@ what TEI lacks and operators ask for (process memory, model info, requests in fl
     te_request_in_flight         admitted requests not yet answered (ours)
     te_model_info{...} 1         model id, task, variant, dtype, provider, version, isa_class,
                                  cpu (ours)
-    te_model_memory_bytes        resident memory the process gained loading the model (ours)
+    te_model_memory_bytes        resident memory the process gained loading the model and
+                                 warming up its engine (ours; tei_ort/serve/memory.py)
     te_model_graph_bytes         the served graph's bytes on disk, external data included (ours)
     process_*                    prometheus-client's process collector: RSS, CPU, fds (ours)
 
@@ -120,7 +121,6 @@ class ModelSeries:
     stats: Callable[[], EngineStats]
     info: Mapping[str, str]  # te_model_info's labels
     max_input_length: int
-    memory: ModelMemory | None = None
 
 
 class _Phases:
@@ -169,7 +169,7 @@ class _FamilyMetrics:
 
 
 class _EngineCollector(Collector):
-    """Gauges read from each model's engine at scrape time, and each model's info and memory."""
+    """Gauges read from each model's engine at scrape time, and each model's info series."""
 
     def __init__(self, models: Sequence[ModelSeries]) -> None:
         self._models = tuple(models)
@@ -182,22 +182,11 @@ class _EngineCollector(Collector):
         in_flight = GaugeMetricFamily(
             "te_request_in_flight", "Admitted requests not yet answered", labels=[MODEL]
         )
-        memory = GaugeMetricFamily(
-            "te_model_memory_bytes",
-            "Resident memory the process gained while loading the model",
-            labels=[MODEL],
-        )
-        graph = GaugeMetricFamily(
-            "te_model_graph_bytes", "The served graph's bytes on disk", labels=[MODEL]
-        )
         for model in self._models:
             stats = model.stats()
             queue.add_metric([model.name], stats.queue_size)
             in_flight.add_metric([model.name], stats.in_flight)
-            if model.memory is not None:
-                memory.add_metric([model.name], model.memory.load_rss_delta_bytes)
-                graph.add_metric([model.name], model.memory.graph_bytes)
-        yield from (queue, in_flight, memory, graph)
+        yield from (queue, in_flight)
         # One family, one label set: every model's info series must name the same labels.
         label_names = list(dict.fromkeys(k for m in self._models for k in (MODEL, *m.info)))
         info = GaugeMetricFamily("te_model_info", "A served model (value 1)", labels=label_names)
@@ -253,11 +242,25 @@ class Metrics:
             buckets=BATCH_TOKENS_BUCKETS,
         )
         self.families = {family: _FamilyMetrics(family, registry) for family in Family}
+        # Set at start-up, as each model's figures are measured (memory_measured).
+        self.model_memory = prometheus_client.Gauge(
+            "te_model_memory_bytes",
+            "Resident memory the process gained loading the model and warming up its engine",
+            [MODEL],
+            registry=registry,
+        )
+        self.model_graph = prometheus_client.Gauge(
+            "te_model_graph_bytes", "The served graph's bytes on disk", [MODEL], registry=registry
+        )
         registry.register(_EngineCollector(self.models))
         prometheus_client.ProcessCollector(registry=registry)
 
     def for_model(self, name: str) -> ModelMetrics:
         return ModelMetrics(self, name)
+
+    def memory_measured(self, model: str, memory: ModelMemory) -> None:
+        self.model_memory.labels(model).set(memory.rss_delta_bytes)
+        self.model_graph.labels(model).set(memory.graph_bytes)
 
     # -- per HTTP request ---------------------------------------------------------------------
 

@@ -97,7 +97,11 @@ class Telemetry:
 
     @classmethod
     def build(cls, models: ServeContext | ModelRegistry, options: TelemetryOptions) -> Telemetry:
-        metrics = Metrics([_series(ctx) for ctx in ModelRegistry.of(models)])
+        registry = ModelRegistry.of(models)
+        metrics = Metrics([_series(ctx) for ctx in registry])
+        for ctx in registry:
+            if ctx.memory is not None:
+                metrics.memory_measured(ctx.served_model_name, ctx.memory)
         tracing = Tracing(
             options.otlp_endpoint, options.otlp_service_name, export_delay_s=options.export_delay_s
         )
@@ -174,6 +178,4 @@ def _series(ctx: ServeContext) -> ModelSeries:
         "cpu": ctx.cpu,
     }
     manifest = ctx.engine.model.manifest
-    return ModelSeries(
-        ctx.served_model_name, ctx.engine.stats, info, manifest.max_input_length, ctx.memory
-    )
+    return ModelSeries(ctx.served_model_name, ctx.engine.stats, info, manifest.max_input_length)

@@ -77,7 +77,9 @@ def _memory(ctx: ServeContext) -> JsonObject | None:
         return None
     return {
         "graph_bytes": ctx.memory.graph_bytes,
+        "rss_delta_bytes": ctx.memory.rss_delta_bytes,
         "load_rss_delta_bytes": ctx.memory.load_rss_delta_bytes,
+        "warm_up_rss_delta_bytes": ctx.memory.warm_up_rss_delta_bytes,
     }
 
 
