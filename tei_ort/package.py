@@ -131,6 +131,20 @@ class DenseLayer:
 
 
 @dataclass(frozen=True)
+class TokenHeads:
+    """BGE-M3's heads over the graph's last_hidden_state, applied by the runtime in numpy
+    (tei_ort/runtime/outputs.py): `sparse` (an .npz of weight (1, hidden) and bias (1,)) gives
+    relu(h @ w.T + b) per token, max over repeats of a token id, `unused_token_ids` dropped;
+    `colbert` (weight (dim, hidden), bias (dim,)) gives one normalized vector per token after
+    the first. Each file is None when the checkpoint has no such head."""
+
+    sparse: str | None = None
+    colbert: str | None = None
+    unused_token_ids: tuple[int, ...] = ()
+    vocab_size: int = 0  # config.json's: the length of a sparse vector
+
+
+@dataclass(frozen=True)
 class Source:
     model_id: str
     revision: str | None
@@ -170,6 +184,8 @@ class Manifest:
     id2label: dict[int, str] = field(default_factory=dict)
     # LLM re-rankers (Qwen3-Reranker): how a (query, document) pair becomes ids; None elsewhere.
     pair_template: PairTemplate | None = None
+    # BGE-M3's sparse and ColBERT heads (embedding packages whose source has them); else None.
+    token_heads: TokenHeads | None = None
     # Every package file but manifest.json, export.json and checks.json: relative path -> digest.
     # Empty in packages exported before tei_ort recorded them (served unverified, with a warning).
     files: dict[str, FileDigest] = field(default_factory=dict)
@@ -235,6 +251,7 @@ class Manifest:
                 pair_template=PairTemplate(**data["pair_template"])
                 if data.get("pair_template")
                 else None,
+                token_heads=_token_heads(data["token_heads"]) if data.get("token_heads") else None,
                 files={
                     str(name): FileDigest(sha256=str(d["sha256"]), size=int(d["size"]))
                     for name, d in data.get("files", {}).items()
@@ -242,6 +259,15 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackageError(f"{MANIFEST_FILE}: malformed ({exc!r})") from exc
+
+
+def _token_heads(data: dict[str, Any]) -> TokenHeads:
+    return TokenHeads(
+        sparse=data.get("sparse"),
+        colbert=data.get("colbert"),
+        unused_token_ids=tuple(int(i) for i in data.get("unused_token_ids", ())),
+        vocab_size=int(data.get("vocab_size", 0)),
+    )
 
 
 def _plain(value: Any) -> Any:

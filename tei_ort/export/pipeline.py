@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tei_ort import __version__, integrity
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import calibration, checkpoints, fuse, publish, recipes, writer
+from tei_ort.export import calibration, checkpoints, fuse, m3_heads, publish, recipes, writer
 from tei_ort.export.architectures import llm_rerank
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
@@ -292,6 +292,7 @@ def _base_manifest(subject: Subject, out: Path) -> Manifest:
         default_prompt_name=st.default_prompt_name if st else None,
         id2label=dict(source.id2label) if task in (Task.CLASSIFICATION, Task.RERANKER) else {},
         pair_template=llm_rerank.template_for(source) if task is Task.RERANKER else None,
+        token_heads=m3_heads.write(source, out) if task is Task.EMBEDDING else None,
     )
 
 

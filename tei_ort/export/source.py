@@ -20,6 +20,9 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+# BGE-M3's sparse and ColBERT heads as FlagEmbedding saves them, beside modules.json
+# (torch pickles: checked by checkpoints.check like every weight file read).
+TOKEN_HEAD_FILES = ("sparse_linear.pt", "colbert_linear.pt")
 # transformers writes model_max_length = int(1e30) when a tokenizer has no limit.
 _SANE_MAX_LENGTH = 1_000_000
 
@@ -99,6 +102,7 @@ def read_source(location: Location) -> SourceModel:
         if (model_dir / f).is_file()
     ]
     read += list(st.read_files) if st is not None else []
+    read += [name for name in TOKEN_HEAD_FILES if (root / name).is_file()]
     return SourceModel(
         location=location,
         root=root,

@@ -136,6 +136,7 @@ class Model:
         self.session = session
         self.variant = variant
         self._dense = tuple(dense)
+        self._token_heads = _load_token_heads(path, manifest)  # BGE-M3's sparse / ColBERT
         # Why this provider and variant on this machine (selection.Selection.note); "" when the
         # caller pinned them without checks.
         self.selection_note = ""
@@ -222,14 +223,44 @@ class Model:
         return pooled
 
     def forward_tokens(self, encodings: Sequence[Encoded]) -> list[FloatArray]:
-        """Per-token hidden states, one (len, hidden) array per input (TEI's /embed_all)."""
+        """Per-token hidden states, one (len, hidden) array per input (TEI's /embed_all); with a
+        ColBERT head (BGE-M3), its normalized multi-vectors, one (len - 1, dim) per input."""
         if self.task is not Task.EMBEDDING:
             raise WrongModelType(
                 f"per-token embeddings need an embedding model, this is {self.task.value}"
             )
         feeds = self._pad(encodings)
         raw = self.session.run(feeds)  # (batch, seq, hidden)
+        colbert = self._token_heads.get("colbert")
+        if colbert is not None:
+            return outputs.colbert_vectors(raw, [len(e) for e in encodings], colbert)
         return [raw[row, : len(e)] for row, e in enumerate(encodings)]
+
+    @property
+    def has_sparse_head(self) -> bool:
+        """An embedding model that also gives sparse vectors (BGE-M3's sparse_linear)."""
+        return "sparse" in self._token_heads
+
+    def forward_sparse(self, encodings: Sequence[Encoded]) -> FloatArray:
+        """(batch, vocab) sparse weights: SPLADE's graph output, or BGE-M3's sparse head over the
+        hidden states."""
+        if self.task is Task.SPARSE_EMBEDDING:
+            return self.forward(encodings)
+        heads = self.manifest.token_heads
+        if not self.has_sparse_head or heads is None:
+            raise WrongModelType("model is not an embedding model with SPLADE pooling")
+        feeds = self._pad(encodings)
+        n = len(encodings)
+        raw = self.session.run(feeds)[:n]  # (batch, seq, hidden)
+        unused = np.asarray(heads.unused_token_ids, dtype=np.int64)
+        return outputs.sparse_token_weights(
+            raw,
+            feeds["input_ids"][:n],
+            feeds["attention_mask"][:n],
+            self._token_heads["sparse"],
+            unused,
+            heads.vocab_size,
+        )
 
     # -- the Python API ------------------------------------------------------------------------
 
@@ -255,9 +286,19 @@ class Model:
     def embed_sparse(
         self, texts: Sequence[str], *, truncate: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> FloatArray:
-        """(n, vocab) SPLADE weights, mostly zeros."""
-        self._require(Task.SPARSE_EMBEDDING)
-        return self._batched(self.encode(texts, truncate=truncate), batch_size)
+        """(n, vocab) SPLADE weights (or BGE-M3's sparse head's), mostly zeros."""
+        if not self.has_sparse_head:
+            self._require(Task.SPARSE_EMBEDDING)
+        encodings = self.encode(texts, truncate=truncate)
+        result: FloatArray | None = None
+        for indices in _length_sorted_batches(encodings, batch_size):
+            out = self.forward_sparse([encodings[i] for i in indices])
+            if result is None:
+                result = np.empty((len(encodings), out.shape[1]), dtype=np.float32)
+            result[indices] = out
+        if result is None:
+            raise ValidationError("no inputs")
+        return result
 
     def embed_all(
         self, texts: Sequence[str], *, truncate: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
@@ -372,6 +413,21 @@ def _length_sorted_batches(encodings: Sequence[Encoded], batch_size: int) -> Ite
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+def _load_token_heads(path: Path, manifest: Manifest) -> dict[str, tuple[FloatArray, FloatArray]]:
+    """The package's BGE-M3 heads by name (sparse, colbert): (weight (out, hidden), bias (out,))."""
+    heads = manifest.token_heads
+    if heads is None:
+        return {}
+    files = {"sparse": heads.sparse, "colbert": heads.colbert}
+    loaded = {}
+    for name, file in files.items():
+        if file is not None:
+            layer = _load_dense(path / file, Activation.IDENTITY)
+            bias = layer.bias if layer.bias is not None else np.zeros(len(layer.weight), np.float32)
+            loaded[name] = (layer.weight, bias)
+    return loaded
 
 
 def _load_dense(path: Path, activation: Activation) -> DenseWeights:

@@ -111,3 +111,36 @@ def sparse_entries(row: FloatArray) -> tuple[IntArray, FloatArray]:
     """A (vocab,) SPLADE vector -> (indices, values) of its non-zero entries, indices ascending."""
     indices = np.flatnonzero(row > 0)
     return indices.astype(np.int64), row[indices].astype(np.float32)
+
+
+def sparse_token_weights(
+    hidden: FloatArray,
+    input_ids: IntArray,
+    mask: IntArray,
+    head: tuple[FloatArray, FloatArray],
+    unused_ids: IntArray,
+    vocab: int,
+) -> FloatArray:
+    """BGE-M3's sparse vectors: relu(hidden @ w.T + b) per token, the largest weight of each
+    token id, padding and `unused_ids` (cls, eos, pad, unk) at zero, as FlagEmbedding's BGEM3.
+    (batch, seq, hidden), (batch, seq) ids and mask, w (1, hidden), b (1,) -> (batch, vocab)"""
+    weight, bias = head
+    token = np.maximum(hidden @ weight[0] + bias[0], 0).astype(np.float32)  # (batch, seq)
+    token = np.where(mask.astype(bool) & ~np.isin(input_ids, unused_ids), token, 0)
+    out = np.zeros((hidden.shape[0], vocab), dtype=np.float32)
+    rows = np.broadcast_to(np.arange(hidden.shape[0])[:, None], input_ids.shape)
+    np.maximum.at(out, (rows, input_ids), token)  # max over repeats of a token id
+    return out
+
+
+def colbert_vectors(
+    hidden: FloatArray, lengths: list[int], head: tuple[FloatArray, FloatArray]
+) -> list[FloatArray]:
+    """BGE-M3's multi-vectors: each token after the first (CLS), up to the input's length,
+    through the ColBERT linear layer and L2-normalized. (batch, seq, hidden) -> per input
+    (length - 1, dim)."""
+    weight, bias = head
+    return [
+        normalize((hidden[row, 1:length] @ weight.T + bias).astype(np.float32))
+        for row, length in enumerate(lengths)
+    ]

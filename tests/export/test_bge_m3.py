@@ -1,0 +1,138 @@
+"""BGE-M3's three outputs from one package: the dense vector (CLS, normalized) on `embed`, the
+sparse weights of sparse_linear.pt on `embed_sparse`, the ColBERT multi-vectors of
+colbert_linear.pt on `embed_all` (Model.forward_tokens), each against a reference computed here
+in torch from the same weights with FlagEmbedding's rules (BGEM3: relu(sparse_linear(h)) per
+token, the largest per token id, cls / eos / pad / unk dropped; colbert_linear(h[:, 1:]) masked
+and L2-normalized)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tei_ort.errors import PackageError
+from tei_ort.export.pipeline import ExportResult, export_model
+from tei_ort.package import TokenHeads, VariantName
+from tei_ort.runtime import Model, RuntimeOptions
+from tests.export import tiny_bge_m3
+from tests.export.conftest import TINY_OPTIONS
+
+TEXTS = ["What is BGE M3?", "A A A b B", "x", "Übung macht den Meister, naïve café. " * 30]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory, tokenizer_dirs: dict[str, Path]) -> Path:
+    return tiny_bge_m3.build(tokenizer_dirs["unigram"], tmp_path_factory.mktemp("m3") / "bge-m3")
+
+
+@pytest.fixture(scope="module")
+def package(source: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    return export_model(str(source), tmp_path_factory.mktemp("m3-pkg") / "pkg", TINY_OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def model(package: ExportResult) -> Model:
+    return Model.load(package.path, RuntimeOptions(provider="cpu", variant="fp32"))
+
+
+def reference(source: Path, texts: list[str]) -> dict[str, list[np.ndarray]]:
+    """FlagEmbedding's BGEM3 outputs, worked in torch on transformers' XLM-RoBERTa."""
+    from transformers import AutoTokenizer, XLMRobertaModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    encoder = XLMRobertaModel.from_pretrained(str(source), add_pooling_layer=False).eval()
+    heads = {
+        name: torch.load(source / f"{name}_linear.pt", weights_only=True)
+        for name in ("sparse", "colbert")
+    }
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=8192, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(**encoded).last_hidden_state  # (batch, seq, hidden)
+    mask = encoded["attention_mask"]
+    dense = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
+    token_weights = torch.relu(hidden @ heads["sparse"]["weight"].T + heads["sparse"]["bias"])
+    colbert = hidden[:, 1:] @ heads["colbert"]["weight"].T + heads["colbert"]["bias"]
+    colbert = torch.nn.functional.normalize(colbert * mask[:, 1:, None], dim=-1)
+    unused = {
+        tokenizer.convert_tokens_to_ids(tokenizer.special_tokens_map[t])
+        for t in ("cls_token", "eos_token", "pad_token", "unk_token")
+    }
+    sparse, multi = [], []
+    for row, ids in enumerate(encoded["input_ids"].tolist()):
+        vector = np.zeros(len(tokenizer), dtype=np.float32)
+        for weight, token in zip(token_weights[row, :, 0].tolist(), ids, strict=True):
+            if token not in unused and weight > vector[token]:
+                vector[token] = weight
+        sparse.append(vector)
+        multi.append(colbert[row, : int(mask[row].sum()) - 1].numpy())
+    return {"dense": list(dense.numpy()), "sparse": sparse, "colbert": multi}
+
+
+def test_manifest_names_the_heads(package: ExportResult) -> None:
+    heads = package.manifest.token_heads
+    assert heads == TokenHeads(
+        sparse="sparse_linear.npz",
+        colbert="colbert_linear.npz",
+        unused_token_ids=(0, 1, 2, 3),  # <s>, <pad>, </s>, <unk>
+        vocab_size=heads.vocab_size if heads else -1,
+    )
+    assert heads is not None and heads.vocab_size == 600
+    assert {"sparse_linear.npz", "colbert_linear.npz"} <= set(package.manifest.files)
+    fp32 = package.manifest.variant(VariantName.FP32).validation
+    assert fp32 is not None and fp32.passed
+
+
+def test_dense_vector(model: Model, source: Path) -> None:
+    want = np.stack(reference(source, TEXTS)["dense"])
+    np.testing.assert_allclose(model.embed(TEXTS), want, atol=1e-4, rtol=0)
+
+
+def test_sparse_weights(model: Model, source: Path) -> None:
+    want = np.stack(reference(source, TEXTS)["sparse"])
+    got = model.embed_sparse(TEXTS)
+    assert got.shape == want.shape == (len(TEXTS), 600)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert (got[:, [0, 1, 2, 3]] == 0).all()  # special tokens dropped
+    assert all((row > 0).sum() > 0 for row in got)
+    # "A A A b B": each id once, with the largest of its weights.
+    ids = model.encode([TEXTS[1]])[0].ids
+    assert (got[1] > 0).sum() <= len(set(ids.tolist()) - {0, 1, 2, 3})
+
+
+def test_colbert_vectors_on_embed_all(model: Model, source: Path) -> None:
+    want = reference(source, TEXTS)["colbert"]
+    got = model.embed_all(TEXTS)
+    for text, g, w in zip(TEXTS, got, want, strict=True):
+        assert g.shape == w.shape == (len(model.encode([text])[0]) - 1, tiny_bge_m3.HIDDEN)
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1.0, atol=1e-5)
+
+
+def test_batch_invariance(model: Model) -> None:
+    sparse, multi = model.embed_sparse(TEXTS), model.embed_all(TEXTS)
+    for index, text in enumerate(TEXTS):
+        np.testing.assert_allclose(model.embed_sparse([text])[0], sparse[index], atol=1e-5)
+        np.testing.assert_allclose(model.embed_all([text])[0], multi[index], atol=1e-5)
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pickle code ran",))
+
+
+def test_a_head_pickle_that_runs_code_is_refused(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    folder = tmp_path / "m3"
+    shutil.copytree(source, folder)
+    with (folder / "sparse_linear.pt").open("wb") as handle:
+        pickle.dump({"weight": _Payload()}, handle)
+    with pytest.raises(PackageError, match="sparse_linear.pt"):
+        export_model(str(folder), tmp_path / "pkg", TINY_OPTIONS)
+    assert "pickle code ran" not in capsys.readouterr().out
