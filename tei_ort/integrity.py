@@ -135,6 +135,7 @@ def _check_listed(manifest: Manifest) -> None:
     needed = [
         TOKENIZER_FILE,
         *(v.file for v in manifest.variants),
+        *(name for v in manifest.variants for name in v.data_files),
         *(d.file for d in manifest.dense),
     ]
     for name in needed:

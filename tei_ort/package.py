@@ -114,6 +114,9 @@ class Variant:
     # Element type of the graph's float outputs: "float32" or "float16".
     output_dtype: str = "float32"
     validation: Validation | None = None
+    # The graph's external-data files (tensors of a graph over 2 GB; "model.onnx.data"), which
+    # ONNX Runtime reads from beside the graph; the integrity check requires their digests.
+    data_files: tuple[str, ...] = ()
 
     @property
     def is_servable(self) -> bool:
@@ -231,6 +234,7 @@ class Manifest:
                         providers=tuple(v["providers"]),
                         output_dtype=v.get("output_dtype", "float32"),
                         validation=Validation(**v["validation"]) if v.get("validation") else None,
+                        data_files=tuple(str(name) for name in v.get("data_files", ())),
                     )
                     for v in data["variants"]
                 ),

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tei_ort.export import graph_files
 from tei_ort.export.recipes import Recipe
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,15 @@ class FusionReport:
         return ", ".join(f"{op} x{count}" for op, count in sorted(self.op_counts.items()) if count)
 
 
-def fuse(raw: Path, out: Path, recipe: Recipe, *, num_heads: int, hidden_size: int) -> FusionReport:
+def fuse(
+    raw: Path,
+    out: Path,
+    recipe: Recipe,
+    *,
+    num_heads: int,
+    hidden_size: int,
+    threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES,
+) -> FusionReport:
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the Python fusions, no ORT session rewrites, so the graph stays portable
@@ -47,19 +56,20 @@ def fuse(raw: Path, out: Path, recipe: Recipe, *, num_heads: int, hidden_size: i
         use_gpu=False,
     )
     counts = {op: int(n) for op, n in model.get_fused_operator_statistics().items() if n}
-    model.save_model_to_file(str(out))
+    graph_files.save(model.model, out, threshold_bytes)
     report = FusionReport(counts)
     logger.info("fused %s: %s", recipe.architecture, report.summary() or "nothing fused")
     return report
 
 
-def convert_fp16(source: Path, out: Path) -> None:
+def convert_fp16(
+    source: Path, out: Path, threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES
+) -> None:
     """fp16 weights and compute for CUDA. keep_io_types: the server still feeds int64 ids and reads
     float32 outputs, so one code path serves every variant."""
-    import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(onnx.load(str(source)))
+    model = OnnxModel(graph_files.load(source))
     # Symbolic shape inference knows the fused contrib ops (Attention, SkipLayerNormalization...).
     model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
-    model.save_model_to_file(str(out))
+    graph_files.save(model.model, out, threshold_bytes)

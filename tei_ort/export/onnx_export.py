@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from tei_ort.errors import PackageError
+from tei_ort.export import graph_files
 from tei_ort.export.architectures import own
 from tei_ort.export.recipes import MASKED_LM, Recipe
 
@@ -24,13 +25,26 @@ SPARSE_OUTPUT = MASKED_LM.output_name
 DYNAMIC_AXES = ("batch_size", "sequence_length")
 
 
-def export_onnx(model_dir: Path, recipe: Recipe, out: Path, *, opset: int = DEFAULT_OPSET) -> None:
+def export_onnx(
+    model_dir: Path,
+    recipe: Recipe,
+    out: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES,
+) -> None:
     """Write optimum's graph for `recipe` to `out`: inputs (batch, seq) int64, one output named by
     `recipe.head.export_output`. `add_head` turns it (or its fused form) into the package graph.
-    Families whose modelling code lives on the hub are exported from our own torch modules."""
+    Families whose modelling code lives on the hub are exported from our own torch modules.
+    Graphs over `threshold_bytes` keep their tensors in `<out>.data` (graph_files)."""
     if recipe.family.own_module is not None:
-        own.export(model_dir, recipe, out, opset=opset)
-        check_io(onnx.load(str(out)), recipe, recipe.head.export_output)
+        # torch.onnx writes a model over 2 GB as one file per tensor beside the graph: export
+        # into a folder of its own, then rewrite it in the package layout.
+        with tempfile.TemporaryDirectory(prefix="tei-export-", dir=out.parent) as tmp:
+            own.export(model_dir, recipe, Path(tmp) / "model.onnx", opset=opset)
+            graph = graph_files.load(Path(tmp) / "model.onnx")
+        check_io(graph, recipe, recipe.head.export_output)
+        graph_files.save(graph, out, threshold_bytes)
         return
     from optimum.exporters.onnx import main_export
     from torch.jit import TracerWarning  # type: ignore[attr-defined]
@@ -50,22 +64,26 @@ def export_onnx(model_dir: Path, recipe: Recipe, out: Path, *, opset: int = DEFA
             do_validation=False,
             local_files_only=True,
         )
-        graph = onnx.load(str(Path(tmp) / "model.onnx"))
+        graph = graph_files.load(Path(tmp) / "model.onnx")
     if recipe.family.raw_graph_fix is not None:
         changed = recipe.family.raw_graph_fix(graph)
         logger.info("%s: graph fix changed %d places", recipe.architecture, changed)
     check_io(graph, recipe, recipe.head.export_output)
-    onnx.save(graph, str(out))
+    graph_files.save(graph, out, threshold_bytes)
 
 
-def add_head(graph_path: Path, recipe: Recipe) -> None:
+def add_head(
+    graph_path: Path,
+    recipe: Recipe,
+    threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES,
+) -> None:
     """Make an exported (or fused) graph the package graph, in place. Runs after fusion: the
     transformer optimizer's shape inference does not follow the appended SPLADE nodes."""
-    graph = onnx.load(str(graph_path))
+    graph = graph_files.load(graph_path)
     if recipe.head is MASKED_LM:
         append_splade(graph)
     check_io(graph, recipe, recipe.head.output_name)
-    onnx.save(graph, str(graph_path))
+    graph_files.save(graph, graph_path, threshold_bytes)
 
 
 def append_splade(model: onnx.ModelProto) -> None:

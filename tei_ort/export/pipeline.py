@@ -16,7 +16,16 @@ from pathlib import Path
 
 from tei_ort import __version__, integrity
 from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import calibration, checkpoints, fuse, m3_heads, publish, recipes, writer
+from tei_ort.export import (
+    calibration,
+    checkpoints,
+    fuse,
+    graph_files,
+    m3_heads,
+    publish,
+    recipes,
+    writer,
+)
 from tei_ort.export.architectures import llm_rerank
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
@@ -65,6 +74,9 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     validation_queries: int = 64
     validation_passages: int = 192
+    # Graphs larger than this keep their tensors in `<graph>.data` (protobuf's 2 GiB limit);
+    # tests lower it to send a tiny model down that path.
+    external_data_threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES
 
 
 @dataclass(frozen=True)
@@ -244,7 +256,10 @@ def cache_key(source: SourceModel, options: ExportOptions) -> tuple[str, dict[st
 def _graphs(subject: Subject, work: Path, options: ExportOptions, timer: _Timer) -> Graphs:
     source = subject.source
     raw, fused = work / "raw.onnx", work / "fused.onnx"
-    export_onnx(source.model_dir, subject.recipe, raw, opset=options.opset)
+    threshold = options.external_data_threshold_bytes
+    export_onnx(
+        source.model_dir, subject.recipe, raw, opset=options.opset, threshold_bytes=threshold
+    )
     timer.lap("onnx_export")
     report = fuse.fuse(
         raw,
@@ -252,11 +267,12 @@ def _graphs(subject: Subject, work: Path, options: ExportOptions, timer: _Timer)
         subject.recipe,
         num_heads=source.num_attention_heads,
         hidden_size=source.hidden_size,
+        threshold_bytes=threshold,
     )
-    add_head(raw, subject.recipe)
-    add_head(fused, subject.recipe)
+    add_head(raw, subject.recipe, threshold)
+    add_head(fused, subject.recipe, threshold)
     timer.lap("fuse")
-    return Graphs(raw, fused, report)
+    return Graphs(raw, fused, report, threshold)
 
 
 def _base_manifest(subject: Subject, out: Path) -> Manifest:
@@ -300,9 +316,11 @@ def _remove_unlisted_graphs(out: Path, manifest: Manifest) -> None:
     """Graphs this manifest does not list (a variant the quantizer could not build, or one that
     was written and then dropped)."""
     listed = {variant.file for variant in manifest.variants}
+    listed |= {name for variant in manifest.variants for name in variant.data_files}
     for spec in VARIANT_SPECS.values():
-        if spec.file not in listed:
-            (out / spec.file).unlink(missing_ok=True)
+        for name in (spec.file, graph_files.data_file(Path(spec.file)).name):
+            if name not in listed:
+                (out / name).unlink(missing_ok=True)
 
 
 class _Timer:

