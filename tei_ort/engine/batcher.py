@@ -1,7 +1,7 @@
-"""Continuous token-budget batching: the forward thread, the queue it takes batches from, health.
+"""Continuous token-budget batching: the forward threads, the queue they take batches from, health.
 
     request coroutines --submit (lock)--> LengthQueue (one per ForwardKind)
-    forward thread: forms the next batch (lock) -> forward -> hands outputs to the event loop
+    forward thread (one per replica): forms the next batch (lock) -> forward -> outputs to the loop
     event loop --deliver--> request futures
 
 The forward thread forms each batch itself, the moment the previous forward ends: it never
@@ -10,6 +10,11 @@ everything that arrived until then, so a small request that arrives during a for
 very next batch (see queue.py for turns), never behind a batch prepared before it came. Forming a
 batch costs O(batch + distinct lengths) under the lock; the loop holds the same lock only to
 push a request's inputs or drop a cancelled one's.
+
+Replicas (--engine-replicas): one forward thread per backend (each its own ORT session and thread
+pool), all taking batches from the one queue, so a second batch runs while the first does and
+every batch, failure and counter is the batcher's own: metrics add up by construction. A thread
+that forms a batch and leaves inputs queued wakes another, so idle replicas pick up the rest.
 
 Delivery runs on the event loop, the one place that catches broad exceptions: a failed forward
 (BackendError from the runtime, or anything else) fails only the requests in that batch, is
@@ -72,23 +77,27 @@ class _Probe:
 class Batcher:
     def __init__(
         self,
-        model: ModelBackend,
+        models: Sequence[ModelBackend],
         max_batch_tokens: int,
         max_batch_requests: int | None,
         max_padding_ratio: float | None = None,
     ) -> None:
-        self._model = model
+        if not models:
+            raise ValueError("the batcher needs at least one model to run forwards on")
+        self._models = tuple(models)  # one forward thread each
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_requests = max_batch_requests
         self._max_padding_ratio = max_padding_ratio
         self._queues = {kind: LengthQueue() for kind in ForwardKind}
-        # Guards the queues, _probes, _running and _stopping; the forward thread waits on it.
+        # Guards the queues, _probes, _running, _alive and _stopping; forward threads wait on it.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
-        self._probes: deque[_Probe] = deque()  # forwards outside the queue, run first
-        self._running: list[Item] = []  # the batch in the forward thread
+        # Per replica: forwards outside the queue (warm-up, health), run first by that replica.
+        self._probes: list[deque[_Probe]] = [deque() for _ in self._models]
+        self._running: list[list[Item]] = [[] for _ in self._models]  # each thread's batch
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._alive = 0  # forward threads not yet returned
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Future[None] | None = None
         self.is_healthy = True
@@ -100,25 +109,39 @@ class Batcher:
         return sum(queue.size for queue in self._queues.values())
 
     @property
+    def replicas(self) -> int:
+        return len(self._models)
+
+    @property
     def _is_running(self) -> bool:
-        return self._thread is not None and not self._stopping
+        return bool(self._threads) and not self._stopping
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
         self._stopping = False
-        self._thread = threading.Thread(target=self._serve, name="tei-forward", daemon=True)
-        self._thread.start()
+        self._alive = len(self._models)
+        self._threads = [
+            threading.Thread(
+                target=self._serve,
+                args=(index,),
+                name="tei-forward" if index == 0 else f"tei-forward-{index}",
+                daemon=True,
+            )
+            for index in range(len(self._models))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self) -> None:
-        """Run what is queued, then end the forward thread."""
-        if self._thread is None or self._exited is None:
+        """Run what is queued, then end every forward thread."""
+        if not self._threads or self._exited is None:
             return
         with self._work:
             self._stopping = True
-            self._work.notify()
+            self._work.notify_all()
         await self._exited
-        self._thread = None
+        self._threads = []
 
     async def run(
         self, encodings: Sequence[Encoded], kind: ForwardKind, convert: Callable[[FloatArray], T]
@@ -150,17 +173,20 @@ class Batcher:
         return outputs, GroupTiming(group.queue_s_sum / n, group.inference_s_sum / n)
 
     async def probe(self, encodings: Sequence[Encoded]) -> None:
-        """One forward outside the queue (warm-up, health check); BackendError if it fails."""
+        """One forward outside the queue on every replica (warm-up, health check): BackendError
+        if any fails, since a request may land on any of them."""
         if not self._is_running or self._loop is None:
             raise BackendError("the engine is not running")
-        probe = _Probe(list(encodings), self._loop.create_future())
+        loop = self._loop
+        probes = [_Probe(list(encodings), loop.create_future()) for _ in self._models]
         with self._work:
-            self._probes.append(probe)
-            self._work.notify()
-        error = await probe.future
-        self.is_healthy = error is None
-        if error is not None:
-            raise error
+            for queue, probe in zip(self._probes, probes, strict=True):
+                queue.append(probe)
+            self._work.notify_all()  # each probe is for one particular thread
+        errors = [e for e in await asyncio.gather(*(p.future for p in probes)) if e is not None]
+        self.is_healthy = not errors
+        if errors:
+            raise errors[0]
 
     def _close(self, group: Group[Any], queue: LengthQueue) -> None:
         group.closed = True
@@ -174,30 +200,37 @@ class Batcher:
 
     # -- the forward thread -------------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, index: int) -> None:
         try:
-            self._serve_until_stopped()
+            self._serve_until_stopped(index)
         except BaseException as exc:  # a bug in this thread: fail what waits, as _deliver does
-            logger.critical("the forward thread crashed", exc_info=exc)
+            logger.critical("forward thread %d crashed", index, exc_info=exc)
             self._call_soon(self._break, [])
         finally:
-            if self._exited is not None:
+            with self._lock:
+                self._alive -= 1
+                last = self._alive == 0
+            # The last thread out: every delivery was queued on the loop before this.
+            if last and self._exited is not None:
                 self._call_soon(_resolve, self._exited, None)
 
-    def _serve_until_stopped(self) -> None:
+    def _serve_until_stopped(self, index: int) -> None:
+        model, probes = self._models[index], self._probes[index]
         while True:
             with self._work:
-                while not (self._probes or self.queue_size or self._stopping):
+                while not (probes or self.queue_size or self._stopping):
                     self._work.wait()
-                probe = self._probes.popleft() if self._probes else None
+                probe = probes.popleft() if probes else None
                 items = [] if probe is not None else self._next_batch()
                 if probe is None and not items:
                     return  # stopping, and nothing is left
-                self._running = items
+                self._running[index] = items
+                if self.queue_size:
+                    self._work.notify()  # more queued: another idle replica can take it
             if probe is not None:
-                self._call_soon(_resolve, probe.future, self._probe(probe.encodings))
+                self._call_soon(_resolve, probe.future, self._probe(model, probe.encodings))
             else:
-                self._call_soon(self._deliver, items, self._forward(items))
+                self._call_soon(self._deliver, items, self._forward(model, items))
 
     def _call_soon(self, callback: Callable[..., object], *args: object) -> None:
         assert self._loop is not None
@@ -223,7 +256,7 @@ class Batcher:
         counters.next_padded_tokens = max(item.length for item in items) * len(items)
         return items
 
-    def _forward(self, items: list[Item]) -> _Outcome | BaseException:
+    def _forward(self, model: ModelBackend, items: list[Item]) -> _Outcome | BaseException:
         """In the forward thread. Returns the failure rather than raising it, so that the run
         loop handles both outcomes in one place, in order."""
         live = [item for item in items if not item.group.closed]
@@ -233,10 +266,10 @@ class Batcher:
         encodings = [item.encoding for item in live]
         try:
             if live[0].group.kind is ForwardKind.TOKENS:
-                raw = self._model.forward_tokens(encodings)  # n x (len, hidden)
+                raw = model.forward_tokens(encodings)  # n x (len, hidden)
             else:
                 # Rows of the (batch, dims | vocab | labels) output, as views.
-                raw = list(self._model.forward(encodings))
+                raw = list(model.forward(encodings))
             if len(raw) != len(live):
                 raise BackendError(f"the model returned {len(raw)} outputs for {len(live)} inputs")
             outputs = [item.group.convert(row) for item, row in zip(live, raw, strict=True)]
@@ -244,9 +277,9 @@ class Batcher:
             return exc
         return _Outcome(live, outputs, started, time.perf_counter())
 
-    def _probe(self, encodings: list[Encoded]) -> BackendError | None:
+    def _probe(self, model: ModelBackend, encodings: list[Encoded]) -> BackendError | None:
         try:
-            self._model.forward(encodings)
+            model.forward(encodings)
         except Exception as exc:  # as in _forward: report, never raise into the loop
             return _as_backend_error(exc)
         return None
@@ -264,9 +297,10 @@ class Batcher:
         self.is_healthy = False
         with self._work:
             self._stopping = True
-            self._work.notify()
+            self._work.notify_all()
             waiting = [g for q in self._queues.values() for g in q.groups()]
-            waiting += [item.group for item in [*items, *self._running]]
+            running = [item for batch in self._running for item in batch]
+            waiting += [item.group for item in [*items, *running]]
         for group in waiting:
             if not group.future.done():
                 group.future.set_exception(BackendError("the batcher stopped"))

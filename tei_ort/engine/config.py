@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import psutil
+
 # OpenAI's embeddings API takes up to 2,048 inputs per request, and its clients batch to match
 # (LangChain's OpenAIEmbeddings sends 1,000 by default): TEI's 32 breaks them. A request's inputs
 # are split across forward batches by the token budget, so a big client batch costs no more
@@ -18,6 +20,20 @@ def default_tokenization_workers() -> int:
     call (itself parallel in Rust), and a second worker keeps one huge request from holding up
     every small one behind it."""
     return max(2, min((os.cpu_count() or 1) - 1, 64))
+
+
+def replica_threads(
+    intra_op_threads: int | None, replicas: int, cores: int | None = None
+) -> int | None:
+    """Intra-op threads per engine replica: the flag when given (it means per replica), else
+    the physical cores (ORT's own default for one session) split evenly, at least one each;
+    None for one replica (ORT's default, as before replicas existed)."""
+    if replicas < 1:
+        raise ValueError(f"engine replicas must be at least 1, got {replicas}")
+    if intra_op_threads is not None or replicas == 1:
+        return intra_op_threads
+    cores = cores or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, cores // replicas)
 
 
 @dataclass(frozen=True)

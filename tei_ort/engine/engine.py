@@ -5,7 +5,7 @@ the token-budget batcher, and per-request post-processing in numpy.
       validation.check_*           cheap rules, on the loop, before admission
       Admission.slot()             at most max_concurrent_requests in flight, else Overloaded (429)
       inputs.encode_inputs         in the tokenization thread pool (the Rust tokenizer's batch call)
-      Batcher.run                  per-input items, shared batches, one forward thread
+      Batcher.run                  per-input items, shared batches, a forward thread per replica
       outputs.*                    truncate dimensions, normalize, classify: numpy per request
 
 Metadata per request: tokenization_s and total_s are the request's wall times (waiting for a
@@ -65,7 +65,15 @@ R = TypeVar("R")
 
 
 class Engine:
-    def __init__(self, model: ModelBackend, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        model: ModelBackend,
+        config: EngineConfig,
+        replicas: Sequence[ModelBackend] | None = None,
+    ) -> None:
+        """`replicas`: the backends forwards run on, one forward thread each, all fed by one
+        queue (--engine-replicas: N sessions of one package); None: `model` alone. `model`
+        tokenizes and describes the model; every replica must compute what it computes."""
         max_input_length = model.manifest.max_input_length
         if config.max_batch_tokens < max_input_length:
             raise ValueError(
@@ -77,7 +85,10 @@ class Engine:
         self._workers = config.tokenization_workers or default_tokenization_workers()
         batch_tokens = min(config.max_batch_tokens, config.target_batch_tokens or sys.maxsize)
         self._batcher = Batcher(
-            model, batch_tokens, config.max_batch_requests, config.max_padding_ratio
+            (model,) if replicas is None else replicas,
+            batch_tokens,
+            config.max_batch_requests,
+            config.max_padding_ratio,
         )
         self._pool: ThreadPoolExecutor | None = None
         self._admission = Admission(config.max_concurrent_requests)
@@ -91,6 +102,10 @@ class Engine:
         return self._config
 
     @property
+    def replicas(self) -> int:  # forward threads, each on its own session
+        return self._batcher.replicas
+
+    @property
     def tokenization_workers(self) -> int:  # config.tokenization_workers or the default
         return self._workers
 
@@ -101,8 +116,8 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the threads and the batcher, then warm up with one forward of the longest
-        input; BackendError (and nothing started) if that forward fails."""
+        """Start the threads and the batcher, then warm up each replica with one forward of the
+        longest input; BackendError (and nothing started) if one fails."""
         if self._admission.is_open:
             return
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tei-tokenize")
@@ -122,7 +137,7 @@ class Engine:
             "engine ready: %s model, max_input_length %d, max_batch_tokens %d, "
             "target_batch_tokens %s, max_padding_ratio %s, max_batch_requests %s, "
             "max_concurrent_requests %d, max_client_batch_size %d, "
-            "%d tokenization workers, warm-up %.2f s",
+            "%d tokenization workers, %d engine replicas, warm-up %.2f s",
             self._model.task.value,
             self._model.manifest.max_input_length,
             config.max_batch_tokens,
@@ -132,6 +147,7 @@ class Engine:
             config.max_concurrent_requests,
             config.max_client_batch_size,
             self._workers,
+            self._batcher.replicas,
             time.perf_counter() - started,
         )
 

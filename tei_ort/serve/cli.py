@@ -68,7 +68,7 @@ def _serve_one(settings: Settings) -> _Served:
         target_batch_tokens=target_batch_tokens,
         max_padding_ratio=PROVIDERS[model.provider].max_padding_ratio,
     )
-    engine = Engine(model, config)
+    engine = Engine(model, config, replicas=loaded_model.forward_models)
     ctx = ServeContext(
         engine=engine,
         model_id=resolved.model_id,

@@ -6,14 +6,17 @@ the provider's batch shapes run once."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 
+from tei_ort.engine.config import replica_threads
 from tei_ort.errors import ValidationError
 from tei_ort.package import Manifest, Pooling, Task
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.model import open_session
 from tei_ort.runtime.providers import resolve as resolve_provider
 from tei_ort.runtime.trial import batch_tokens
 from tei_ort.serve import model_source
@@ -32,6 +35,13 @@ class LoadedModel:
     # The batch budget the trial (or the cache) chose on this machine; None: the full budget.
     target_batch_tokens: int | None
     batch_note: str  # how it was chosen, for /info and the log
+    # --engine-replicas beyond the first: more sessions of `model`'s graph.
+    replicas: tuple[Model, ...] = ()
+
+    @property
+    def forward_models(self) -> tuple[Model, ...]:
+        """What the engine's forward threads run on: `model`, then its replicas."""
+        return (self.model, *self.replicas)
 
 
 def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
@@ -59,6 +69,15 @@ def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
     return dataclasses.replace(manifest, **changes) if changes else manifest  # type: ignore[arg-type]
 
 
+def open_replica(model: Model, options: RuntimeOptions) -> Model:
+    """Another session of `model`'s graph on its provider and variant (--engine-replicas): the
+    tokenizer, manifest and Dense weights are shared; the graph's weights load again."""
+    twin = copy.copy(model)
+    graph = model.path / model.variant.file
+    twin.session = open_session(graph, model.provider, model.variant, model.manifest, options)
+    return twin
+
+
 def load_model(settings: Settings) -> LoadedModel:
     provider = resolve_provider(settings.provider)
     resolved = model_source.resolve(settings, provider.value)
@@ -67,7 +86,8 @@ def load_model(settings: Settings) -> LoadedModel:
         # OpenVINO when the package has no validated bf16 variant.
         provider=settings.provider,
         variant=settings.variant_name,
-        intra_op_threads=settings.intra_op_threads,
+        # Per replica: the flag, or the physical cores split between --engine-replicas.
+        intra_op_threads=replica_threads(settings.intra_op_threads, settings.engine_replicas),
         allow_spinning=settings.ort_spinning,
         allow_unvalidated=resolved.allow_unvalidated,
         # Variant checks of a read-only package (tei_ort.runtime.selection) go here.
@@ -85,4 +105,14 @@ def load_model(settings: Settings) -> LoadedModel:
             model.provider.value,
             time.perf_counter() - shapes_started,
         )
-    return LoadedModel(model, resolved, target_batch_tokens, batch_note)
+    # After the overrides: replicas share the manifest (pooling, prompts) with `model`.
+    replicas = tuple(open_replica(model, options) for _ in range(settings.engine_replicas - 1))
+    for replica in replicas:
+        replica.warm_up_shapes(settings.max_batch_tokens)
+    if replicas:
+        logger.info(
+            "%d engine replicas, %s intra-op threads each",
+            settings.engine_replicas,
+            options.intra_op_threads or "ORT's default",
+        )
+    return LoadedModel(model, resolved, target_batch_tokens, batch_note, replicas)

@@ -53,6 +53,8 @@ class Settings(pydantic.BaseModel):
     provider: Literal["auto", "cpu", "cuda", "openvino"] = "auto"
     variant: Literal["fp32", "fp16", "int8", "int8-w7", "bf16"] | None = None
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
+    # Forward threads, each on its own session of the model, fed by one queue (engine/batcher.py).
+    engine_replicas: int = pydantic.Field(default=1, ge=1)
     # Off: on a 2-core machine spinning ORT threads starve the event loop and tokenizer threads
     # (server tok/s 1.2-1.4x higher without, python -m tei_ort.bench --serve-args, see the note).
     ort_spinning: bool = False
@@ -201,7 +203,13 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         "intra_op_threads",
-        "ONNX Runtime intra-op threads. Default: one per physical core.",
+        "ONNX Runtime intra-op threads (per engine replica). Default: one per physical core, "
+        "split evenly between the replicas.",
+    ),
+    Flag(
+        "engine_replicas",
+        "Sessions of the model that run forward batches concurrently, fed by one queue; each "
+        "holds its own copy of the graph's weights. Default: 1 (see README, Many cores).",
     ),
     Flag(
         "ort_spinning",
