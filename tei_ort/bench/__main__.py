@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from tei_ort.bench import engines, report, server
+from tei_ort.bench import compare, engines, report, server
 from tei_ort.bench.measure import Measurement
 from tei_ort.errors import PackageError
 from tei_ort.export import corpus
@@ -57,6 +57,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--per-request", type=_csv_ints, default=[1, 32])
     p.add_argument("--duration", type=float, default=8.0, help="seconds of load per server point")
     p.add_argument("--serve-args", default="", help="extra tei-serve arguments, space separated")
+    p.add_argument(
+        "--compare",
+        type=compare.parse,
+        help="server configurations side by side, 'LABEL=ARGS;LABEL=ARGS' (e.g. "
+        "'1x2=--engine-replicas 1 --intra-op-threads 2;2x1=--engine-replicas 2 "
+        "--intra-op-threads 1'): the --concurrency x --per-request points on each, interleaved",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="--compare: passes over the points")
     p.add_argument("--skip-server", action="store_true")
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
@@ -135,6 +143,20 @@ def main() -> None:
                         )
                     )
             extra["server_peak_rss_mb"] = srv.peak_rss / 2**20
+
+    if args.compare:
+        points = [compare.Point(c, n) for n in args.per_request for c in args.concurrency]
+        compared = compare.run(
+            package,
+            args.compare,
+            points,
+            (texts, token_counts),
+            args.duration,
+            args.rounds,
+            args.out,
+        )
+        results += compared
+        extra["compare"] = compare.ratios(compared, args.compare, points)
 
     everything = baselines + results
     st = baselines[0] if baselines else None
@@ -217,6 +239,9 @@ def _ratios(measurements: list[Measurement], extra: dict[str, object]) -> None:
     for key in ("start_to_ready_s", "server_peak_rss_mb"):
         if key in extra:
             lines.append(f"{key}: {extra[key]:.2f}")
+    compared = extra.get("compare")
+    if isinstance(compared, list):
+        lines += [str(line) for line in compared]
     extra["ratios"] = lines
     print("\n".join(lines))
 
