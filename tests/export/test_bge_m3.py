@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from tei_ort.engine import EmbedRequest
 from tei_ort.errors import PackageError
 from tei_ort.export.pipeline import ExportResult, export_model
 from tei_ort.package import TokenHeads, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
+from tests.engine.conftest import asynchronous, running
 from tests.export import tiny_bge_m3
 from tests.export.conftest import TINY_OPTIONS
 
@@ -117,6 +119,19 @@ def test_batch_invariance(model: Model) -> None:
     for index, text in enumerate(TEXTS):
         np.testing.assert_allclose(model.embed_sparse([text])[0], sparse[index], atol=1e-5)
         np.testing.assert_allclose(model.embed_all([text])[0], multi[index], atol=1e-5)
+
+
+@asynchronous
+async def test_engine_serves_dense_and_colbert(model: Model, source: Path) -> None:
+    """Through the engine (what /embed and /embed_all call): the dense vectors and, on
+    embed_all, the ColBERT multi-vectors, in shared padded batches."""
+    want = reference(source, TEXTS)
+    async with running(model, max_batch_tokens=16384) as engine:
+        dense = await engine.embed(EmbedRequest(TEXTS))
+        multi = await engine.embed_all(EmbedRequest(TEXTS))
+    np.testing.assert_allclose(dense.embeddings, np.stack(want["dense"]), atol=1e-4, rtol=0)
+    for got, expected in zip(multi.embeddings, want["colbert"], strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
 class _Payload:
