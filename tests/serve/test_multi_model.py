@@ -20,7 +20,7 @@ from tei_ort.package import Task
 from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.settings import load_settings
 from tests.serve import expected
-from tests.serve.fakes import GATE_TIMEOUT_S, FakeModel, SlowModel
+from tests.serve.fakes import GATE_TIMEOUT_S, FakeEngine, FakeModel, SlowModel
 from tests.serve.live import context, serve
 from tests.serve.scrape import scrape, value
 
@@ -270,3 +270,20 @@ def test_two_models_under_one_name_are_refused() -> None:
     with pytest.raises(ValidationError, match="fake-model"):
         ModelRegistry((ctx, ctx))
     assert ModelRegistry((ctx,)).resolve(threading.Event()) is ctx  # one model: not checked
+
+
+def test_health_needs_every_model_and_every_engine_starts_and_stops() -> None:
+    first, second = FakeEngine(FakeModel(Task.EMBEDDING)), FakeEngine(FakeModel(Task.RERANKER))
+    registry = ModelRegistry(
+        (
+            context(first, served_model_name="a"),
+            context(second, served_model_name="b"),
+        )
+    )
+    with serve(registry) as url:
+        assert first.started and second.started
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        second.healthy = False
+        r = httpx.get(f"{url}/health", timeout=30)
+        assert r.status_code == 503 and r.json()["error_type"] == "Unhealthy"
+    assert not first.started and not second.started
