@@ -72,6 +72,9 @@ class VariantName(str, enum.Enum):
     # int8 with 7-bit weights: no u8s8 GEMM saturates its int16 pair sums (AVX2 and AVX-512
     # without VNNI do with 8-bit weights), so it computes the same integers on every CPU.
     INT8_W7 = "int8-w7"
+    # int8 weights only (MatMulNBits, blocks of 32 with one scale each), no activation
+    # calibration: decoders, whose weights are most of their bytes and CPU time.
+    INT8_WO = "int8-wo"
     # The fp32 graph compiled by OpenVINO at bfloat16 inference precision (AMX / AVX512_BF16).
     BF16 = "bf16"
 

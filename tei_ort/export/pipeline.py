@@ -59,6 +59,7 @@ ALL_VARIANTS = (
     VariantName.FP16,
     VariantName.INT8,
     VariantName.INT8_W7,
+    VariantName.INT8_WO,  # decoders only (variants.build_int8_wo)
     VariantName.BF16,
 )
 WORK_DIR = ".work"

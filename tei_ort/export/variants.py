@@ -16,7 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tei_ort.errors import BackendError, PackageError
-from tei_ort.export import corpus, fuse, graph_files
+from tei_ort.export import corpus, fuse, graph_files, weight_only
+from tei_ort.export.architectures.decoders import OWN_MODULE as DECODER_MODULE
 from tei_ort.export.runners import Subject
 from tei_ort.fidelity import FloatArray, ValidationSet
 from tei_ort.package import (
@@ -59,6 +60,7 @@ VARIANT_SPECS: dict[VariantName, VariantSpec] = {
     VariantName.FP16: VariantSpec("model.fp16.onnx", ("cuda",)),
     VariantName.INT8: VariantSpec("model.int8.onnx", ("cpu",)),
     VariantName.INT8_W7: VariantSpec("model.int8-w7.onnx", ("cpu",)),
+    VariantName.INT8_WO: VariantSpec("model.int8-wo.onnx", ("cpu",)),
     VariantName.BF16: VariantSpec("model.onnx", ("openvino",), validated_on="openvino"),
 }
 
@@ -181,6 +183,21 @@ def _build_int8(
     return _variant(name, validation, validator.package)
 
 
+def build_int8_wo(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
+    """int8 weight-only, for decoders: their weights are most of their bytes and CPU time, and
+    the calibrated int8's per-layer search takes long at their size. Built from the package's
+    fp32 graph (fused or not, as validated)."""
+    if validator.subject.recipe.family.own_module != DECODER_MODULE:
+        logger.info("int8-wo skipped: built for decoder families only")
+        return None
+    fp32 = validator.package / VARIANT_SPECS[VariantName.FP32].file
+    out = validator.package / VARIANT_SPECS[VariantName.INT8_WO].file
+    report = weight_only.quantize_weight_only(fp32, out, graphs.threshold_bytes)
+    validation = validator.check(done, VariantName.INT8_WO)
+    note = f"{report.summary()}; {validation.note}"
+    return _variant(VariantName.INT8_WO, replace(validation, note=note), validator.package)
+
+
 def build_bf16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
     """No new graph: OpenVINO compiles the validated fp32 one at bfloat16 precision. Validated
     only where it runs natively, so that the figures are bf16's and not an f32 fallback's."""
@@ -208,6 +225,7 @@ DERIVED_BUILDERS: dict[
     VariantName.FP16: build_fp16,
     VariantName.INT8: build_int8,
     VariantName.INT8_W7: build_int8_w7,
+    VariantName.INT8_WO: build_int8_wo,
     VariantName.BF16: build_bf16,
 }
 

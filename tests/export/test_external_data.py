@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The tiny model's graph is ~0.3 MB; any tensor over 1 KB goes to the data file.
 THRESHOLD = 10_000
 OPTIONS = ExportOptions(
-    variants=(VariantName.FP32, VariantName.FP16),
+    variants=(VariantName.FP32, VariantName.FP16, VariantName.INT8_WO),
     validation_queries=8,
     validation_passages=24,
     external_data_threshold_bytes=THRESHOLD,
