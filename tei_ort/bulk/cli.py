@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import pydantic
 
-from tei_ort.bulk import inputs
-from tei_ort.bulk.job import Job, JobOptions, OnError, describe, fingerprint
+from tei_ort.bulk import inputs, spans
+from tei_ort.bulk.job import Job, JobOptions, OnError, ShardEmbedder, describe, fingerprint
 from tei_ort.bulk.model import LoadedModel, ModelChoice, load
 from tei_ort.bulk.progress import Summary, progress_for
 from tei_ort.bulk.shards import JobManifest, OutputFolder
@@ -55,6 +57,8 @@ class EmbedSettings(pydantic.BaseModel):
     shard_size: int = pydantic.Field(default=10_000, ge=1)
     on_error: OnError = OnError.FAIL
     log_level: str = "info"
+    ray: str | None = None  # "": Ray's default cluster; None: run here
+    ray_actors: int | None = pydantic.Field(default=None, ge=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     job = p.add_argument_group("job")
     job.add_argument("--shard-size", type=int, default=10_000, help="rows per Parquet shard")
     job.add_argument("--log-level", default="info")
+    cluster = p.add_argument_group("Ray (pip install 'tei-ort[ray]')")
+    cluster.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the job on Ray Data: on the cluster at ADDRESS (as ray.init's: auto, "
+        "HOST:PORT, ray://HOST:PORT), or, with no ADDRESS, RAY_ADDRESS's or a new local one. "
+        "Each actor reserves --intra-op-threads CPUs (default 1) and runs that many ONNX "
+        "Runtime threads. Inputs and the model must be readable at the same path on every node.",
+    )
+    cluster.add_argument(
+        "--ray-actors", type=int, help="most actors (default: as many as the cluster's CPUs hold)"
+    )
     return p
 
 
@@ -157,7 +175,54 @@ async def _run_engine(
         await engine.stop()
 
 
+def _ray_job() -> ModuleType:
+    try:
+        from tei_ort.bulk import ray_job  # Ray is an optional extra: imported only here
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != "ray":
+            raise
+        raise ValidationError("--ray needs Ray: pip install 'tei-ort[ray]'") from exc
+    return ray_job
+
+
+async def _check(loaded: LoadedModel, options: JobOptions) -> None:
+    engine = Engine(loaded.model, loaded.config)
+    await engine.start()
+    try:
+        await ShardEmbedder(engine, options).check()
+    finally:
+        await engine.stop()
+
+
+def _run_on_ray(
+    settings: EmbedSettings,
+    choice: ModelChoice,
+    target_batch_tokens: int | None,
+    files: list[Path],
+    options: JobOptions,
+    output: OutputFolder,
+    manifest: JobManifest,
+) -> Summary:
+    ray_job = _ray_job()
+
+    plans = spans.plan(files, settings.shard_size)
+    ray_options = ray_job.RayOptions(
+        address=settings.ray or None,
+        actor_cpus=settings.intra_op_threads or 1,
+        max_actors=settings.ray_actors,
+    )
+    progress = progress_for(sum(p.rows for p in plans), sys.stderr.isatty())
+    try:
+        return ray_job.run(
+            choice, target_batch_tokens, options, ray_options, output, manifest, plans, progress
+        )
+    finally:
+        progress.close()
+
+
 def run(settings: EmbedSettings) -> Summary:
+    if settings.ray is not None:
+        _ray_job()  # before any work: a missing extra is a user error
     files = inputs.expand(settings.inputs)
     options = _job_options(settings)
     output = OutputFolder(settings.output)
@@ -171,7 +236,10 @@ def run(settings: EmbedSettings) -> Summary:
         )
     if previous is not None:
         logger.info("resuming: %d shards already done", len(previous.shards))
-    loaded = load(_choice(settings, previous), settings.shard_size)
+    choice = _choice(settings, previous)
+    if settings.ray is not None:  # the driver's trial (batch budget) with the actors' threads
+        choice = dataclasses.replace(choice, intra_op_threads=settings.intra_op_threads or 1)
+    loaded = load(choice, settings.shard_size)
     manifest = previous or JobManifest(
         fingerprint=key,
         job=described,
@@ -182,7 +250,14 @@ def run(settings: EmbedSettings) -> Summary:
     )
     output.prepare()
     output.write_manifest(manifest)
-    return asyncio.run(_run_engine(loaded, files, options, output, manifest))
+    if settings.ray is None:
+        return asyncio.run(_run_engine(loaded, files, options, output, manifest))
+    # The driver loads the model only to pin the variant and check the job before any worker
+    # starts; the actors load their own.
+    asyncio.run(_check(loaded, options))
+    target_batch_tokens = loaded.config.target_batch_tokens
+    del loaded
+    return _run_on_ray(settings, choice, target_batch_tokens, files, options, output, manifest)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import itertools
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from tei_ort.errors import ValidationError
 
 # A record is a mapping of fields (JSONL, CSV, Parquet) or the text itself (plain text).
 Record = Mapping[str, object] | str
-# A reader yields each row's record, or the reason the row could not be parsed.
-Reader = Callable[[Path, "Fields"], Iterator["Record | BadRecord"]]
+# A reader yields each row's record, or the reason the row could not be parsed, from row `start`
+# on (skipping what it can without parsing it: a shard read on its own starts mid-file).
+Reader = Callable[[Path, "Fields", int], Iterator["Record | BadRecord"]]
 
 GLOB_CHARS = frozenset("*?[")
 # Big CSV cells (whole documents) are common; the csv module's default limit is 128 KiB.
@@ -54,9 +56,9 @@ class Row:
         return f"{self.file}, row {self.row}"
 
 
-def _jsonl(path: Path, fields: Fields) -> Iterator[Record | BadRecord]:
+def _jsonl(path: Path, fields: Fields, start: int = 0) -> Iterator[Record | BadRecord]:
     with path.open("rb") as lines:
-        for line in lines:
+        for line in itertools.islice(lines, start, None):
             try:
                 value = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
@@ -65,35 +67,52 @@ def _jsonl(path: Path, fields: Fields) -> Iterator[Record | BadRecord]:
             yield value if isinstance(value, dict) else BadRecord("not a JSON object")
 
 
-def _csv(path: Path, fields: Fields) -> Iterator[Record | BadRecord]:
+def _csv(path: Path, fields: Fields, start: int = 0) -> Iterator[Record | BadRecord]:
     with path.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        yield from csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+        # A quoted cell may hold newlines: rows are only found by parsing, so skipping parses.
+        reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+        yield from itertools.islice(reader, start, None)
 
 
-def _text(path: Path, fields: Fields) -> Iterator[Record | BadRecord]:
+def _text(path: Path, fields: Fields, start: int = 0) -> Iterator[Record | BadRecord]:
     with path.open(encoding="utf-8", errors="surrogateescape") as lines:
-        for line in lines:
+        for line in itertools.islice(lines, start, None):
             yield line.rstrip("\r\n")
 
 
-def _parquet(path: Path, fields: Fields) -> Iterator[Record | BadRecord]:
+def _parquet(path: Path, fields: Fields, start: int = 0) -> Iterator[Record | BadRecord]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
     # Only the fields asked for are read; a missing one makes every row bad, each reported.
     names = set(parquet.schema_arrow.names)
     columns = [f for f in (fields.text, fields.id) if f is not None and f in names]
-    for batch in parquet.iter_batches(batch_size=4096, columns=columns):
-        yield from batch.to_pylist()
+    # Whole row groups before `start` are not read at all.
+    groups, first = [], 0
+    for group in range(parquet.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        if first + size > start:
+            groups.append(group)
+        else:
+            start -= size
+        first += size
+    batches = parquet.iter_batches(batch_size=4096, row_groups=groups, columns=columns)
+    records = (record for batch in batches for record in batch.to_pylist())
+    yield from itertools.islice(records, start, None)
 
 
-def _count_lines(path: Path) -> int:
+def _count_lines(path: Path) -> int:  # as _jsonl splits them
     with path.open("rb") as lines:
         return sum(1 for _ in lines)
 
 
 def _count_csv(path: Path) -> int:
     return sum(1 for _ in _csv(path, Fields()))
+
+
+def _count_text(path: Path) -> int:
+    # Text mode splits lines on a lone "\r" too, which a count of b"\n" would miss: count as read.
+    return sum(1 for _ in _text(path, Fields()))
 
 
 def _count_parquet(path: Path) -> int:
@@ -114,7 +133,7 @@ FORMATS: dict[str, Format] = {
     ".parquet": Format(_parquet, _count_parquet),
     ".csv": Format(_csv, _count_csv),
     ".tsv": Format(_csv, _count_csv),
-    ".txt": Format(_text, _count_lines),
+    ".txt": Format(_text, _count_text),
 }
 
 
@@ -197,8 +216,15 @@ def to_row(file: str, position: int, record: Record | BadRecord, fields: Fields)
 
 def rows(files: Sequence[Path], fields: Fields) -> Iterator[Row]:
     for path in files:
-        for position, record in enumerate(format_of(path).read(path, fields)):
-            yield to_row(str(path), position, record, fields)
+        yield from rows_of(path, fields, 0, None)
+
+
+def rows_of(path: Path, fields: Fields, start: int, stop: int | None) -> Iterator[Row]:
+    """The file's rows [start, stop) (to its end with None), numbered by position in the file."""
+    records = format_of(path).read(path, fields, start)
+    bounded = records if stop is None else itertools.islice(records, stop - start)
+    for position, record in enumerate(bounded, start):
+        yield to_row(str(path), position, record, fields)
 
 
 def count_rows(files: Sequence[Path]) -> int:

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,24 +85,65 @@ def _shards(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
         yield shard
 
 
-class Job:
-    def __init__(
-        self,
-        engine: Engine,
-        files: Sequence[Path],
-        options: JobOptions,
-        output: OutputFolder,
-        manifest: JobManifest,
-    ) -> None:
+@dataclass(frozen=True)
+class EmbeddedShard:
+    """A shard's output table and its figures, before it is written anywhere."""
+
+    table: pa.Table
+    rows: int  # job rows the shard covers, bad ones included
+    tokens: int
+    errors: tuple[RowError, ...]  # in row order
+
+    def entry(self, file: str, size: int) -> ShardEntry:
+        return ShardEntry(
+            file=file,
+            bytes=size,
+            rows=self.rows,
+            embedded=self.table.num_rows,
+            tokens=self.tokens,
+            errors=self.errors,
+        )
+
+
+class BadRowReporter:
+    """--on-error: stop at the first bad row, or log the first few and count on."""
+
+    def __init__(self, on_error: OnError) -> None:
+        self._on_error = on_error
+        self._logged = 0
+
+    def __call__(self, errors: Sequence[RowError]) -> None:
+        if errors and self._on_error is OnError.FAIL:
+            first = errors[0]
+            raise BadRowError(
+                f"{first.file}, row {first.row}: {first.reason} (--on-error fail; "
+                f"{len(errors)} bad rows in this shard; --on-error skip skips them)"
+            )
+        for error in errors:
+            if self._logged < LOGGED_BAD_ROWS:
+                logger.warning("skipped %s, row %d: %s", error.file, error.row, error.reason)
+            elif self._logged == LOGGED_BAD_ROWS:
+                logger.warning("more bad rows: see the manifest's shard errors")
+            self._logged += 1
+
+
+Report = Callable[[Sequence[RowError]], None]
+
+
+def _ignore(errors: Sequence[RowError]) -> None:
+    """Report for a worker: its shard's errors go back with it, and the driver reports them."""
+
+
+class ShardEmbedder:
+    """One shard's rows -> its output table, through the engine (the local loop and each Ray
+    actor run the same code, so their shards are the same)."""
+
+    def __init__(self, engine: Engine, options: JobOptions) -> None:
         self._engine = engine
-        self._files = files
         self._options = options
-        self._output = output
-        self._manifest = manifest
         self._task = tasks.TASKS[options.task]
         dimensions = options.dimensions or engine.model.manifest.dimensions
         self._schema = tasks.schema(self._task, dimensions)
-        self._logged_bad = 0
 
     def _request(self, texts: list[str]) -> EmbedRequest:
         return EmbedRequest(
@@ -117,37 +158,13 @@ class Job:
         model, --dimensions too large, unknown prompt) fails before any shard."""
         await self._task.run(self._engine, self._request(["tei-embed check"]))
 
-    async def run(self, progress: Progress) -> Summary:
-        started = time.perf_counter()
-        rows = embedded = bad = tokens = written = reused = 0
-        shards = _shards(inputs.rows(self._files, self._options.fields), self._options.shard_size)
-        for index, shard in enumerate(shards):
-            if self._output.is_done(self._manifest, index):
-                reused += 1
-                progress.reused(len(shard))
-                continue
-            entry = await self._embed_shard(index, shard)
-            self._manifest = self._manifest.model_copy(
-                update={"shards": {**self._manifest.shards, index: entry}}
-            )
-            self._output.write_manifest(self._manifest)
-            rows += entry.rows
-            embedded += entry.embedded
-            bad += len(entry.errors)
-            tokens += entry.tokens
-            written += 1
-            progress.advance(entry.rows, entry.tokens)
-        self._manifest = self._manifest.model_copy(update={"complete": True})
-        self._output.write_manifest(self._manifest)
-        seconds = time.perf_counter() - started
-        return Summary(rows, embedded, bad, tokens, seconds, written, reused)
-
-    async def _embed_shard(self, index: int, shard: list[Row]) -> ShardEntry:
+    async def embed(self, shard: list[Row], report: Report = _ignore) -> EmbeddedShard:
+        """`report` sees the bad rows as they are found (and may stop the shard there)."""
         errors = [RowError(file=r.file, row=r.row, reason=r.error) for r in shard if r.error]
-        self._report(errors)
+        report(errors)
         good = [r for r in shard if r.error is None]
         embedded, failed = await self._embed(good)
-        self._report(failed)
+        report(failed)
         errors.extend(failed)
         failed_at = {(e.file, e.row) for e in failed}
         good = [r for r in good if (r.file, r.row) not in failed_at]
@@ -158,17 +175,9 @@ class Job:
             **embedded.columns,
         }
         table = pa.Table.from_pydict(columns, schema=self._schema)
-        name, size = self._output.write_shard(index, table)
         order = {(r.file, r.row): i for i, r in enumerate(shard)}
         errors.sort(key=lambda e: order[(e.file, e.row)])
-        return ShardEntry(
-            file=name,
-            bytes=size,
-            rows=len(shard),
-            embedded=len(good),
-            tokens=embedded.tokens,
-            errors=tuple(errors),
-        )
+        return EmbeddedShard(table, len(shard), embedded.tokens, tuple(errors))
 
     async def _embed(self, rows: list[Row]) -> tuple[tasks.Embedded, list[RowError]]:
         """The rows' columns and the rows the engine refused (tokenizer or validation)."""
@@ -205,16 +214,48 @@ class Job:
         names = self._schema.names[len(tasks.ROW_FIELDS) :]
         return tasks.Embedded({n: pa.array([], self._schema.field(n).type) for n in names}, 0)
 
-    def _report(self, errors: list[RowError]) -> None:
-        if errors and self._options.on_error is OnError.FAIL:
-            first = errors[0]
-            raise BadRowError(
-                f"{first.file}, row {first.row}: {first.reason} (--on-error fail; "
-                f"{len(errors)} bad rows in this shard; --on-error skip skips them)"
+
+class Job:
+    def __init__(
+        self,
+        engine: Engine,
+        files: Sequence[Path],
+        options: JobOptions,
+        output: OutputFolder,
+        manifest: JobManifest,
+    ) -> None:
+        self._files = files
+        self._options = options
+        self._output = output
+        self._manifest = manifest
+        self._embedder = ShardEmbedder(engine, options)
+        self._report = BadRowReporter(options.on_error)
+
+    async def check(self) -> None:
+        await self._embedder.check()
+
+    async def run(self, progress: Progress) -> Summary:
+        started = time.perf_counter()
+        rows = embedded = bad = tokens = written = reused = 0
+        shards = _shards(inputs.rows(self._files, self._options.fields), self._options.shard_size)
+        for index, shard in enumerate(shards):
+            if self._output.is_done(self._manifest, index):
+                reused += 1
+                progress.reused(len(shard))
+                continue
+            result = await self._embedder.embed(shard, self._report)
+            entry = result.entry(*self._output.write_shard(index, result.table))
+            self._manifest = self._manifest.model_copy(
+                update={"shards": {**self._manifest.shards, index: entry}}
             )
-        for error in errors:
-            if self._logged_bad < LOGGED_BAD_ROWS:
-                logger.warning("skipped %s, row %d: %s", error.file, error.row, error.reason)
-            elif self._logged_bad == LOGGED_BAD_ROWS:
-                logger.warning("more bad rows: see the manifest's shard errors")
-            self._logged_bad += 1
+            self._output.write_manifest(self._manifest)
+            rows += entry.rows
+            embedded += entry.embedded
+            bad += len(entry.errors)
+            tokens += entry.tokens
+            written += 1
+            progress.advance(entry.rows, entry.tokens)
+        self._manifest = self._manifest.model_copy(update={"complete": True})
+        self._output.write_manifest(self._manifest)
+        seconds = time.perf_counter() - started
+        return Summary(rows, embedded, bad, tokens, seconds, written, reused)

@@ -113,6 +113,11 @@ class OutputFolder:
         size = write_atomically(self.path / name, lambda p: pq.write_table(table, p))
         return name, size
 
+    def write_bytes(self, index: int, data: bytes) -> tuple[str, int]:
+        """A shard a worker already encoded as Parquet (tei-embed --ray)."""
+        name = shard_name(index)
+        return name, write_atomically(self.path / name, lambda p: p.write_bytes(data))
+
 
 def read_output(path: Path) -> pa.Table:
     """Every finished shard of a job, in order: what a user reads back (and the tests compare)."""

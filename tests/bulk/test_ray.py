@@ -1,0 +1,197 @@
+"""tei-embed --ray on a two-node Ray cluster on this machine (ray.cluster_utils.Cluster: one CPU
+and a 100 MB object store per node), against the local run on the same inputs: the same rows,
+ids, positions and manifest, vectors within float tolerance; and an actor SIGKILLed while it holds
+a shard loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tei_ort.bulk.cli import EmbedSettings, run
+from tei_ort.bulk.shards import JobManifest, OutputFolder, read_output
+from tei_ort.export import corpus
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
+pytest.importorskip("torch")  # the minilm_package fixture exports the embedded model once
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from tei_ort.bulk import ray_job  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE_BYTES}
+    cluster = Cluster(initialize_head=True, head_node_args=node)
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    # Connected here, so each job reuses the connection (tei-embed leaves a connection it did
+    # not open alone).
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("inputs")
+    texts = corpus.mixed(64)
+    jsonl = folder / "a.jsonl"
+    lines = [json.dumps({"text": t, "id": f"a-{i}"}) for i, t in enumerate(texts[:37])]
+    lines[5] = json.dumps({"id": "a-5"})  # a bad row: no text
+    jsonl.write_text("\n".join(lines) + "\n")
+    parquet = folder / "b.parquet"
+    table = pa.table({"text": texts[37:], "id": [f"b-{i}" for i in range(len(texts) - 37)]})
+    pq.write_table(table, parquet, row_group_size=10)
+    return [jsonl, parquet]
+
+
+def _settings(package: Path, sources: list[Path], output: Path, **extra: object) -> EmbedSettings:
+    return EmbedSettings.model_validate(
+        {
+            "inputs": [str(p) for p in sources],
+            "output": output,
+            "model_id": str(package),
+            "provider": "cpu",
+            "variant": "fp32",
+            "intra_op_threads": 1,
+            "id_field": "id",
+            "shard_size": 10,
+            "on_error": "skip",
+            **extra,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def local(
+    minilm_package: Path, sources: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    output = tmp_path_factory.mktemp("local") / "out"
+    run(_settings(minilm_package, sources, output))
+    return output
+
+
+def _manifest(output: Path) -> JobManifest:
+    manifest = OutputFolder(output).read_manifest()
+    assert manifest is not None
+    return manifest
+
+
+def _assert_same_job(ray_output: Path, local_output: Path) -> None:
+    got, want = read_output(ray_output), read_output(local_output)
+    for column in ("id", "file", "row"):
+        assert got.column(column).to_pylist() == want.column(column).to_pylist()
+    np.testing.assert_allclose(
+        np.array(got.column("embedding").to_pylist(), dtype=np.float32),
+        np.array(want.column("embedding").to_pylist(), dtype=np.float32),
+        atol=ATOL,
+    )
+    a, b = _manifest(ray_output), _manifest(local_output)
+    assert (a.fingerprint, a.provider, a.variant, a.complete) == (
+        b.fingerprint,
+        "cpu",
+        "fp32",
+        True,
+    )
+    assert list(a.shards) == list(b.shards) == list(range(7))
+    for index, entry in a.shards.items():
+        other = b.shards[index]
+        assert (entry.file, entry.rows, entry.embedded, entry.tokens, entry.errors) == (
+            other.file,
+            other.rows,
+            other.embedded,
+            other.tokens,
+            other.errors,
+        )
+    assert sorted(p.name for p in ray_output.iterdir()) == sorted(
+        p.name for p in local_output.iterdir()
+    )
+
+
+def test_the_ray_run_equals_the_local_run(
+    cluster: Cluster, minilm_package: Path, sources: list[Path], local: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    summary = run(_settings(minilm_package, sources, output, ray=cluster.address))
+    _assert_same_job(output, local)
+    assert (summary.rows, summary.embedded, summary.bad_rows) == (64, 63, 1)
+    assert (summary.shards_written, summary.shards_reused) == (7, 0)
+    [error] = _manifest(output).shards[0].errors
+    assert (Path(error.file).name, error.row) == ("a.jsonl", 5)
+    assert len(ray.nodes()) == 2  # the job ran on the two-node cluster, not a fresh local one
+
+
+def _killing_actor(marker: Path, shard: int) -> type[ray_job.ShardActor]:
+    class KillsItselfOnce(ray_job.ShardActor):
+        """SIGKILLs its own process on receiving `shard`, the first time any actor does."""
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            if shard in batch.column("shard").to_pylist():
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    pass
+                else:
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return super().__call__(batch)
+
+    return KillsItselfOnce
+
+
+def test_an_actor_killed_mid_shard_loses_and_duplicates_nothing(
+    cluster: Cluster,
+    minilm_package: Path,
+    sources: list[Path],
+    local: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = tmp_path / "killed.pid"
+    monkeypatch.setattr(ray_job, "ShardActor", _killing_actor(marker, shard=3))
+    output = tmp_path / "out"
+    summary = run(_settings(minilm_package, sources, output, ray=cluster.address))
+    killed = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed, 0)  # the actor's process is gone: the shard really was retried elsewhere
+    ids = read_output(output).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 63
+    _assert_same_job(output, local)
+    assert (summary.rows, summary.embedded, summary.shards_written) == (64, 63, 7)
+
+
+def test_a_local_job_resumes_on_ray(
+    cluster: Cluster, minilm_package: Path, sources: list[Path], local: Path, tmp_path: Path
+) -> None:
+    """The folder is the same format: shards a local run finished are kept, the rest done on Ray."""
+    output = tmp_path / "out"
+    output.mkdir()
+    for name in ("manifest.json", "part-00000.parquet", "part-00001.parquet"):
+        (output / name).write_bytes((local / name).read_bytes())
+    manifest = _manifest(local)
+    first_two = {i: manifest.shards[i] for i in (0, 1)}
+    OutputFolder(output).write_manifest(
+        manifest.model_copy(update={"shards": first_two, "complete": False})
+    )
+    summary = run(_settings(minilm_package, sources, output, ray=cluster.address))
+    assert (summary.shards_reused, summary.shards_written) == (2, 5)
+    _assert_same_job(output, local)
