@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 
 from tei_ort.errors import PackageError
-from tei_ort.export.source import CONFIG_FILE, SourceModel
+from tei_ort.export import special_tokens
+from tei_ort.export.source import (
+    CONFIG_FILE,
+    SPECIAL_TOKENS_FILE,
+    TOKENIZER_CONFIG_FILE,
+    SourceModel,
+)
 from tei_ort.package import EXPORT_RECORD_FILE, TOKENIZER_FILE, DenseLayer
 from tei_ort.st_config import DenseSource
 
@@ -19,16 +25,41 @@ from tei_ort.st_config import DenseSource
 def write_tokenizer(source: SourceModel, package: Path) -> None:
     """Copy tokenizer.json with truncation and padding switched off: shipped files often bake them
     in (all-MiniLM-L6-v2's pads every input to 128 and cuts at 128, below its max_seq_length of
-    256), and the runtime sets both itself from the manifest."""
+    256), and the runtime sets both itself from the manifest. Llama- and Gemma-class tokenizers
+    get the BOS/EOS template transformers builds from tokenizer_config.json (special_tokens)."""
     try:
         data = json.loads(source.tokenizer_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise PackageError(f"{TOKENIZER_FILE}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict) or "model" not in data:
         raise PackageError(f"{TOKENIZER_FILE}: not a tokenizers file (no model)")
+    data = _with_special_tokens(data, source)
     data["truncation"] = None
     data["padding"] = None
     (package / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def _with_special_tokens(data: dict[str, Any], source: SourceModel) -> dict[str, Any]:
+    from tokenizers import Tokenizer
+
+    config = _json_object(source.model_dir / TOKENIZER_CONFIG_FILE)
+    # transformers lets special_tokens_map.json override tokenizer_config.json's token strings.
+    config |= _json_object(source.model_dir / SPECIAL_TOKENS_FILE)
+    tokenizer = Tokenizer.from_str(json.dumps(data))
+    if special_tokens.apply(tokenizer, config, source.model_type) is None:
+        return data
+    rebuilt: dict[str, Any] = json.loads(tokenizer.to_str())
+    return rebuilt
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{path.name}: not valid JSON ({exc})") from exc
+    return data if isinstance(data, dict) else {}
 
 
 def write_config(source: SourceModel, package: Path) -> None:
