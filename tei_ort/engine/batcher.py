@@ -18,8 +18,9 @@ that forms a batch and leaves inputs queued wakes another, so idle replicas pick
 
 Delivery runs on the event loop, the one place that catches broad exceptions: a failed forward
 (BackendError from the runtime, or anything else) fails only the requests in that batch, is
-logged once here, and makes the engine unhealthy until a later forward succeeds. A bug in
-delivery itself fails every waiting request and stops the batcher rather than leave them hanging.
+logged once here, and makes the engine unhealthy until a later forward on that replica succeeds
+(while no other replica's last one failed). A bug in delivery itself fails every waiting request
+and stops the batcher rather than leave them hanging.
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tei_ort.engine.backend import FloatArray, ModelBackend
+from tei_ort.engine.batch_types import (
+    BatchCounters,
+    GroupTiming,
+    Outcome,
+    Probe,
+    as_backend_error,
+    resolve,
+)
 from tei_ort.engine.config import BatchReport
 from tei_ort.engine.queue import ForwardKind, Group, Item, LengthQueue
 from tei_ort.errors import BackendError, Unhealthy
@@ -42,36 +50,6 @@ from tei_ort.tokenization import Encoded
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class GroupTiming:
-    queue_s: float  # mean over the request's inputs: enqueue -> start of its forward
-    inference_s: float  # mean over the request's inputs: duration of its forward
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    items: list[Item]  # the live items the forward ran on (clients gone before it were skipped)
-    outputs: list[Any]  # item.group.convert(raw output), same order
-    started: float
-    ended: float
-
-
-@dataclass
-class BatchCounters:
-    next_size: int = 0  # inputs in the last batch formed (TEI's te_batch_next_size)
-    next_tokens: int = 0  # real tokens in it (te_batch_next_tokens)
-    next_padded_tokens: int = 0  # longest x inputs: what the padded graph computes
-    batches: int = 0
-    failures: int = 0
-    dropped: int = 0  # inputs of cancelled requests (clients gone) that got no output
-
-
-@dataclass
-class _Probe:
-    encodings: list[Encoded]
-    future: asyncio.Future[BackendError | None]
 
 
 class Batcher:
@@ -93,7 +71,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         # Per replica: forwards outside the queue (warm-up, health), run first by that replica.
-        self._probes: list[deque[_Probe]] = [deque() for _ in self._models]
+        self._probes: list[deque[Probe]] = [deque() for _ in self._models]
         self._running: list[list[Item]] = [[] for _ in self._models]  # each thread's batch
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -101,6 +79,9 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Future[None] | None = None
         self.is_healthy = True
+        # Each replica's last forward succeeded: one broken replica keeps the engine unhealthy
+        # however many batches the others run, until a probe of every replica passes.
+        self._replica_ok = [True] * len(self._models)
         self.counters = BatchCounters()
         self.listeners: list[Callable[[BatchReport], None]] = []
 
@@ -178,12 +159,14 @@ class Batcher:
         if not self._is_running or self._loop is None:
             raise BackendError("the engine is not running")
         loop = self._loop
-        probes = [_Probe(list(encodings), loop.create_future()) for _ in self._models]
+        probes = [Probe(list(encodings), loop.create_future()) for _ in self._models]
         with self._work:
             for queue, probe in zip(self._probes, probes, strict=True):
                 queue.append(probe)
             self._work.notify_all()  # each probe is for one particular thread
-        errors = [e for e in await asyncio.gather(*(p.future for p in probes)) if e is not None]
+        outcomes = await asyncio.gather(*(p.future for p in probes))
+        self._replica_ok = [e is None for e in outcomes]
+        errors = [e for e in outcomes if e is not None]
         self.is_healthy = not errors
         if errors:
             raise errors[0]
@@ -212,7 +195,7 @@ class Batcher:
                 last = self._alive == 0
             # The last thread out: every delivery was queued on the loop before this.
             if last and self._exited is not None:
-                self._call_soon(_resolve, self._exited, None)
+                self._call_soon(resolve, self._exited, None)
 
     def _serve_until_stopped(self, index: int) -> None:
         model, probes = self._models[index], self._probes[index]
@@ -228,9 +211,9 @@ class Batcher:
                 if self.queue_size:
                     self._work.notify()  # more queued: another idle replica can take it
             if probe is not None:
-                self._call_soon(_resolve, probe.future, self._probe(model, probe.encodings))
+                self._call_soon(resolve, probe.future, self._probe(model, probe.encodings))
             else:
-                self._call_soon(self._deliver, items, self._forward(model, items))
+                self._call_soon(self._deliver, index, items, self._forward(model, items))
 
     def _call_soon(self, callback: Callable[..., object], *args: object) -> None:
         assert self._loop is not None
@@ -256,13 +239,13 @@ class Batcher:
         counters.next_padded_tokens = max(item.length for item in items) * len(items)
         return items
 
-    def _forward(self, model: ModelBackend, items: list[Item]) -> _Outcome | BaseException:
+    def _forward(self, model: ModelBackend, items: list[Item]) -> Outcome | BaseException:
         """In the forward thread. Returns the failure rather than raising it, so that the run
         loop handles both outcomes in one place, in order."""
         live = [item for item in items if not item.group.closed]
         started = time.perf_counter()
         if not live:
-            return _Outcome([], [], started, started)
+            return Outcome([], [], started, started)
         encodings = [item.encoding for item in live]
         try:
             if live[0].group.kind is ForwardKind.TOKENS:
@@ -275,20 +258,20 @@ class Batcher:
             outputs = [item.group.convert(row) for item, row in zip(live, raw, strict=True)]
         except Exception as exc:  # anything the runtime raises fails this batch only
             return exc
-        return _Outcome(live, outputs, started, time.perf_counter())
+        return Outcome(live, outputs, started, time.perf_counter())
 
     def _probe(self, model: ModelBackend, encodings: list[Encoded]) -> BackendError | None:
         try:
             model.forward(encodings)
         except Exception as exc:  # as in _forward: report, never raise into the loop
-            return _as_backend_error(exc)
+            return as_backend_error(exc)
         return None
 
     # -- on the event loop ---------------------------------------------------------------------
 
-    def _deliver(self, items: list[Item], outcome: _Outcome | BaseException) -> None:
+    def _deliver(self, index: int, items: list[Item], outcome: Outcome | BaseException) -> None:
         try:
-            self._finish(items, outcome)
+            self._finish(index, items, outcome)
         except Exception as exc:  # a bug here: fail what waits rather than leave it hanging
             logger.critical("the batcher failed to deliver a batch", exc_info=exc)
             self._break(items)
@@ -305,16 +288,18 @@ class Batcher:
             if not group.future.done():
                 group.future.set_exception(BackendError("the batcher stopped"))
 
-    def _finish(self, items: list[Item], outcome: _Outcome | BaseException) -> None:
+    def _finish(self, index: int, items: list[Item], outcome: Outcome | BaseException) -> None:
         if isinstance(outcome, BaseException):
             self.counters.batches += 1
+            self._replica_ok[index] = False
             self._fail(items, outcome)
             self._report(items, 0.0, failed=True)
             return
         if not outcome.items:
             return  # every client of the batch went away before its forward: nothing ran
         self.counters.batches += 1
-        self.is_healthy = True
+        self._replica_ok[index] = True
+        self.is_healthy = all(self._replica_ok)
         inference_s = outcome.ended - outcome.started
         for item, output in zip(outcome.items, outcome.outputs, strict=True):
             if not item.group.closed:
@@ -350,17 +335,4 @@ class Batcher:
             exc_info=exc if not isinstance(exc, BackendError) else None,
         )
         for group in groups.values():
-            group.future.set_exception(_as_backend_error(exc))
-
-
-def _resolve(future: asyncio.Future[T], value: T) -> None:
-    if not future.done():  # its awaiting task may have been cancelled
-        future.set_result(value)
-
-
-def _as_backend_error(exc: BaseException) -> BackendError:
-    if isinstance(exc, BackendError):
-        return BackendError(str(exc))
-    error = BackendError(f"forward pass failed: {exc!r}")
-    error.__cause__ = exc
-    return error
+            group.future.set_exception(as_backend_error(exc))

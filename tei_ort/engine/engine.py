@@ -30,7 +30,8 @@ import numpy as np
 from tei_ort.engine import results, validation
 from tei_ort.engine.admission import Admission
 from tei_ort.engine.backend import FloatArray, ModelBackend
-from tei_ort.engine.batcher import Batcher, GroupTiming
+from tei_ort.engine.batch_types import GroupTiming
+from tei_ort.engine.batcher import Batcher
 from tei_ort.engine.config import (
     BatchReport,
     EngineConfig,

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from tei_ort.engine.backend import FloatArray
-from tei_ort.engine.batcher import GroupTiming
+from tei_ort.engine.batch_types import GroupTiming
 from tei_ort.engine.inputs import Encodings
 from tei_ort.engine.types import Metadata, SparseVector
 from tei_ort.errors import BackendError

@@ -149,6 +149,29 @@ async def test_health_probes_every_replica() -> None:
         assert await engine.check_health()
 
 
+@asynchronous
+async def test_one_broken_replica_keeps_the_engine_unhealthy() -> None:
+    async with replicated(2, max_batch_requests=1) as (engine, models):
+        models[1].fail_if = lambda _: True
+        for model in models:
+            model.gate.clear()
+        tasks = [asyncio.create_task(engine.embed(EmbedRequest([t]))) for t in ("a", "b")]
+        await asyncio.gather(*(forward_started(model) for model in models))
+        models[1].gate.set()  # the broken replica fails first ...
+        await until(lambda: engine.stats().batch_failures_total == 1)
+        assert not engine.is_healthy
+        models[0].gate.set()  # ... then the good one succeeds: still unhealthy
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert engine.stats().batches_total == 2 and not engine.is_healthy
+        assert not await engine.check_health()  # the probe of every replica decides
+        models[1].fail_if = lambda _: False
+        assert await engine.check_health() and engine.is_healthy
+        # Healthy again: a success on one replica after the other recovered keeps it so.
+        result = await engine.embed(EmbedRequest(["c"]))
+        np.testing.assert_allclose(result.embeddings, expected(models[0], ["c"]), rtol=1e-6)
+        assert engine.is_healthy
+
+
 def test_a_failed_warm_up_on_any_replica_starts_nothing() -> None:
     async def main() -> None:
         models = [FakeModel(), FakeModel()]
