@@ -83,6 +83,14 @@ def merge(measurements: Sequence[Measurement]) -> Measurement:
     )
 
 
+def server_args(config: Config) -> tuple[str, ...]:
+    # The servers run side by side: only one could take the default metrics port (/metrics on
+    # each server's own port answers either way).
+    if "--prometheus-port" in config.args:
+        return config.args
+    return (*config.args, "--prometheus-port", "0")
+
+
 def run(
     package: Path,
     configs: Sequence[Config],
@@ -95,7 +103,9 @@ def run(
     texts, token_counts = corpus
     with ExitStack() as stack:
         servers = [
-            stack.enter_context(server.running_server(package, c.args, out / f"server-{i}.log"))
+            stack.enter_context(
+                server.running_server(package, server_args(c), out / f"server-{i}.log")
+            )
             for i, c in enumerate(configs)
         ]
         runs: dict[str, list[Measurement]] = {}

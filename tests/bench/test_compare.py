@@ -67,3 +67,9 @@ def test_ratios_against_the_first_config() -> None:
     )
     assert got == ["c=8 x1: 2x1 / 1x2 tokens/s 1.50x, p50 0.50x"]
     assert compare.name(A, point) == "server[1x2] c=8 x1"
+
+
+def test_servers_side_by_side_leave_the_metrics_port_alone() -> None:
+    assert compare.server_args(A) == (*A.args, "--prometheus-port", "0")
+    pinned = compare.Config("p", ("--prometheus-port", "9100"))
+    assert compare.server_args(pinned) == pinned.args
