@@ -116,9 +116,7 @@ def read_source(location: Location) -> SourceModel:
             config, ("num_attention_heads", "n_heads", "n_head"), prefix + CONFIG_FILE
         ),
         vocab_size=_int(config, ("vocab_size",), prefix + CONFIG_FILE),
-        max_position_embeddings=_int(
-            config, ("max_position_embeddings", "n_positions"), prefix + CONFIG_FILE
-        ),
+        max_position_embeddings=_int(config, _position_keys(config), prefix + CONFIG_FILE),
         pad_token_id=_pad_token_id(config, root / prefix),
         id2label=_id2label(config, prefix + CONFIG_FILE),
         tokenizer_max_length=_tokenizer_max_length(tokenizer_config),
@@ -144,6 +142,16 @@ def _architecture(config: dict[str, object], relative: str) -> tuple[str, str]:
             f"supported: {recipes.supported()}"
         )
     return family.class_prefix + recipes.BASE.class_suffix, model_type
+
+
+def _position_keys(config: dict[str, object]) -> tuple[str, ...]:
+    """Where the positions a model takes are written. NomicBERT: n_positions, but with
+    rotary_scaling_factor its rotary frequencies change with the padded length past
+    max_trained_positions (dynamic NTK, so a text's vector would depend on its batch):
+    inputs stop there, where the scaling never applies (vLLM's default too)."""
+    if config.get("rotary_scaling_factor") and "max_trained_positions" in config:
+        return ("max_trained_positions",)
+    return ("max_position_embeddings", "n_positions")
 
 
 def _int(config: dict[str, object], keys: tuple[str, ...], relative: str) -> int:

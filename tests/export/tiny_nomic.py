@@ -136,3 +136,70 @@ def build(head: str, tokenizer_dir: Path, out: Path, seed: int = 0, **overrides:
     prompts = {"prompts": PROMPTS, "default_prompt_name": None}
     (out / "config_sentence_transformers.json").write_text(json.dumps(prompts))
     return out
+
+
+MOE_LAYER_KEYS = {
+    "attn.Wqkv.weight",
+    "attn.Wqkv.bias",
+    "attn.out_proj.weight",
+    "attn.out_proj.bias",
+    "mlp.router.layer.weight",
+    "mlp.experts.mlp.w1",
+    "mlp.experts.mlp.w2",
+    "mlp.experts.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "norm2.weight",
+    "norm2.bias",
+}
+MOE_MAX_SEQ_LENGTH = 512
+
+
+def moe_config(vocab: int) -> dict[str, Any]:
+    """nomic-embed-text-v2-moe's fields as TEI's and vLLM's ports read them (GELU experts and
+    MLPs with biases, every second layer a mixture of experts, top 2, no renormalization), at
+    tiny size: 4 experts instead of 8."""
+    return config(
+        vocab,
+        _name_or_path="nomic-ai/nomic-embed-text-v2-moe",
+        activation_function="gelu",
+        mlp_fc1_bias=True,
+        mlp_fc2_bias=True,
+        qkv_proj_bias=True,
+        moe_every_n_layers=2,
+        num_experts=4,
+        moe_top_k=2,
+        moe_normalize_expert_weights=False,
+        n_positions=2048,
+        rotary_emb_base=10000,
+        type_vocab_size=1,
+    )
+
+
+def build_moe(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A v2-moe-layout embedder on an XLM-R-style (unigram) tokenizer, max_seq_length 512."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tei_ort.export.architectures import nomic_bert_model
+
+    out.mkdir(parents=True)
+    for file in tokenizer_dir.iterdir():
+        shutil.copyfile(file, out / file.name)
+    vocab = len(json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"])
+    fields = moe_config(vocab)
+    (out / "config.json").write_text(json.dumps(fields, indent=2))
+    torch.manual_seed(seed)
+    model = nomic_bert_model.NomicBertModel(nomic_bert_model.NomicConfig.from_json(fields))
+    randomize(model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("norm1.weight", "norm2.weight", "emb_ln.weight")):
+                parameter.copy_(1 + 0.2 * torch.randn_like(parameter))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors")
+    )
+    write_pooling_normalize(out, HIDDEN, "mean_tokens", MOE_MAX_SEQ_LENGTH)
+    prompts = {"prompts": PROMPTS, "default_prompt_name": None}
+    (out / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+    return out

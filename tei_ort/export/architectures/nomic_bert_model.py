@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tei_ort.errors import UnsupportedModel
-from tei_ort.export.architectures import rotary
+from tei_ort.export.architectures import nomic_moe, rotary
 from tei_ort.export.architectures.family import MODEL
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -51,20 +51,27 @@ class NomicConfig:
     qkv_proj_bias: bool
     mlp_fc1_bias: bool
     mlp_fc2_bias: bool
+    # nomic-embed-text-v2-moe: layers N with N % moe_every_n_layers == 1 are mixtures of experts
+    moe_every_n_layers: int = 0
+    num_experts: int = 0
+    moe_top_k: int = 0
+
+    def is_moe(self, layer: int) -> bool:
+        return self.moe_every_n_layers > 0 and layer % self.moe_every_n_layers == 1
 
     @classmethod
     def from_json(cls, config: dict[str, Any]) -> NomicConfig:
         activation = str(config.get("activation_function", "swiglu"))
         fraction = float(config.get("rotary_emb_fraction", 0.0))
         head_dim = int(config["n_embd"]) // int(config["n_head"])
+        every_n = int(config.get("moe_every_n_layers") or 0)
         refused = {
             "prenorm": bool(config.get("prenorm")),
-            # Dynamic NTK changes the frequencies with the batch's padded length past 2,048
-            # (contrastors and TEI differ on how); no released nomic_bert embedder sets it.
-            "rotary_scaling_factor": config.get("rotary_scaling_factor") is not None,
             "rotary_emb_scale_base": config.get("rotary_emb_scale_base") is not None,
             "rotary_emb_fraction <= 0 (learned positions)": fraction <= 0,
-            "mixture of experts (moe_every_n_layers)": bool(config.get("moe_every_n_layers")),
+            # megablocks' experts are plain (w1, act, w2) MLPs; a gated activation would not be.
+            f"experts with {activation!r}": every_n > 0 and activation not in PLAIN,
+            "moe_normalize_expert_weights": bool(config.get("moe_normalize_expert_weights")),
             "parallel_block": bool(config.get("parallel_block")),
             "causal": bool(config.get("causal")),
             f"activation_function {activation!r}": activation not in GATES | PLAIN,
@@ -90,6 +97,9 @@ class NomicConfig:
             qkv_proj_bias=bool(config.get("qkv_proj_bias", True)),
             mlp_fc1_bias=bool(config.get("mlp_fc1_bias", True)),
             mlp_fc2_bias=bool(config.get("mlp_fc2_bias", True)),
+            moe_every_n_layers=every_n,
+            num_experts=int(config.get("num_experts") or 0),
+            moe_top_k=int(config.get("moe_top_k") or 0),
         )
 
 
@@ -171,10 +181,22 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: NomicConfig) -> None:
+    def __init__(self, config: NomicConfig, moe: bool) -> None:
         super().__init__()
         self.attn = Attention(config)
-        self.mlp = GatedMlp(config) if config.activation_function in GATES else Mlp(config)
+        self.mlp: nn.Module
+        if moe:
+            self.mlp = nomic_moe.MoeMlp(
+                config.n_embd,
+                config.n_inner,
+                config.num_experts,
+                config.moe_top_k,
+                PLAIN[config.activation_function],
+            )
+        elif config.activation_function in GATES:
+            self.mlp = GatedMlp(config)
+        else:
+            self.mlp = Mlp(config)
         self.norm1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.norm2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
@@ -188,7 +210,7 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, config: NomicConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config, config.is_moe(i)) for i in range(config.n_layer))
 
 
 class NomicBertModel(nn.Module):
@@ -208,7 +230,10 @@ class NomicBertModel(nn.Module):
         token_type_ids: torch.Tensor,
     ) -> torch.Tensor:
         x = self.embeddings.word_embeddings(input_ids)
-        x = self.emb_ln(x + self.embeddings.token_type_embeddings(token_type_ids))
+        # v2-moe has one token type: ids past it (the exporter's dummy input of ones) read row 0
+        # like every real input, which is all type 0.
+        types = token_type_ids.clamp(max=self.config.type_vocab_size - 1)
+        x = self.emb_ln(x + self.embeddings.token_type_embeddings(types))
         cos, sin = rotary_cos_sin(self.config, input_ids.shape[1])  # (seq, rotary_dim)
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for layer in self.encoder.layers:
