@@ -121,6 +121,27 @@ def test_batch_invariance(model: Model) -> None:
         np.testing.assert_allclose(model.embed_all([text])[0], multi[index], atol=1e-5)
 
 
+def test_every_served_variant_keeps_the_heads(package: ExportResult, source: Path) -> None:
+    """The heads run on each variant's hidden states, which validation checks only through the
+    pooled vector: each variant that passed (fp32, OpenVINO bf16) also gives sparse and ColBERT
+    vectors within cosine 0.99 of the reference."""
+    want = reference(source, TEXTS)
+    checked = []
+    for variant in package.manifest.variants:
+        if not variant.is_servable:
+            continue
+        checked.append(variant.name)
+        provider = variant.providers[0]
+        served = Model.load(package.path, RuntimeOptions(provider=provider, variant=variant.name))
+        sparse = served.embed_sparse(TEXTS)
+        for got, expected in zip(sparse, want["sparse"], strict=True):
+            cosine = got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected))
+            assert cosine > 0.99, (variant.name, cosine)
+        for got, expected in zip(served.embed_all(TEXTS), want["colbert"], strict=True):
+            assert (np.sum(got * expected, axis=-1) > 0.99).all(), variant.name
+    assert VariantName.FP32 in checked
+
+
 @asynchronous
 async def test_engine_serves_dense_and_colbert(model: Model, source: Path) -> None:
     """Through the engine (what /embed and /embed_all call): the dense vectors and, on
