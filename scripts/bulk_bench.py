@@ -1,13 +1,16 @@
 """tei-embed against tei-serve under its best load and sentence-transformers' encode, in one run.
 
     .venv/bin/python scripts/bulk_bench.py [--package bench-out/package] [--rows 20480]
+    .venv/bin/python scripts/bulk_bench.py --rows 4096 --ray --skip-server --skip-st
 
 The benchmark corpus (tei_ort.bench: CPython's pydoc topics, queries and passages mixed, 512
 texts) repeated to --rows inputs, written as JSONL. Each engine sees the same texts:
   - tei-embed, as a user runs it (a fresh process; model load included in `wall`, and the job's own
     figures from its summary line),
   - tei-serve with 128 clients x 32 texts (the bench's best point) for --duration seconds,
-  - sentence-transformers' default encode (fp32, batch 32) over all rows.
+  - sentence-transformers' default encode (fp32, batch 32) over all rows,
+  - with --ray, tei-embed --ray on a new local Ray instance (this machine's cores), as one actor x
+    --threads CPUs (the local run's shape: Ray's overhead alone) and --threads actors x 1 CPU.
 Tokens are real tokens (special tokens in, padding out), counted by the package's tokenizer.
 """
 
@@ -43,6 +46,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-st", action="store_true")
     p.add_argument("--skip-server", action="store_true")
+    p.add_argument("--ray", action="store_true", help="also tei-embed --ray (Ray's overhead)")
     args = p.parse_args()
     cpu = this_cpu()
     print(f"cpu: {cpu.describe()}", flush=True)
@@ -66,31 +70,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "corpus.jsonl"
         source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        command = [
-            sys.executable,
-            "-m",
-            "tei_ort.bulk.cli",
-            str(source),
-            "-o",
-            f"{tmp}/out",
-            "--model-id",
-            str(args.package),
-            "--intra-op-threads",
-            str(args.threads),
-        ]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - started
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_s["tei-embed"] = usage.ru_utime + usage.ru_stime
-        load["tei-embed"] = os.getloadavg()[0]
-        match = SUMMARY.search(done.stderr)
-        if match is None:
-            raise SystemExit(f"no summary in tei-embed's log:\n{done.stderr[-3000:]}")
-        embedded, job_tokens, job_s = int(match[1]), int(match[2]), float(match[3])
-        assert embedded == len(texts) and job_tokens == tokens, (embedded, job_tokens)
-        rows.append(("tei-embed, job loop (summary)", embedded, job_tokens, job_s))
-        rows.append(("tei-embed, process wall (load included)", embedded, job_tokens, wall))
+        # (name, ONNX Runtime threads per engine, extra flags)
+        runs: list[tuple[str, int, list[str]]] = [("tei-embed", args.threads, [])]
+        if args.ray:
+            runs += [
+                (f"tei-embed --ray, 1 actor x {args.threads} CPUs", args.threads, ["--ray"]),
+                (
+                    f"tei-embed --ray, {args.threads} actors x 1 CPU",
+                    1,
+                    ["--ray", "--ray-actors", str(args.threads)],
+                ),
+            ]
+        for index, (name, threads, extra) in enumerate(runs):
+            command = [
+                sys.executable,
+                "-m",
+                "tei_ort.bulk.cli",
+                str(source),
+                "-o",
+                f"{tmp}/out-{index}",
+                "--model-id",
+                str(args.package),
+                "--intra-op-threads",
+                str(threads),
+                *extra,
+            ]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - started
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if not extra:  # Ray's processes are not all reaped children: no CPU figure for them
+                cpu_s[name] = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+                load[name] = os.getloadavg()[0]
+            print(f"{name}: done, load average {os.getloadavg()[0]:.1f}", flush=True)
+            match = SUMMARY.search(done.stderr)
+            if match is None:
+                raise SystemExit(f"no summary in {name}'s log:\n{done.stderr[-3000:]}")
+            embedded, job_tokens, job_s = int(match[1]), int(match[2]), float(match[3])
+            assert embedded == len(texts) and job_tokens == tokens, (embedded, job_tokens)
+            rows.append((f"{name}, job (summary)", embedded, job_tokens, job_s))
+            rows.append((f"{name}, process wall (load included)", embedded, job_tokens, wall))
 
     if not args.skip_server:
         with server.running_server(
