@@ -26,11 +26,11 @@ from tei_ort.export import (
     recipes,
     writer,
 )
-from tei_ort.export.architectures import llm_rerank
+from tei_ort.export.architectures import decoders, llm_rerank
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
 from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
-from tei_ort.export.source import SourceModel, read_source
+from tei_ort.export.source import CONFIG_FILE, SourceModel, read_source
 from tei_ort.export.validate import validation_set
 from tei_ort.export.variants import (
     DERIVED_BUILDERS,
@@ -206,6 +206,10 @@ def plan(source: SourceModel, options: ExportOptions) -> Subject:
     pooling = None
     if task is Task.EMBEDDING:
         pooling = options.pooling or (source.st.pooling if source.st is not None else None)
+        # NVIDIA's bidirectional Llama names its pooling in config.json ("avg").
+        pooling = pooling or decoders.config_pooling(
+            json.loads((source.model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        )
         if pooling is None:
             raise UnsupportedModel(
                 f"{source.location.model_id}: no pooling configuration (1_Pooling/config.json); "

@@ -10,7 +10,7 @@ dynamic sequence axis:
 - positions are 0..n-1 for each input: the runtime pads on the right, so a real token's position
   equals its unpadded one (rotary attention depends only on position differences, so a
   left-padded reference gives the same vectors);
-- causal models keep j <= i, bidirectional ones (EmbeddingGemma) every j; a
+- causal models keep j <= i, bidirectional ones (EmbeddingGemma, NVIDIA's Llama) every j; a
   sliding window keeps |i - j| < window; padding keys are never attended to.
 
 Own module protocol (tei_ort.export.architectures.own): build(config, head, tensors)."""
@@ -29,6 +29,11 @@ from tei_ort.errors import UnsupportedModel
 _PREFIX = "model."
 _LM_HEAD = "lm_head."
 FULL, SLIDING = "full_attention", "sliding_attention"
+# Model types transformers does not know, built as the one they extend (the checkpoint's own
+# modelling code on the hub is never run).
+CONFIG_MODEL_TYPES = {"llama_bidirec": "llama"}
+# Trained with bidirectional attention whatever their config says about it.
+BIDIRECTIONAL_MODEL_TYPES = frozenset({"llama_bidirec"})
 
 
 class DecoderEncoder(nn.Module):
@@ -75,17 +80,20 @@ def hf_config(config: dict[str, Any]) -> Any:
     fields = {
         k: v
         for k, v in config.items()
-        if k not in ("auto_map", "architectures") and not k.startswith("_")
+        if k not in ("auto_map", "architectures", "model_type") and not k.startswith("_")
     }
-    parsed = AutoConfig.for_model(**fields)
+    model_type = str(config.get("model_type"))
+    parsed = AutoConfig.for_model(CONFIG_MODEL_TYPES.get(model_type, model_type), **fields)
     parsed._attn_implementation = "eager"
     parsed.use_cache = False
     return parsed
 
 
 def is_causal(config: dict[str, Any]) -> bool:
-    """Gemma3's use_bidirectional_attention (EmbeddingGemma) attends both ways, as transformers
-    runs it; every other decoder checkpoint here was trained causal."""
+    """Gemma3's use_bidirectional_attention (EmbeddingGemma) and NVIDIA's LlamaBidirectionalModel
+    attend both ways; every other decoder checkpoint here was trained causal."""
+    if config.get("model_type") in BIDIRECTIONAL_MODEL_TYPES:
+        return False
     return not config.get("use_bidirectional_attention")
 
 

@@ -8,7 +8,10 @@ Their checkpoints name the causal LM class (Qwen3ForCausalLM) or the bare one (M
 both mean the bare decoder here, except a Qwen3ForCausalLM without sentence-transformers files:
 Qwen3-Reranker (llm_rerank.py). Sequence-classification (score) heads are not exported."""
 
+from typing import Any
+
 from tei_ort.export.architectures.family import MODEL, SEQUENCE_CLASSIFICATION, Family
+from tei_ort.package import Pooling
 
 OWN_MODULE = "tei_ort.export.architectures.decoder_model"
 
@@ -34,7 +37,22 @@ FAMILIES = (
     _decoder("qwen2", "Qwen2"),
     _decoder("mistral", "Mistral"),
     _decoder("llama", "Llama"),
+    # NVIDIA's bidirectional Llama (llama-3.2-nv-embedqa-1b-v2, llama-embed-nemotron): LlamaModel
+    # with is_causal False and a padding-only mask (its hub code, never run), mean ("avg")
+    # pooling from config.json when it has no sentence-transformers files.
+    _decoder("llama_bidirec", "LlamaBidirectional"),
     # EmbeddingGemma (Gemma3TextModel): use_bidirectional_attention, sliding and full layers,
     # mean pooling and two Dense layers in its sentence-transformers files.
     _decoder("gemma3_text", "Gemma3Text"),
 )
+
+
+# config.json's "pooling" in NVIDIA's bidirectional Llama checkpoints (their pool() function).
+CONFIG_POOLING = {"avg": Pooling.MEAN, "cls": Pooling.CLS, "last": Pooling.LAST_TOKEN}
+
+
+def config_pooling(config: dict[str, Any]) -> Pooling | None:
+    """The pooling a decoder's config.json names, for checkpoints without 1_Pooling/config.json."""
+    if config.get("model_type") != "llama_bidirec":
+        return None
+    return CONFIG_POOLING.get(str(config.get("pooling", "avg")))
