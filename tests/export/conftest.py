@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tei_ort.export.pipeline import ExportOptions, ExportResult, export_model
+from tei_ort.export.validate import validation_set
 from tei_ort.package import VariantName
 from tests.conftest import offline_export
 from tests.export import tiny_models
@@ -15,6 +16,10 @@ from tests.export import tiny_models
 # Small validation sets for the tiny models: the point there is the graph, not the statistics.
 TINY_OPTIONS = ExportOptions(
     variants=(VariantName.FP32, VariantName.BF16), validation_queries=8, validation_passages=24
+)
+# Texts each tiny package is validated on (prose queries, the short ones, passages).
+TINY_TEXTS = len(
+    validation_set(TINY_OPTIONS.validation_queries, TINY_OPTIONS.validation_passages).texts
 )
 TinySource = Callable[[str, str], Path]
 TinyPackage = Callable[[str, str], ExportResult]

@@ -11,7 +11,7 @@ import numpy as np
 
 from tei_ort.package import Task, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
-from tests.export.conftest import TinyPackage, TinySource
+from tests.export.conftest import TINY_TEXTS, TinyPackage, TinySource
 from tests.export.torch_forward import torch_embeddings, torch_logits
 
 TEXTS = [
@@ -121,7 +121,7 @@ def check_fp32_validated(tiny_package: TinyPackage, family: str, head: str) -> N
     fp32 = manifest.variant(VariantName.FP32)
     assert fp32.validation is not None and fp32.validation.passed, fp32.validation
     assert fp32.validation.max_abs_diff is not None and fp32.validation.max_abs_diff < 1e-4
-    assert fp32.validation.texts == (32 if head != "reranker" else 8 * 16)
+    assert fp32.validation.texts == (TINY_TEXTS if head != "reranker" else 8 * 16)
 
 
 def run(model: Model, head: str, texts: list[str]) -> np.ndarray:

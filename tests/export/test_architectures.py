@@ -13,7 +13,7 @@ from tei_ort.package import Pooling, Task, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.providers import openvino_bf16
 from tests.export import tiny_models
-from tests.export.conftest import TinyPackage, TinySource
+from tests.export.conftest import TINY_TEXTS, TinyPackage, TinySource
 from tests.export.torch_forward import torch_embeddings, torch_logits, torch_splade
 
 CASES = [(family, head) for family in tiny_models.BERT_FAMILIES for head in tiny_models.HEADS]
@@ -56,7 +56,7 @@ def test_export_validates_fp32(tiny_package: TinyPackage, family: str, head: str
     fp32 = manifest.variant(VariantName.FP32)
     assert fp32.validation is not None and fp32.validation.passed, fp32.validation
     assert fp32.validation.max_abs_diff is not None and fp32.validation.max_abs_diff < 1e-4
-    assert fp32.validation.texts == (32 if head != "reranker" else 8 * 16)
+    assert fp32.validation.texts == (TINY_TEXTS if head != "reranker" else 8 * 16)
 
 
 @pytest.mark.skipif(
