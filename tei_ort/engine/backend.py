@@ -51,3 +51,12 @@ class ModelBackend(Protocol):
     def forward_tokens(self, encodings: Sequence[Encoded]) -> list[FloatArray]:
         """Per-token hidden states: one (len, hidden) array per encoding."""
         ...
+
+    @property
+    def has_sparse_head(self) -> bool:
+        """An embedding model that also gives sparse vectors (BGE-M3's sparse_linear)."""
+        ...
+
+    def forward_sparse(self, encodings: Sequence[Encoded]) -> FloatArray:
+        """(batch, vocab) sparse weights: a SPLADE model's output, or the sparse head's."""
+        ...

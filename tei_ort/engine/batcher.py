@@ -47,6 +47,14 @@ from tei_ort.engine.queue import ForwardKind, Group, Item, LengthQueue
 from tei_ort.errors import BackendError, Unhealthy
 from tei_ort.tokenization import Encoded
 
+# The model call each kind of batch makes. Pooled and sparse: rows of the (batch, dims | vocab |
+# labels) output, as views; tokens: one (len, hidden) array per input.
+_FORWARDS: dict[ForwardKind, Callable[[ModelBackend, list[Encoded]], Sequence[FloatArray]]] = {
+    ForwardKind.POOLED: lambda model, encodings: list(model.forward(encodings)),
+    ForwardKind.TOKENS: lambda model, encodings: model.forward_tokens(encodings),
+    ForwardKind.SPARSE: lambda model, encodings: list(model.forward_sparse(encodings)),
+}
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -248,11 +256,7 @@ class Batcher:
             return Outcome([], [], started, started)
         encodings = [item.encoding for item in live]
         try:
-            if live[0].group.kind is ForwardKind.TOKENS:
-                raw = model.forward_tokens(encodings)  # n x (len, hidden)
-            else:
-                # Rows of the (batch, dims | vocab | labels) output, as views.
-                raw = list(model.forward(encodings))
+            raw = _FORWARDS[live[0].group.kind](model, encodings)
             if len(raw) != len(live):
                 raise BackendError(f"the model returned {len(raw)} outputs for {len(live)} inputs")
             outputs = [item.group.convert(row) for item, row in zip(live, raw, strict=True)]

@@ -213,7 +213,7 @@ class Engine:
         with self._admission.slot():
             # Rows become sparse in the forward thread, so no (n, vocab) array is ever kept.
             encoded, vectors, timing = await self._run(
-                request.inputs, request.tokenization, results.sparse
+                request.inputs, request.tokenization, results.sparse, ForwardKind.SPARSE
             )
         return SparseResult(vectors, results.metadata(encoded, timing, started))
 

@@ -49,6 +49,7 @@ class ForwardKind(enum.Enum):
 
     POOLED = "pooled"  # Model.forward: one row per input
     TOKENS = "tokens"  # Model.forward_tokens: one (len, hidden) array per input
+    SPARSE = "sparse"  # Model.forward_sparse: one (vocab,) row per input
 
 
 @dataclass(eq=False)

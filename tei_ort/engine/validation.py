@@ -69,7 +69,7 @@ def check_embed(model: ModelBackend, request: EmbedRequest, max_client_batch_siz
 def check_embed_sparse(
     model: ModelBackend, request: EmbedRequest, max_client_batch_size: int
 ) -> None:
-    if model.task is not Task.SPARSE_EMBEDDING:
+    if model.task is not Task.SPARSE_EMBEDDING and not model.has_sparse_head:
         raise WrongModelType("model is not an embedding model with SPLADE pooling")
     check_embed_inputs(request.inputs, max_client_batch_size)
     check_prompt(model, request.tokenization.prompt_name)

@@ -77,7 +77,10 @@ class FakeModel:
         max_input_length: int = 32,
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
+        sparse_head: bool = False,
     ) -> None:
+        # sparse_head: an embedding model with a sparse head too, as BGE-M3.
+        self.has_sparse_head = sparse_head
         self.tokenizer = Tokenizer.from_file(MINILM / "tokenizer.json", max_input_length)
         labels = {Task.CLASSIFICATION: LABELS, Task.RERANKER: 1}.get(task, 0)
         dims = {Task.EMBEDDING: DIMS, Task.SPARSE_EMBEDDING: VOCAB}.get(task, labels)
@@ -154,6 +157,13 @@ class FakeModel:
     def forward_tokens(self, encodings: Sequence[Encoded]) -> list[FloatArray]:
         self._enter(encodings)
         return [token_states(e.ids) for e in encodings]
+
+    def forward_sparse(self, encodings: Sequence[Encoded]) -> FloatArray:
+        if self.task is Task.SPARSE_EMBEDDING:
+            return self.forward(encodings)
+        assert self.has_sparse_head, "the engine asked a model without a sparse head"
+        self._enter(encodings)
+        return np.stack([sparse_row(e.ids) for e in encodings])  # (batch, VOCAB)
 
     def seen_ids(self) -> list[list[int]]:
         """Every input the forward saw (warm-up included), as id lists."""

@@ -116,6 +116,23 @@ async def test_embed_sparse_lists_non_zero_entries() -> None:
 
 
 @asynchronous
+async def test_embed_sparse_on_an_embedder_with_a_sparse_head() -> None:
+    # BGE-M3: an embedding model whose sparse head serves /embed_sparse beside its dense /embed.
+    model = FakeModel(sparse_head=True)
+    texts = ["the cat and the hat", "hat", "x"]
+    async with running(model) as engine:
+        sparse = await engine.embed_sparse(EmbedRequest([*texts]))
+        dense = await engine.embed(EmbedRequest([*texts], normalize=False))
+    for vector_, encoding in zip(sparse.vectors, model.encode(texts), strict=True):
+        ids, counts = np.unique(encoding.ids, return_counts=True)
+        np.testing.assert_array_equal(vector_.indices, ids)
+        np.testing.assert_array_equal(vector_.values, counts.astype(np.float32))
+    np.testing.assert_array_equal(
+        dense.embeddings, np.stack([vector(e.ids) for e in model.encode(texts)])
+    )
+
+
+@asynchronous
 async def test_predict_scores_singles_and_pairs() -> None:
     model = FakeModel(task=Task.CLASSIFICATION)
     inputs: list[str | tuple[str, str]] = ["I love it", ("is it good?", "yes it is")]

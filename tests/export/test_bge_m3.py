@@ -143,14 +143,22 @@ def test_every_served_variant_keeps_the_heads(package: ExportResult, source: Pat
 
 
 @asynchronous
-async def test_engine_serves_dense_and_colbert(model: Model, source: Path) -> None:
-    """Through the engine (what /embed and /embed_all call): the dense vectors and, on
-    embed_all, the ColBERT multi-vectors, in shared padded batches."""
+async def test_engine_serves_dense_sparse_and_colbert(model: Model, source: Path) -> None:
+    """Through the engine (what /embed, /embed_sparse and /embed_all call): the dense vectors,
+    the sparse weights as (index, value) lists, and the ColBERT multi-vectors, in shared padded
+    batches."""
     want = reference(source, TEXTS)
     async with running(model, max_batch_tokens=16384) as engine:
         dense = await engine.embed(EmbedRequest(TEXTS))
+        sparse = await engine.embed_sparse(EmbedRequest(TEXTS))
         multi = await engine.embed_all(EmbedRequest(TEXTS))
     np.testing.assert_allclose(dense.embeddings, np.stack(want["dense"]), atol=1e-4, rtol=0)
+    for got, expected in zip(sparse.vectors, want["sparse"], strict=True):
+        # Terms the reference weighs clearly (> 1e-3) are listed, with their weights.
+        assert set(np.flatnonzero(expected > 1e-3)) <= set(got.indices.tolist())
+        row = np.zeros_like(expected)
+        row[got.indices] = got.values
+        np.testing.assert_allclose(row, expected, atol=1e-4, rtol=0)
     for got, expected in zip(multi.embeddings, want["colbert"], strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 

@@ -130,6 +130,11 @@ class FakeModel:
     def forward_tokens(self, encodings: Sequence[Encoded]) -> list[FloatArray]:
         return [self._token_states(e) for e in encodings]
 
+    has_sparse_head = False  # SPLADE's sparse vectors are its forward's output
+
+    def forward_sparse(self, encodings: Sequence[Encoded]) -> FloatArray:
+        return self.forward(encodings)
+
 
 @dataclass
 class FakeConfig:
