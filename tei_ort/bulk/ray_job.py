@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ from tei_ort.errors import TeiOrtError
 logger = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("file", "row", "id", "text", "error")
+# Ray Data appends this to a failed task's exception message (ray.data._internal.util's
+# _annotate_exception_with_retry_context): "\nFailed to apply UDF transform after 1/1 attempts..."
+RAY_RETRY_NOTE = re.compile(r"\nFailed to .* after \d+/\d+ attempts \(total backoff .*", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -137,19 +141,40 @@ def _dataset(
     )
 
 
+def _user_error(exc: BaseException) -> TeiOrtError | None:
+    """The TeiOrtError a worker raised, under Ray's wrapper (RayTaskError keeps the worker's own
+    exception as `cause`; the wrapper is also an instance of it, but its text is Ray's)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException):
+            todo.append(cause)
+        elif isinstance(current, TeiOrtError):
+            return current
+        else:
+            todo += [current.__cause__, current.__context__]
+    return None
+
+
 def _results(dataset: ray.data.Dataset) -> Iterator[tuple[int, ShardEntry, bytes]]:
     try:
         for row in dataset.iter_rows():
             entry = ShardEntry.model_validate_json(row["entry"])
             yield int(row["shard"]), entry, row["parquet"]
     except RayError as exc:
-        # A user error in a worker (a file changed under the job, say) keeps its own message.
-        cause = exc.__cause__ if isinstance(exc.__cause__, TeiOrtError) else None
-        if cause is None and isinstance(getattr(exc, "cause", None), TeiOrtError):
-            cause = exc.cause  # type: ignore[attr-defined]
-        if cause is not None:
-            raise cause from exc
-        raise
+        # A user error in a worker (a file changed under the job, say) keeps its own message
+        # and exit status (2).
+        cause = _user_error(exc)
+        if cause is None:
+            raise
+        if cause.args and isinstance(cause.args[0], str):  # without Ray Data's retry note
+            cause.args = (RAY_RETRY_NOTE.sub("", cause.args[0]), *cause.args[1:])
+        raise cause from exc
 
 
 def run(
@@ -174,7 +199,11 @@ def run(
     if owns_ray:
         ray.init(address=ray_options.address, log_to_driver=True)
     try:
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
+        context = ray.data.DataContext.get_current()  # the workers get the driver's
+        context.enable_progress_bars = False  # ours is on the driver
+        # A worker's own exception, not Ray Data's UserCodeException around it (whose pickled
+        # form loses the original): a user error keeps its message and exit status.
+        context.raise_original_map_exception = True
         pinned = dataclasses.replace(
             choice,
             provider=manifest.provider,

@@ -18,6 +18,7 @@ import pytest
 
 from tei_ort.bulk.cli import EmbedSettings, run
 from tei_ort.bulk.shards import JobManifest, OutputFolder, read_output
+from tei_ort.errors import ValidationError
 from tei_ort.export import corpus
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
@@ -36,10 +37,15 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE_BYTES}
-    # No dashboard: it is a process busy with nothing the tests read, on two shared cores.
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    cluster.add_node(**node)
-    cluster.wait_for_nodes()
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray kills workers when the machine's memory is 95% used, whoever uses it: on a machine
+        # shared with other work that is noise, not what these tests are about. (Ray reads its
+        # settings from RAY_<name> variables, case and all.)
+        patch.setenv("RAY_memory_monitor_refresh_ms", "0")
+        # No dashboard: a process busy with nothing the tests read, on two shared cores.
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
     # Connected here, so each job reuses the connection (tei-embed leaves a connection it did
     # not open alone).
     ray.init(address=cluster.address)
@@ -192,3 +198,25 @@ def test_a_local_job_resumed_on_ray_with_an_actor_killed_mid_shard(
     _assert_same_job(output, local)
     assert (summary.shards_reused, summary.shards_written) == (2, 5)
     assert (summary.rows, summary.embedded, summary.bad_rows) == (44, 44, 0)
+
+
+def test_a_user_error_in_an_actor_stops_the_job_with_its_message(
+    cluster: Cluster,
+    minilm_package: Path,
+    sources: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Refuses(ray_job.ShardActor):
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            if 2 in batch.column("shard").to_pylist():
+                raise ValidationError("b.parquet changed during the job")
+            return super().__call__(batch)
+
+    monkeypatch.setattr(ray_job, "ShardActor", Refuses)
+    output = tmp_path / "out"
+    with pytest.raises(ValidationError) as raised:
+        run(_settings(minilm_package, sources, output, ray=cluster.address))
+    assert str(raised.value) == "b.parquet changed during the job"
+    manifest = _manifest(output)
+    assert 2 not in manifest.shards and not manifest.complete
