@@ -1,7 +1,9 @@
 """`tei-embed INPUT... -o OUTPUT`: embed files offline with the server's engine, resumably.
 
 Wiring only: settings (pydantic, the edge) -> input files -> the output folder's manifest (a
-resumed job pins the provider and variant it started with) -> model and engine -> Job.run.
+resumed job pins the provider and variant it started with) -> model and engine -> Job.run;
+with --ray, the model is loaded here only to pin the variant and check the job, and
+ray_job.run embeds the shards on the cluster (Ray is imported only then).
 Exit status: 0 done, 2 a user error (bad arguments, a bad row under --on-error fail, an output
 folder that holds another job), 1 anything else.
 """

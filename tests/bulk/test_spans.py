@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tei_ort.bulk import inputs, spans
+from tei_ort.bulk.cli import EmbedSettings, build_parser
 from tei_ort.bulk.inputs import Fields
 from tei_ort.errors import ValidationError
 
@@ -108,3 +109,18 @@ def test_ray_flag_without_ray_is_a_clear_user_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--ray needs Ray: pip install 'tei-ort[ray]'" in done.stderr
     assert not (tmp_path / "out").exists()  # nothing done before the check
+
+
+@pytest.mark.parametrize(
+    ("flags", "address", "actors"),
+    [
+        ([], None, None),  # no --ray: the local run
+        (["--ray"], "", None),  # Ray's own rule: RAY_ADDRESS, else a new local instance
+        (["--ray=auto", "--ray-actors", "3"], "auto", 3),
+        (["--ray", "ray://head:10001"], "ray://head:10001", None),
+    ],
+)
+def test_the_ray_flags(flags: list[str], address: str | None, actors: int | None) -> None:
+    args = build_parser().parse_args(["a.txt", "-o", "out", *flags])
+    settings = EmbedSettings.model_validate(vars(args))
+    assert (settings.ray, settings.ray_actors) == (address, actors)
