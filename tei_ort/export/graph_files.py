@@ -60,6 +60,9 @@ def save(model: onnx.ModelProto, graph: Path, threshold_bytes: int) -> None:
         location=data.name,
         size_threshold=SMALL_TENSOR_BYTES,
     )
+    # onnx creates the data file private (0600); give it the graph file's umask-derived mode, so
+    # that a server running as another user (the images' non-root one) can read both.
+    data.chmod(graph.stat().st_mode & 0o777)
 
 
 def load(graph: Path) -> onnx.ModelProto:

@@ -73,6 +73,9 @@ def test_every_graph_keeps_its_tensors_in_its_data_file(package: ExportResult) -
             package.path / variant.file
         ).stat().st_size
         assert manifest.files[data].size == (package.path / data).stat().st_size
+        # Readable by whoever can read the graph (onnx writes it 0600).
+        graph_mode = (package.path / variant.file).stat().st_mode & 0o777
+        assert (package.path / data).stat().st_mode & 0o777 == graph_mode
     # bf16 (OpenVINO reading the same model.onnx and its data file) where the CPU has bfloat16.
     expected = set(OPTIONS.variants) - (set() if openvino_bf16() else {VariantName.BF16})
     assert {v.name for v in manifest.variants} == expected
