@@ -81,6 +81,11 @@ queries + 192 passages, overlap@10 with all 84 queries (/tmp probe, 2026-11-30, 
 
 Without short rows the plan search picks static scales that fail short texts ("?" at 0.82);
 with them, 8-bit picks per-token scales on 23 of 24 groups (10 static before), part of the cost.
+Speed, in CPU time (process_time, one intra-op thread, per-batch min of 2; 128 corpus texts and
+the 20 short queries twice, 5,305 real tokens): the Xeon was shared at load 12-18, where
+wall-clock ratios swung from 1.04x to 1.52x for one graph between runs. fp32 1.00x; 8-bit before
+1.84x, now 1.50x (outliers at 10x: 1.45x, short min 0.99578); 7-bit before 1.57x, now 1.36x
+(outliers at 5x: 1.42x, short min 0.99588; within this run's noise of 4x's).
 
 Quantize the unfused graph: the fused one is slower, mostly because ORT 1.31's CPU
 SkipLayerNormalization kernel is ~3x slower than Add + LayerNormalization here.

@@ -147,21 +147,9 @@ MINILM_BARS = [
     pytest.param(VariantName.FP32, "cpu", 0.99999, 1.0, id="fp32"),
     pytest.param(VariantName.FP16, "cpu", 0.999, 0.95, id="fp16"),
     pytest.param(VariantName.INT8, "cpu", 0.995, 0.95, id="int8"),
-    pytest.param(
-        VariantName.INT8_W7,
-        "cpu",
-        0.995,
-        0.95,
-        id="int8-w7",
-        marks=pytest.mark.xfail(
-            # Strict where it was measured; on another class an unexpected pass is reported
-            # (XPASS), not a failure, since no one has measured int8-w7 there yet.
-            strict=this_cpu().isa_class is IsaClass.X86_AMX,
-            reason="a known miss, not a pass: on an AMX Xeon (2026-11-30) int8-w7 scored cosine "
-            "0.99365 on the one-character query 'x' (every other text >= 0.9972; overlap@10 "
-            "0.950), under the 0.995 bar its manifest says it cleared on the validator's texts",
-        ),
-    ),
+    # Was a strict xfail until issue 9's quantizer change: cosine 0.99365 on the query "x";
+    # 0.998603 / overlap@10 0.953 after it (AMX Xeon, 2026-11-30).
+    pytest.param(VariantName.INT8_W7, "cpu", 0.995, 0.95, id="int8-w7"),
     pytest.param(VariantName.BF16, "openvino", 0.999, 0.95, id="bf16"),
 ]
 # 8-bit weights saturate int16 pair sums on CPUs without VNNI/AMX (README, "Which variant"): the
