@@ -100,7 +100,8 @@ def main() -> None:
             # Ray starts its workers at nice 15 (RAY_worker_niceness): on a machine shared with
             # other work they would get less of the CPU than the local run, and the comparison
             # would measure the neighbours. Same priority for both.
-            env = {**os.environ, "RAY_worker_niceness": "0"}
+            # Nor kill workers when the shared machine's memory is 95% used by the neighbours.
+            env = {**os.environ, "RAY_worker_niceness": "0", "RAY_memory_monitor_refresh_ms": "0"}
             done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
             wall = time.perf_counter() - started
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
