@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tei_ort.bulk.cli import EmbedSettings, run
+from tei_ort.bulk.job import BadRowError
 from tei_ort.bulk.shards import JobManifest, OutputFolder, read_output
 from tei_ort.errors import ValidationError
 from tei_ort.export import corpus
@@ -220,3 +221,15 @@ def test_a_user_error_in_an_actor_stops_the_job_with_its_message(
     assert str(raised.value) == "b.parquet changed during the job"
     manifest = _manifest(output)
     assert 2 not in manifest.shards and not manifest.complete
+
+
+def test_on_error_fail_stops_at_the_bad_row(
+    cluster: Cluster, minilm_package: Path, sources: list[Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    settings = _settings(minilm_package, sources, output, ray=cluster.address, on_error="fail")
+    with pytest.raises(BadRowError, match=r"a\.jsonl, row 5: missing field 'text'"):
+        run(settings)
+    manifest = _manifest(output)
+    assert 0 not in manifest.shards and not manifest.complete  # the bad row's shard is not written
+    assert not (output / "part-00000.parquet").exists()
