@@ -194,7 +194,7 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
 
         return build
 
-    token_only: dict[str, Any] = {"_MODES": ("per-token",)}
+    token_only: dict[str, Any] = {"_EIGHT_BIT_MODES": ("per-token",), "_MODES": ("per-token",)}
     no_outliers: dict[str, Any] = {"_OUTLIER_RATIO": {8: np.inf, 7: np.inf}}
     plain: dict[str, Any] = {"_SHRINKS": (1.0,)}  # no weight-scale search
     # quantize_int8's 7-bit default is per-token activations; "mixed" lets it pick as 8-bit does
@@ -227,10 +227,10 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
         "per-token + SmoothQuant + GPTQ": (raw, ours(feeds, **token_only)),
         "all static + SmoothQuant + GPTQ (speed bound)": (
             raw,
-            ours(feeds, _MODES=("static",)),
+            ours(feeds, _EIGHT_BIT_MODES=("static",)),
         ),
-        "chosen: mixed static/per-token, unfused": (raw, ours(feeds)),
-        "chosen: mixed static/per-token, fused": (fused, ours(feeds)),
+        "chosen (module default), unfused": (raw, ours(feeds)),
+        "chosen (module default), fused": (fused, ours(feeds)),
         "chosen, unfused, 64 calibration texts": (raw, ours(small)),
         "chosen, fused, 64 calibration texts": (fused, ours(small)),
         # 7-bit weights ([-63, 63]): no int16 saturation in AVX2's vpmaddubsw (see quantize.py)

@@ -9,7 +9,8 @@ group, from the calibration text:
   back through the calibration Hessian) instead of to nearest: half the weight error;
 - SmoothQuant (alpha 0 / 0.5 / 0.75 / 1): outlier channels of LayerNorm outputs are divided down
   and the weight rows multiplied up;
-- activations: a *static* calibrated scale (one QuantizeLinear, and the bias Add folds into the
+- activations (since issue 9 per token only, for 8-bit weights too: _EIGHT_BIT_MODES; static
+  scales, which the study rows below still use, failed short queries): a *static* calibrated scale (one QuantizeLinear, and the bias Add folds into the
   GEMM) where its worst tokens fare as well as with per-token scales; else a scale per token
   (row) computed in the graph, over the row's range or, for GELU outputs, its max alone; the zero
   point is fixed per group. ORT's dynamic quantization scales the whole batch tensor at once: one
@@ -122,6 +123,11 @@ _TOLERANCE = 1.1
 # With 7-bit weights: their error raises every mode's alike, so the relative test above lets
 # static scales through that fail outlier texts (MiniLM: cos min 0.94 vs 0.996 per token).
 _SEVEN_BIT_MODES = ("per-token",)
+# With 8-bit weights too, since issue 9: a static scale calibrated on some texts fails others.
+# The test suite's calibration (prose batches from 4 to 88 tokens) chose static for 5 of 24
+# groups and scored cosine 0.965 on the short queries (0.9968 per token only); the pipeline's
+# chose static for 1 group.
+_EIGHT_BIT_MODES = ("per-token-max", "per-token")
 _MAX_ROWS = 2048  # calibration tokens kept per layer: enough for a 1536-wide Hessian
 _GPTQ_BLOCK = 128
 _GPTQ_DAMP = 0.01
@@ -208,7 +214,7 @@ def quantize_int8(
     calibration = [*calibration, *_short_texts(calibration)]
     qmax = 2 ** (weight_bits - 1) - 1
     grid = _Grid(qmax, _SHRINKS if weight_bits < 8 else (1.0,))
-    modes = _MODES if weight_bits == 8 else _SEVEN_BIT_MODES
+    modes = _EIGHT_BIT_MODES if weight_bits == 8 else _SEVEN_BIT_MODES
     model = onnx.load(str(fp32_onnx))
     graph = model.graph
     groups = _find_groups(graph)
@@ -250,8 +256,8 @@ def quantize_int8(
         method="int8 GEMMs; SmoothQuant + GPTQ weights; per-token or static activations",
         weights=f"int8 symmetric per output channel in [-{qmax}, {qmax}] ({weight_bits}-bit), "
         "GPTQ rounding",
-        activations="uint8; scale per token at run time, or a calibrated static scale where "
-        "its worst tokens fare as well; zero point per layer from calibration",
+        activations="uint8; scale per token at run time (over the row's range, or its max for "
+        "GELU outputs); zero point per layer from calibration",
         ops="com.microsoft.MatMulIntegerToFloat (u8 x s8) after QuantizeLinear",
         layers=tuple(layers),
         kept_fp32=tuple(kept),
