@@ -86,7 +86,9 @@ Speed, in CPU time (process_time, one intra-op thread, per-batch min of 2; 128 c
 the 20 short queries twice, 5,305 real tokens): the Xeon was shared at load 12-18, where
 wall-clock ratios swung from 1.04x to 1.52x for one graph between runs. fp32 1.00x; 8-bit before
 1.84x, now 1.50x (outliers at 10x: 1.45x, short min 0.99578); 7-bit before 1.57x, now 1.36x
-(outliers at 5x: 1.42x, short min 0.99588; within this run's noise of 4x's).
+(outliers at 5x: 1.42x, short min 0.99588; within this run's noise of 4x's). A second run, after
+static scales were dropped for 8-bit too (_EIGHT_BIT_MODES): fp32 1.00x; 8-bit before 1.88x, now
+1.52x (with the 1 static group: 1.42x, the same within noise); 7-bit before 1.62x, now 1.35x.
 
 Quantize the unfused graph: the fused one is slower, mostly because ORT 1.31's CPU
 SkipLayerNormalization kernel is ~3x slower than Add + LayerNormalization here.
