@@ -19,6 +19,7 @@ _TEI_ERROR = {
 _ERRORS = {
     "400": "Empty input or malformed JSON",
     "401": "Missing or wrong API key",
+    "404": "`model` names no model this server serves (several models served)",
     "413": "Payload over --payload-limit",
     "422": "Validation or tokenizer error",
     "424": "Wrong model type for the route, or a failed forward pass",
@@ -28,7 +29,8 @@ _ERRORS = {
 GET_ROUTES: dict[str, str] = {
     "/health": "200 when the model answers, 503 otherwise",
     "/ping": "SageMaker health",
-    "/info": "Model and limits",
+    "/info": "Model and limits: TEI's fields for the first model; `models` lists each served "
+    "model's, `memory` and `resident_memory_bytes` the memory per model and in all",
     "/metrics": "Prometheus metrics",
     "/v1/models": "OpenAI model list",
     "/docs": "This page",

@@ -262,6 +262,10 @@ def test_docs_and_openapi_are_self_contained(embedding_server) -> None:
     ):
         assert "post" in spec["paths"][path], path
     assert "EmbedBody" in spec["components"]["schemas"]
+    # Several models: every body may name one; an unknown name is a documented 404.
+    assert "model" in spec["components"]["schemas"]["EmbedBody"]["properties"]
+    assert "404" in spec["paths"]["/embed"]["post"]["responses"]
+    assert "`models`" in spec["paths"]["/info"]["get"]["summary"]
 
 
 def test_a_big_client_batch_is_one_request(fake_models) -> None:
