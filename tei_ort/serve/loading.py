@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from tei_ort.engine.config import replica_threads
 from tei_ort.errors import ValidationError
-from tei_ort.package import Manifest, Pooling, Task
+from tei_ort.package import TOKENIZER_FILE, Manifest, Pooling, Task
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.model import open_session
 from tei_ort.runtime.providers import resolve as resolve_provider
 from tei_ort.runtime.trial import batch_tokens
 from tei_ort.serve import model_source
 from tei_ort.serve.settings import Settings
+from tei_ort.tokenization import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,28 @@ def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
     return dataclasses.replace(manifest, **changes) if changes else manifest  # type: ignore[arg-type]
 
 
+def fit_input_length(model: Model, settings: Settings) -> None:
+    """As TEI: a model whose max_input_length passes --max-batch-tokens (jina-embeddings-v2's
+    8,192 under --max-batch-tokens 4096) serves inputs of at most max_batch_tokens tokens, with a
+    warning, while --auto-truncate is on; with it off, an over-long input could never be served
+    whole, so start-up fails."""
+    limit = settings.max_batch_tokens
+    if model.manifest.max_input_length <= limit:
+        return
+    if not settings.auto_truncate:
+        raise ValidationError(
+            f"`max_input_length` ({model.manifest.max_input_length}) must be at most "
+            f"`max_batch_tokens` ({limit}) when `auto_truncate` is disabled"
+        )
+    logger.warning(
+        "reducing max_input_length to max_batch_tokens (%d > %d)",
+        model.manifest.max_input_length,
+        limit,
+    )
+    model.manifest = dataclasses.replace(model.manifest, max_input_length=limit)
+    model.tokenizer = Tokenizer.from_file(model.path / TOKENIZER_FILE, limit)
+
+
 def open_replica(model: Model, options: RuntimeOptions) -> Model:
     """Another session of `model`'s graph on its provider and variant (--engine-replicas): the
     tokenizer, manifest and Dense weights are shared; the graph's weights load again."""
@@ -97,6 +120,7 @@ def load_model(settings: Settings) -> LoadedModel:
     target_batch_tokens, batch_note = batch_tokens(model, options)
     logger.info("batching: %s", batch_note)
     model.manifest = with_overrides(model.manifest, settings)
+    fit_input_length(model, settings)
     shapes_started = time.perf_counter()
     if shapes := model.warm_up_shapes(settings.max_batch_tokens):
         logger.info(

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from tei_ort.errors import ValidationError
 from tei_ort.export.hub import locate
 from tei_ort.export.pipeline import ExportOptions, export_model
 from tei_ort.export.source import read_source
@@ -57,6 +58,7 @@ WORDS = [
 class Served:
     client: httpx.Client
     source: Path
+    package: Path
 
 
 def _jina_source(root: Path, sentence_transformers: dict[str, object] | None) -> Path:
@@ -96,12 +98,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         live.serve_app(build(load_settings(args, {}))) as url,
         httpx.Client(base_url=url, timeout=300) as client,
     ):
-        yield Served(client, source)
+        yield Served(client, source, package)
 
 
 @functools.cache
-def torch_embeddings(source: Path, text: str) -> np.ndarray:
-    """Our JinaBERT module in PyTorch on transformers' tokenization truncated at 8,192 tokens,
+def torch_embeddings(source: Path, text: str, limit: int = LIMIT) -> np.ndarray:
+    """Our JinaBERT module in PyTorch on transformers' tokenization truncated at `limit` tokens,
     mean-pooled and normalized by hand. (hidden,)"""
     import torch
     from transformers import AutoTokenizer
@@ -111,7 +113,7 @@ def torch_embeddings(source: Path, text: str) -> np.ndarray:
 
     tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     model = own.load(source, lookup("JinaBertModel"))
-    encoded = tokenizer([text], truncation=True, max_length=LIMIT, return_tensors="pt")
+    encoded = tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
     with torch.no_grad():
         hidden = model(
             encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"]
@@ -220,3 +222,41 @@ def test_an_8193_token_input_is_truncated_to_8192_with_truncation(
     # The reference truncates at 8,192 tokens (the last word dropped, [SEP] kept).
     want = torch_embeddings(served.source, batch_run.texts[2])
     np.testing.assert_allclose(batch_run.embeddings[2], want, atol=ATOL, rtol=0)
+
+
+def _settings(package: Path, hub: Path, *flags: str) -> list[str]:
+    args = ["--model-id", str(package), "--provider", "cpu", "--variant", "fp32"]
+    return [*args, "--prometheus-port", "0", "--huggingface-hub-cache", str(hub), *flags]
+
+
+def test_a_budget_below_8192_lowers_max_input_length_as_tei_does(
+    served: Served, tmp_path: Path
+) -> None:
+    """TEI: max_input_length above --max-batch-tokens is lowered to it while --auto-truncate is
+    on (the default): the server starts, /info says so, inputs are cut there."""
+    args = _settings(served.package, tmp_path, "--max-batch-tokens", "2048")
+    text = text_of(3000, 1)
+    with (
+        live.serve_app(build(load_settings(args, {}))) as url,
+        httpx.Client(base_url=url, timeout=300) as client,
+    ):
+        assert client.get("/info").json()["max_input_length"] == 2048
+        refused = client.post("/embed", json={"inputs": text, "truncate": False})
+        cut = client.post("/embed", json={"inputs": text, "truncate": True})
+    assert refused.status_code == 422
+    assert refused.json()["error"] == (
+        "Input validation error: `inputs` must have less than 2048 tokens. Given: 3000"
+    )
+    assert cut.status_code == 200, cut.text
+    want = torch_embeddings(served.source, text, 2048)
+    np.testing.assert_allclose(np.array(cut.json())[0], want, atol=ATOL, rtol=0)
+
+
+def test_a_budget_below_8192_without_auto_truncate_fails_at_start_up(
+    served: Served, tmp_path: Path
+) -> None:
+    args = _settings(
+        served.package, tmp_path, "--max-batch-tokens", "2048", "--auto-truncate", "false"
+    )
+    with pytest.raises(ValidationError, match=r"`max_input_length` \(8192\) must be at most"):
+        build(load_settings(args, {}))
