@@ -28,7 +28,8 @@ def offline_export(name: str) -> Any:
     names = [model for model, _ in offline_models.expand([offline_models.ALL_OFFLINE])]
     parsed = cli._validate_parser().parse_args(["--models", offline_models.ALL_OFFLINE])
     out = VALIDATE_OUT / cli.package_folder(names.index(name), name)
-    return export_model(offline_models.folder(name), out, cli._options(parsed))
+    options = offline_models.options_for(name, cli._options(parsed))
+    return export_model(offline_models.folder(name), out, options)
 
 
 @pytest.fixture(scope="session")

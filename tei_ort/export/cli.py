@@ -91,7 +91,8 @@ def _run_validate(parsed: argparse.Namespace) -> int:
         for index, (name, model) in enumerate(models):
             out = root / package_folder(index, name)
             try:
-                result: ExportResult = export_model(model, out, _options(parsed), _hub(parsed))
+                options = offline_models.options_for(name, _options(parsed))
+                result: ExportResult = export_model(model, out, options, _hub(parsed))
             except TeiOrtError as exc:
                 logger.error("%s: %s", name, exc)
                 rows.append((name, "-", "-", "-", "-", "-", "-", f"error: {exc}"))

