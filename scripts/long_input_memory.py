@@ -3,7 +3,7 @@
 Builds a random-weight JinaBERT v2 with jina-embeddings-v2-base-en's dims (hidden 768, 12 layers,
 12 heads, GeGLU 3072, ALiBi, 8,192 positions; the MiniLM tokenizer, so a 30,522-row vocabulary),
 exports it (fp32), then for each --max-batch-tokens budget starts `tei-serve` on it in a child
-process, posts one /embed request of 8 inputs of 8,000 tokens, and reports the server's RSS (psutil,
+process, posts one /embed request of --inputs (8) inputs of 8,000 tokens, and reports the server's RSS (psutil,
 sampled every 50 ms) after start-up and at its peak during the request, the wall time and the
 tokens/s, and how many forward passes ran (te_batch_next_size_count).
 
@@ -41,7 +41,7 @@ JINA_V2_BASE = {
     "num_hidden_layers": 12,
 }
 POSITIONS = tiny_jina.MAX_POSITIONS
-INPUTS, TOKENS = 8, 8000
+TOKENS = 8000
 WORDS = ["the", "river", "city", "north", "music", "paper", "light", "green", "house", "water"]
 
 
@@ -85,7 +85,9 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def measure(package: Path, budget: int, log: Path, rss_limit: int) -> dict[str, object]:
+def measure(
+    package: Path, budget: int, inputs: int, log: Path, rss_limit: int
+) -> dict[str, object]:
     port = free_port()
     args = [sys.executable, "-m", "tei_ort.serve", "--model-id", str(package)]
     args += ["--provider", "cpu", "--variant", "fp32", "--max-batch-tokens", str(budget)]
@@ -124,7 +126,7 @@ def measure(package: Path, budget: int, log: Path, rss_limit: int) -> dict[str, 
         ready_rss = tree_rss(process)
         texts = [
             " ".join(WORDS[(i * (k + 1)) % len(WORDS)] for i in range(TOKENS - 2))
-            for k in range(INPUTS)
+            for k in range(inputs)
         ]
         with httpx.Client(base_url=url, timeout=3600) as client:
             before = scrape.scrape(client)
@@ -135,7 +137,12 @@ def measure(package: Path, budget: int, log: Path, rss_limit: int) -> dict[str, 
                 r = client.post("/embed", json={"inputs": texts, "truncate": False})
             except httpx.TransportError:
                 if killed.is_set():
-                    return {"budget": budget, "killed_over_rss_gb": rss_limit / 2**30}
+                    return {
+                        "budget": budget,
+                        "rss_ready_gb": round(ready_rss / 2**30, 2),
+                        "killed_over_rss_gb": rss_limit / 2**30,
+                        "after_s": round(time.perf_counter() - tick, 1),
+                    }
                 raise
             elapsed = time.perf_counter() - tick
             done.set()
@@ -153,7 +160,7 @@ def measure(package: Path, budget: int, log: Path, rss_limit: int) -> dict[str, 
             "rss_ready_gb": round(ready_rss / 2**30, 2),
             "rss_peak_gb": round(peak["rss"] / 2**30, 2),
             "request_s": round(elapsed, 1),
-            "tokens_per_s": round(INPUTS * TOKENS / elapsed, 1),
+            "tokens_per_s": round(inputs * TOKENS / elapsed, 1),
             "forwards": forwards,
             "rows": len(rows),
             "batching": notes[-1] if notes else None,
@@ -170,6 +177,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="work folder (source/, package/, logs inside)")
     parser.add_argument("budgets", nargs="+", type=int, help="--max-batch-tokens values")
     parser.add_argument("--rss-limit-gb", type=float, default=14.0)
+    parser.add_argument("--inputs", type=int, default=8, help="8,000-token inputs per request")
     args = parser.parse_args()
     folder: Path = args.folder
     package = folder / "package"
@@ -189,7 +197,11 @@ def main() -> None:
     print(f"cpu: {cpu}, {psutil.cpu_count()} logical CPUs", flush=True)
     for budget in args.budgets:
         result = measure(
-            package, budget, folder / f"serve-{budget}.log", int(args.rss_limit_gb * 2**30)
+            package,
+            budget,
+            args.inputs,
+            folder / f"serve-{budget}.log",
+            int(args.rss_limit_gb * 2**30),
         )
         print(json.dumps(result), flush=True)
 
