@@ -29,9 +29,9 @@ import httpx
 import psutil
 
 from tei_ort.export.pipeline import ExportOptions, export_model
+from tei_ort.export.st_files import write_pooling_normalize
 from tei_ort.package import VariantName
 from tests.export import tiny_jina, tiny_models
-from tests.export.st_files import write_pooling_normalize
 from tests.serve import scrape
 
 JINA_V2_BASE = {

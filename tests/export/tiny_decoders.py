@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tei_ort.export import corpus
-from tests.export.st_files import write_pooling_normalize
+from tei_ort.export.st_files import write_pooling_normalize
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIALS = (ENDOFTEXT, IM_START, IM_END)

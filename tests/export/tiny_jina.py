@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.export.st_files import write_pooling_normalize
+from tei_ort.export.st_files import write_pooling_normalize
 
 # One layer's tensor names in the real checkpoints (TEI backends/candle/src/models/jina.rs and
 # jina_code.rs), without the "encoder.layer.N." prefix.

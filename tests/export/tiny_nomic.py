@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.export.st_files import write_pooling_normalize
+from tei_ort.export.st_files import write_pooling_normalize
 from tests.export.tiny_jina import randomize
 
 LAYER_KEYS = {

