@@ -22,6 +22,7 @@ from tei_ort.export import (
     fuse,
     graph_files,
     m3_heads,
+    m3_reference,
     publish,
     recipes,
     writer,
@@ -170,9 +171,12 @@ def _export(subject: Subject, package: Path, options: ExportOptions, timer: _Tim
         base = _base_manifest(subject, package)
         vset = validation_set(options.validation_queries, options.validation_passages)
         reference = REFERENCE_RUNNERS[subject.task](subject, vset)
-        write_fidelity_set(package, vset, reference)
+        heads = m3_reference.head_references(
+            subject.source, subject.recipe, base.token_heads, package, vset.texts
+        )
+        write_fidelity_set(package, vset, reference, heads)
         timer.lap("reference")
-        validator = Validator(package, base, subject, vset, reference)
+        validator = Validator(package, base, subject, vset, reference, heads)
         variants: list[Variant] = [build_fp32(validator, graphs)]
         timer.lap("fp32")
         for name, build in DERIVED_BUILDERS.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
@@ -85,12 +85,14 @@ class Validator:
         subject: Subject,
         vset: ValidationSet,
         reference: FloatArray,
+        heads: Mapping[str, FloatArray] | None = None,  # BGE-M3's token heads' references
     ) -> None:
         self.package = package
         self.base = base
         self.subject = subject
         self.vset = vset
         self.reference = reference
+        self.heads = dict(heads or {})
 
     def check(self, done: Sequence[Variant], name: VariantName) -> Validation:
         spec = VARIANT_SPECS[name]
@@ -103,7 +105,7 @@ class Validator:
         model = Model.load(self.package, options)
         validation = validate_here(
             model,
-            FidelitySet(self.vset, self.reference),
+            FidelitySet(self.vset, self.reference, self.heads),
             isa_class=this_cpu().isa_class.value,
             engine=engine_name(model.provider),
         )
@@ -133,7 +135,9 @@ def _copy_graph(source: Path, target: Path) -> None:
         graph_files.data_file(target).unlink(missing_ok=True)
         shutil.copyfile(source, target)
         return
-    graph_files.save(graph_files.load(source), target, threshold_bytes=0)
+    graph_files.save_streamed(
+        graph_files.load_structure(source), source.parent, target, threshold_bytes=0
+    )
 
 
 def build_fp16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:

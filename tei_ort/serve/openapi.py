@@ -30,7 +30,8 @@ GET_ROUTES: dict[str, str] = {
     "/health": "200 when the model answers, 503 otherwise",
     "/ping": "SageMaker health",
     "/info": "Model and limits: TEI's fields for the first model; `models` lists each served "
-    "model's, `memory` and `resident_memory_bytes` the memory per model and in all",
+    "model's, `memory` and `resident_memory_bytes` the memory per model and in all, `outputs` "
+    "which route gives which output (BGE-M3: dense, sparse and ColBERT)",
     "/metrics": "Prometheus metrics",
     "/v1/models": "OpenAI model list",
     "/docs": "This page",

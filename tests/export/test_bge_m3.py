@@ -8,6 +8,7 @@ and L2-normalized)."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from tei_ort.errors import PackageError
 from tei_ort.export.pipeline import ExportResult, export_model
 from tei_ort.package import TokenHeads, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.fidelity_check import read_fidelity_set, validate_here, write_fidelity_set
 from tests.engine.conftest import asynchronous, running
 from tests.export import tiny_bge_m3
 from tests.export.conftest import TINY_OPTIONS
@@ -86,6 +88,17 @@ def test_manifest_names_the_heads(package: ExportResult) -> None:
     assert {"sparse_linear.npz", "colbert_linear.npz"} <= set(package.manifest.files)
     fp32 = package.manifest.variant(VariantName.FP32).validation
     assert fp32 is not None and fp32.passed
+
+
+def test_info_names_its_three_outputs(package: ExportResult) -> None:
+    from tei_ort.serve.routes.health import model_type, outputs
+
+    assert model_type(package.manifest) == {"embedding": {"pooling": "cls"}}  # TEI's field
+    assert outputs(package.manifest) == {
+        "/embed": "dense",
+        "/embed_sparse": "sparse",
+        "/embed_all": "colbert",
+    }
 
 
 def test_dense_vector(model: Model, source: Path) -> None:
@@ -180,3 +193,71 @@ def test_a_head_pickle_that_runs_code_is_refused(
     with pytest.raises(PackageError, match="sparse_linear.pt"):
         export_model(str(folder), tmp_path / "pkg", TINY_OPTIONS)
     assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_the_reference_of_the_heads_matches_flagembeddings_rules(
+    package: ExportResult, source: Path
+) -> None:
+    """tei_ort.export.m3_reference (what every variant is validated against) equals this file's
+    reference, written separately from FlagEmbedding's rules."""
+    from tei_ort.export.hub import locate
+    from tei_ort.export.m3_reference import head_references
+    from tei_ort.export.pipeline import plan
+    from tei_ort.export.source import read_source
+
+    subject = plan(read_source(locate(str(source))), TINY_OPTIONS)
+    heads = head_references(
+        subject.source, subject.recipe, package.manifest.token_heads, package.path, TEXTS
+    )
+    want = reference(source, TEXTS)
+    np.testing.assert_allclose(heads["sparse"], np.stack(want["sparse"]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(heads["colbert"], np.concatenate(want["colbert"]), atol=1e-5)
+
+
+def test_each_variant_is_validated_on_both_heads(package: ExportResult) -> None:
+    """The export checks the sparse and ColBERT outputs of every variant beside the pooled
+    vector, and the package carries their references for re-validation on another CPU."""
+    fidelity = read_fidelity_set(package.path)
+    assert fidelity is not None and set(fidelity.heads) == {"sparse", "colbert"}
+    assert fidelity.heads["sparse"].shape == (len(fidelity.vset.texts), 600)
+    model = Model.load(package.path, RuntimeOptions(provider="cpu", variant="fp32"))
+    assert fidelity.heads["colbert"].shape == (
+        sum(len(e) - 1 for e in model.encode(fidelity.vset.texts)),
+        tiny_bge_m3.HIDDEN,
+    )
+    for variant in package.manifest.variants:
+        validation = variant.validation
+        assert validation is not None
+        assert "sparse head (" in validation.note and "colbert head (" in validation.note
+    fp32 = package.manifest.variant(VariantName.FP32).validation
+    assert fp32 is not None and fp32.passed and "FAILED" not in fp32.note
+
+
+def test_a_head_that_misses_its_reference_fails_the_variant(package: ExportResult) -> None:
+    """The pooled vector alone would pass; a ColBERT output off its reference fails the variant
+    (here the reference is perturbed, as a head computed wrongly would be)."""
+    fidelity = read_fidelity_set(package.path)
+    assert fidelity is not None
+    model = Model.load(package.path, RuntimeOptions(provider="cpu", variant="fp32"))
+    good = validate_here(model, fidelity, isa_class="x86-avx2", engine="test")
+    assert good.passed
+    rng = np.random.default_rng(0)
+    bent = fidelity.heads["colbert"] + rng.normal(0, 0.05, fidelity.heads["colbert"].shape)
+    heads = {**fidelity.heads, "colbert": bent.astype(np.float32)}
+    bad = validate_here(model, replace(fidelity, heads=heads), isa_class="x86-avx2", engine="t")
+    assert not bad.passed
+    assert bad.note.startswith("FAILED colbert head")
+    assert bad.cosine_min == good.cosine_min  # the pooled vector's figures are unchanged
+
+
+def test_the_fidelity_set_keeps_the_heads(package: ExportResult, tmp_path: Path) -> None:
+    fidelity = read_fidelity_set(package.path)
+    assert fidelity is not None
+    write_fidelity_set(tmp_path, fidelity.vset, fidelity.reference, fidelity.heads)
+    again = read_fidelity_set(tmp_path)
+    assert again is not None and set(again.heads) == {"sparse", "colbert"}
+    for name in again.heads:
+        np.testing.assert_array_equal(again.heads[name], fidelity.heads[name])
+    write_fidelity_set(tmp_path, fidelity.vset, fidelity.reference, {"nope": fidelity.reference})
+    with pytest.raises(PackageError, match="unknown head references"):
+        read_fidelity_set(tmp_path)

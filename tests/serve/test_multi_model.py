@@ -153,6 +153,9 @@ def test_models_and_info_list_every_model(server: Server) -> None:
     assert list(by_name) == ["emb", "rr", "sp"]
     assert set(by_name["rr"]["model_type"]) == {"reranker"}
     assert by_name["sp"]["model_type"] == {"embedding": {"pooling": "splade"}}
+    assert by_name["emb"]["outputs"] == {"/embed": "dense", "/embed_all": "token_embeddings"}
+    assert by_name["rr"]["outputs"] == {"/rerank": "scores", "/predict": "scores"}
+    assert by_name["sp"]["outputs"] == {"/embed_sparse": "sparse"}
     assert by_name["rr"]["max_concurrent_requests"] == 512  # its own limits
     assert {k: v for k, v in info.items() if k not in ("models", "resident_memory_bytes")} == (
         by_name["emb"]

@@ -43,6 +43,28 @@ def model_type(manifest: Manifest) -> JsonObject:
     return by_task[manifest.task]
 
 
+# Which route gives which output, by task; BGE-M3's heads add theirs (see outputs).
+_TASK_OUTPUTS: dict[Task, dict[str, str]] = {
+    Task.EMBEDDING: {"/embed": "dense", "/embed_all": "token_embeddings"},
+    Task.SPARSE_EMBEDDING: {"/embed_sparse": "sparse"},
+    Task.CLASSIFICATION: {"/predict": "labels"},
+    Task.RERANKER: {"/rerank": "scores", "/predict": "scores"},
+}
+
+
+def outputs(manifest: Manifest) -> dict[str, str]:
+    """Ours, beside TEI's model_type (which names one pooling): every output the model gives and
+    the route that gives it. BGE-M3 is a CLS embedder to TEI's fields, and also gives sparse
+    weights on /embed_sparse and ColBERT multi-vectors on /embed_all."""
+    result = dict(_TASK_OUTPUTS[manifest.task])
+    heads = manifest.token_heads
+    if heads is not None and heads.sparse is not None:
+        result["/embed_sparse"] = "sparse"
+    if heads is not None and heads.colbert is not None:
+        result["/embed_all"] = "colbert"
+    return result
+
+
 def info_payload(ctx: ServeContext) -> JsonObject:
     manifest = ctx.engine.model.manifest
     limits = ctx.engine.config
@@ -52,6 +74,7 @@ def info_payload(ctx: ServeContext) -> JsonObject:
         "model_dtype": ctx.dtype,
         "served_model_name": ctx.served_model_name,
         "model_type": model_type(manifest),
+        "outputs": outputs(manifest),
         "max_concurrent_requests": limits.max_concurrent_requests,
         "max_input_length": manifest.max_input_length,
         "max_batch_tokens": limits.max_batch_tokens,
