@@ -250,3 +250,20 @@ def test_without_model_id_the_servers_embedded_default(
     assert manifest is not None and manifest.model_id == "sentence-transformers/all-MiniLM-L6-v2"
     vectors = np.array(read_output(tmp_path / "out").column("embedding").to_pylist())
     np.testing.assert_allclose(vectors, model.embed(texts), atol=ATOL)
+
+
+def test_every_variant_name_is_accepted_by_tei_embed_and_tei_serve() -> None:
+    """--variant takes each variant a package can hold (int8-wo was missing from tei-embed), in
+    both commands."""
+    import typing
+
+    from tei_ort.package import VariantName
+    from tei_ort.serve.settings import Settings
+
+    names = {name.value for name in VariantName}
+    for model in (EmbedSettings, Settings):
+        annotation = model.model_fields["variant"].annotation
+        literal = next(a for a in typing.get_args(annotation) if a is not type(None))
+        assert set(typing.get_args(literal)) == names, model.__name__
+    settings = EmbedSettings(inputs=("a.jsonl",), output=Path("out"), variant="int8-wo")
+    assert settings.variant == "int8-wo"
