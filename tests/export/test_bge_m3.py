@@ -261,3 +261,38 @@ def test_the_fidelity_set_keeps_the_heads(package: ExportResult, tmp_path: Path)
     write_fidelity_set(tmp_path, fidelity.vset, fidelity.reference, {"nope": fidelity.reference})
     with pytest.raises(PackageError, match="unknown head references"):
         read_fidelity_set(tmp_path)
+
+
+def test_three_outputs_over_http(package: ExportResult, source: Path, tmp_path: Path) -> None:
+    """As users call them: /embed the dense vector, /embed_sparse the sparse weights as TEI's
+    {index, value} lists, /embed_all the ColBERT multi-vectors, /info naming the three."""
+    import httpx
+
+    from tei_ort.serve.cli import build
+    from tei_ort.serve.settings import load_settings
+    from tests.serve import live
+
+    want = reference(source, TEXTS[:3])
+    args = ["--model-id", str(package.path), "--provider", "cpu", "--variant", "fp32"]
+    args += ["--prometheus-port", "0", "--huggingface-hub-cache", str(tmp_path / "hub")]
+    with (
+        live.serve_app(build(load_settings(args, {}))) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        dense = client.post("/embed", json={"inputs": TEXTS[:3]})
+        sparse = client.post("/embed_sparse", json={"inputs": TEXTS[:3]})
+        multi = client.post("/embed_all", json={"inputs": TEXTS[:3]})
+        info = client.get("/info").json()
+    assert dense.status_code == sparse.status_code == multi.status_code == 200
+    np.testing.assert_allclose(np.array(dense.json()), np.stack(want["dense"]), atol=1e-4)
+    for got, expected in zip(sparse.json(), want["sparse"], strict=True):
+        row = np.zeros_like(expected)
+        row[[item["index"] for item in got]] = [item["value"] for item in got]
+        np.testing.assert_allclose(row, expected, atol=1e-4, rtol=0)
+    for got, expected in zip(multi.json(), want["colbert"], strict=True):
+        np.testing.assert_allclose(np.array(got), expected, atol=1e-4, rtol=0)
+    assert info["outputs"] == {
+        "/embed": "dense",
+        "/embed_sparse": "sparse",
+        "/embed_all": "colbert",
+    }
