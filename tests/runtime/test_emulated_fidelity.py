@@ -1,0 +1,107 @@
+"""scripts/emulated_fidelity.py: the fidelity subset it judges (rows aligned with the reference),
+the child's command line, and one real run under qemu-x86_64 -cpu Haswell on the tiny hand-built
+package (skipped where qemu-user is not installed: it is not a dependency of tei_ort)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import platform
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from tei_ort.fidelity import ValidationSet
+from tei_ort.runtime import Model, RuntimeOptions, fidelity_check
+from tei_ort.runtime.fidelity_check import FidelitySet
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "emulated_fidelity.py"
+QUERIES = ("what is a list", "how do I sort", "the for loop")
+PASSAGES = ("lists hold items.", "sorting orders items.", "loops repeat.", "files persist.")
+
+
+@functools.cache
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("emulated_fidelity", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numbered_set() -> FidelitySet:
+    rows = np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row i == i
+    return FidelitySet(ValidationSet(QUERIES, PASSAGES, 2, 3), rows)
+
+
+def test_a_subset_keeps_the_first_queries_and_passages_with_their_reference_rows() -> None:
+    cut = _script().subset(_numbered_set(), 2, 1)
+    assert cut.fidelity.vset.queries == QUERIES[:2]
+    assert cut.fidelity.vset.passages == PASSAGES[:1]
+    assert cut.rows.tolist() == [0, 1, 3]  # passage 0 is row 3 of the full set
+    assert cut.fidelity.reference[:, 0].tolist() == [0.0, 1.0, 3.0]
+    assert (cut.fidelity.vset.rerank_queries, cut.fidelity.vset.rerank_passages) == (2, 1)
+
+
+def test_no_limits_keep_the_whole_set_and_limits_past_its_size_are_clipped() -> None:
+    full = _numbered_set()
+    assert _script().subset(full, None, None).rows.tolist() == list(range(7))
+    assert _script().subset(full, 10, 10).rows.tolist() == list(range(7))
+
+
+def test_a_set_with_token_heads_is_refused() -> None:
+    full = _numbered_set()
+    with_heads = FidelitySet(full.vset, full.reference, {"colbert": np.zeros((20, 3), np.float32)})
+    with pytest.raises(ValueError, match="token heads"):
+        _script().subset(with_heads, 1, 1)
+
+
+def test_the_child_runs_this_script_under_the_emulator_with_the_cpu_model() -> None:
+    cmd = _script().emulator_command(
+        "qemu-aarch64 -L /root", "neoverse-n1", "/py", Path("pkg"), "int8", Path("o.npz"), ["-x"]
+    )
+    assert cmd == [
+        "qemu-aarch64",
+        "-L",
+        "/root",
+        "-cpu",
+        "neoverse-n1",
+        "/py",
+        str(SCRIPT),
+        "pkg",
+        "--child",
+        "int8",
+        "--out",
+        "o.npz",
+        "-x",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-user is not installed")
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates x86_64 on an x86_64 host")
+def test_under_emulated_haswell_the_child_sees_avx2_without_avx512_and_matches_native(
+    make_package: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = make_package()
+    vset = ValidationSet(QUERIES, PASSAGES)
+    model = Model.load(package, RuntimeOptions(provider="cpu", allow_unvalidated=True))
+    fidelity_check.write_fidelity_set(package, vset, model.embed(list(vset.texts)))
+    argv = [str(package), "--variants", "fp32", "--queries", "2", "--passages", "2"]
+    assert _script().main([*argv, "--keep", str(tmp_path), "--python", sys.executable]) == 0
+
+    with np.load(tmp_path / f"{package.name}.Haswell.fp32.npz", allow_pickle=False) as data:
+        emulated, seen = data["output"], json.loads(str(data["seen"]))
+    # MLAS chose its kernels from the emulated CPUID: AVX2 and FMA, no AVX-512, no VNNI.
+    assert seen["cpuid"]["AVX2"] and seen["cpuid"]["FMA3"]
+    assert not seen["cpuid"]["AVX512F"] and not seen["cpuid"]["AVX512VNNI"]
+    reference = model.embed([*QUERIES[:2], *PASSAGES[:2]])
+    np.testing.assert_allclose(emulated, reference, atol=1e-5)  # fp32 gathers and means: exact
+    out = capsys.readouterr().out
+    assert "fp32 emulated: PASS cosine min 1.000000" in out
