@@ -1,38 +1,91 @@
-"""One-off measurement: export a random-weight Qwen3 embedder with Qwen3-Embedding-0.6B's real
-config dims (hidden 1024, 28 layers, 16 heads, 8 KV heads, intermediate 3072, vocab 151,669:
-596M parameters, a 2.4 GB float32 graph, so external data) and report each stage's time, the
-package's files and each variant's validation. Run under /usr/bin/time -v for the peak RSS:
+"""One-off measurement: export a random-weight Qwen3 embedder with a real decoder's config dims
+and report each stage's time and peak RSS, the package's files and each variant's validation.
 
-    PYTHONPATH=. /usr/bin/time -v .venv/bin/python scripts/big_decoder_export.py /tmp/big fp32,fp16
+    flock /tmp/bigmem.lock /usr/bin/time -v .venv/bin/python scripts/big_decoder_export.py \
+        /tmp/big fp32,fp16 [--dims 0.6b|1.5b] [--layers N] [--max-rss-gb 20]
 
-The tokenizer is the tests' 600-token BPE; the embedding table still has 151,669 rows (the ids
-past 600 are never looked up, but the weights are exported, stored and loaded like the real
-ones). Not part of the test suite: it takes tens of minutes and ~10 GB of memory."""
+--dims 0.6b: Qwen3-Embedding-0.6B (hidden 1024, 28 layers, 16 heads, 8 KV heads, intermediate
+3072, vocab 151,669: 596M parameters, a 2.4 GB float32 graph, so external data). --dims 1.5b:
+gte-Qwen2-1.5B / Qwen2.5-1.5B's sizes in a Qwen3 layout (hidden 1536, 28 layers, 12 heads, 2 KV
+heads, intermediate 8960, vocab 151,646: 1.54B parameters, 6.2 GB float32). --layers cuts the
+depth for quicker probes of the same stages. A sampler thread reads this process's RSS every
+0.1 s; each stage's peak is printed with its time (`peak_rss_gb`), and --max-rss-gb stops the
+run (exit 3) when RSS passes it, so that a run that would not fit never drives the shared machine
+into swap or the OOM killer.
+
+The tokenizer is the tests' 600-token BPE; the embedding table still has the full vocab's rows
+(the ids past 600 are never looked up, but the weights are exported, stored and loaded like the
+real ones). Not part of the test suite: it takes tens of minutes and several GB of memory."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import threading
+import time
 from pathlib import Path
 
+import psutil
+
+from tei_ort.export import pipeline
 from tei_ort.export.pipeline import ExportOptions, export_model
 from tei_ort.package import VariantName
 from tests.export import tiny_decoders
 
-QWEN3_EMBEDDING_0_6B = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "intermediate_size": 3072,
-    "vocab_size": 151669,
-    "tie_word_embeddings": True,
+DIMS = {
+    "0.6b": {  # Qwen/Qwen3-Embedding-0.6B's config.json
+        "hidden_size": 1024,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 3072,
+        "vocab_size": 151669,
+        "tie_word_embeddings": True,
+    },
+    "1.5b": {  # Alibaba-NLP/gte-Qwen2-1.5B-instruct / Qwen2.5-1.5B's sizes
+        "hidden_size": 1536,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "head_dim": 128,
+        "intermediate_size": 8960,
+        "vocab_size": 151646,
+        "tie_word_embeddings": True,
+    },
 }
+GB = 1e9
 
 
-def build(out: Path) -> Path:
+class RssSampler:
+    """Peak resident memory of this process, per stage (reset at each of the pipeline's laps)."""
+
+    def __init__(self, limit_bytes: float) -> None:
+        self.process = psutil.Process()
+        self.limit = limit_bytes
+        self.stage_peak = 0
+        self.peak = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            rss = self.process.memory_info().rss
+            self.stage_peak, self.peak = max(self.stage_peak, rss), max(self.peak, rss)
+            if rss > self.limit:
+                print(
+                    f"RSS {rss / GB:.2f} GB passed the limit {self.limit / GB:.1f} GB", flush=True
+                )
+                os._exit(3)
+            time.sleep(0.1)
+
+    def take_stage(self) -> float:
+        peak, self.stage_peak = self.stage_peak, self.process.memory_info().rss
+        return peak / GB
+
+
+def build(out: Path, dims: dict[str, object]) -> Path:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModel
@@ -41,7 +94,7 @@ def build(out: Path) -> Path:
     out.mkdir(parents=True)
     for file in tokenizer.iterdir():
         (out / file.name).write_bytes(file.read_bytes())
-    fields = tiny_decoders.config("qwen3", 600) | QWEN3_EMBEDDING_0_6B
+    fields = tiny_decoders.config("qwen3", 600) | dims
     (out / "config.json").write_text(json.dumps(fields, indent=2))
     torch.manual_seed(0)
     parsed = AutoConfig.for_model(**{k: v for k, v in fields.items() if k != "architectures"})
@@ -58,16 +111,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="work folder (source/ and package/ inside)")
     parser.add_argument("variants", help="comma-separated, e.g. fp32,fp16,int8-wo")
+    parser.add_argument("--dims", choices=sorted(DIMS), default="0.6b")
+    parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
+    parser.add_argument("--max-rss-gb", type=float, default=20.0)
+    parser.add_argument(
+        "--threshold-bytes",
+        type=int,
+        default=pipeline.graph_files.EXTERNAL_DATA_THRESHOLD_BYTES,
+        help="external data above this size (lower it to send a cut-down model down that path)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sampler = RssSampler(args.max_rss_gb * GB)
+    peaks: dict[str, float] = {}
+    lap = pipeline._Timer.lap
+
+    def lap_with_rss(timer: pipeline._Timer, stage: str) -> None:
+        lap(timer, stage)
+        peaks[stage] = round(sampler.take_stage(), 2)
+        logging.info(
+            "stage %s: %.1f s, peak RSS %.2f GB", stage, timer.seconds[stage], peaks[stage]
+        )
+
+    pipeline._Timer.lap = lap_with_rss  # type: ignore[method-assign]
+    dims = DIMS[args.dims] | ({"num_hidden_layers": args.layers} if args.layers else {})
     source = args.folder / "source"
     if not source.is_dir():
-        build(source)
+        build(source, dims)
+    sampler.take_stage()  # building the random checkpoint is not part of the export
+    weights = (source / "model.safetensors").stat().st_size
     variants = tuple(VariantName(v) for v in args.variants.split(","))
-    options = ExportOptions(variants=variants, validation_queries=16, validation_passages=48)
+    options = ExportOptions(
+        variants=variants,
+        validation_queries=16,
+        validation_passages=48,
+        external_data_threshold_bytes=args.threshold_bytes,
+    )
     result = export_model(str(source), args.folder / "package", options)
     sizes = {p.name: p.stat().st_size for p in sorted(result.path.iterdir()) if p.is_file()}
-    print(json.dumps({"seconds": result.seconds, "bytes": sizes}, indent=2))
+    report = {
+        "seconds": result.seconds,
+        "peak_rss_gb": peaks,
+        "weights_gb": round(weights / GB, 3),
+        "peak_over_weights": round(max(peaks.values()) * GB / weights, 2),
+        "bytes": sizes,
+    }
+    print(json.dumps(report, indent=2))
     for variant in result.manifest.variants:
         print(variant.name.value, variant.data_files, variant.validation)
 

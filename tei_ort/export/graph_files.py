@@ -72,6 +72,74 @@ def load(graph: Path) -> onnx.ModelProto:
     return onnx.load(str(graph), load_external_data=True)
 
 
+def load_structure(graph: Path) -> onnx.ModelProto:
+    """The graph with its external tensors left on disk (references into `<graph>.data`): the
+    nodes and the small tensors only, whatever the model's size."""
+    import onnx
+
+    return onnx.load(str(graph), load_external_data=False)
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return any(uses_external_data(tensor) for tensor in _get_all_tensors(model))
+
+
+def save_streamed(
+    model: onnx.ModelProto, source_dir: Path, graph: Path, threshold_bytes: int
+) -> None:
+    """Write `model`, whose external tensors refer to files in `source_dir` (a structure from
+    `load_structure`, or torch.onnx's one-file-per-tensor export), to `graph` in the package
+    layout, copying one tensor at a time: memory stays at one tensor, not the whole model (a 1.5B
+    decoder's 6 GB). Below `threshold_bytes` the tensors are loaded and saved as one file, as
+    `save` does. `source_dir`'s files may be the ones `graph` replaces (a graph rewritten under
+    its own name): the data is written to a new file, renamed into place at the end."""
+    import onnx
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        load_external_data_for_model,
+        uses_external_data,
+    )
+
+    tensors = list(_get_all_tensors(model))
+    total = sum(
+        ExternalDataInfo(t).length or 0 if uses_external_data(t) else len(t.raw_data)
+        for t in tensors
+    )
+    if total <= threshold_bytes:
+        load_external_data_for_model(model, str(source_dir))
+        save(model, graph, threshold_bytes)
+        return
+    _import_contrib_domain(model)
+    data = data_file(graph)
+    partial = data.with_name(data.name + ".partial")
+    with partial.open("wb") as out:
+        for tensor in tensors:
+            if uses_external_data(tensor):
+                info = ExternalDataInfo(tensor)
+                with (source_dir / info.location).open("rb") as src:
+                    src.seek(info.offset or 0)
+                    blob = src.read() if info.length is None else src.read(info.length)
+            elif len(tensor.raw_data) > SMALL_TENSOR_BYTES:
+                blob = tensor.raw_data
+            else:
+                continue
+            offset = out.tell()
+            out.write(blob)
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data.name), ("offset", offset), ("length", len(blob))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+    graph.unlink(missing_ok=True)
+    partial.replace(data)
+    onnx.save(model, str(graph))
+    data.chmod(graph.stat().st_mode & 0o777)
+
+
 def data_files(graph: Path) -> tuple[str, ...]:
     """The external-data files `graph` refers to, as names beside it (sorted). Only `<graph>.data`
     is accepted: a reference elsewhere would make the package depend on files it does not hold."""

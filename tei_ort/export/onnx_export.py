@@ -42,9 +42,11 @@ def export_onnx(
         # into a folder of its own, then rewrite it in the package layout.
         with tempfile.TemporaryDirectory(prefix="tei-export-", dir=out.parent) as tmp:
             own.export(model_dir, recipe, Path(tmp) / "model.onnx", opset=opset)
-            graph = graph_files.load(Path(tmp) / "model.onnx")
-        check_io(graph, recipe, recipe.head.export_output)
-        graph_files.save(graph, out, threshold_bytes)
+            # Tensor by tensor: the whole graph in memory beside torch's freed model was
+            # most of this stage's peak on large decoders.
+            graph = graph_files.load_structure(Path(tmp) / "model.onnx")
+            check_io(graph, recipe, recipe.head.export_output)
+            graph_files.save_streamed(graph, Path(tmp), out, threshold_bytes)
         return
     from optimum.exporters.onnx import main_export
     from torch.jit import TracerWarning  # type: ignore[attr-defined]
@@ -79,11 +81,11 @@ def add_head(
 ) -> None:
     """Make an exported (or fused) graph the package graph, in place. Runs after fusion: the
     transformer optimizer's shape inference does not follow the appended SPLADE nodes."""
-    graph = graph_files.load(graph_path)
+    graph = graph_files.load_structure(graph_path)  # the weights stay on disk
     if recipe.head is MASKED_LM:
         append_splade(graph)
     check_io(graph, recipe, recipe.head.output_name)
-    graph_files.save(graph, graph_path, threshold_bytes)
+    graph_files.save_streamed(graph, graph_path.parent, graph_path, threshold_bytes)
 
 
 def append_splade(model: onnx.ModelProto) -> None:

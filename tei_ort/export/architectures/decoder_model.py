@@ -136,14 +136,23 @@ def build(config: dict[str, Any], head: str, tensors: dict[str, torch.Tensor]) -
             f"{config.get('model_type')}: only the bare model and LLM re-rankers "
             f"({', '.join(llm_rerank.TEMPLATES)}) are exported"
         )
+    from transformers.modeling_utils import no_init_weights
+
     parsed = hf_config(config)
-    model = AutoModel.from_config(parsed, attn_implementation="eager")  # type: ignore[no-untyped-call]
+    # Memory: without random init the new parameters are untouched (never resident) pages, and
+    # assign=True makes the checkpoint's tensors the parameters rather than copying them in, so
+    # the model costs one copy of its weights, not two (a 1.5B model: 6 GB instead of 12).
+    with no_init_weights():
+        model = AutoModel.from_config(parsed, attn_implementation="eager")  # type: ignore[no-untyped-call]
+    # assign keeps a tensor's dtype: a bfloat16 checkpoint's tensors become the float32 the
+    # model was built in (load_state_dict's copy converted them).
+    dtypes = {name: value.dtype for name, value in model.state_dict().items()}
     state = {
-        name.removeprefix(_PREFIX): tensor
+        name.removeprefix(_PREFIX): tensor.to(dtypes.get(name.removeprefix(_PREFIX), tensor.dtype))
         for name, tensor in tensors.items()
         if not name.startswith(_LM_HEAD)
     }
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     per_layer = getattr(parsed, "layer_types", None) is not None
     encoder = DecoderEncoder(
         model, causal=is_causal(config), window=sliding_window(parsed), per_layer=per_layer
