@@ -48,7 +48,11 @@ def smoothing(x: F32, w: F32, alpha: float) -> F32:
 def fake(x: F32, plan: Plan) -> F32:
     """What the graph computes, in numpy: scale (per row, covering the row's range around the
     fixed zero point, or static), round, saturate, dequantize."""
-    xs = x / plan.smooth
+    return fake_smoothed(x / plan.smooth, plan)
+
+
+def fake_smoothed(xs: F32, plan: Plan) -> F32:
+    """`fake` of x given x / plan.smooth."""
     zp = plan.zero_point
     if plan.mode == "static":
         scale: F32 | float = plan.scale
@@ -90,12 +94,13 @@ def choose(
     ref_norms = np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
     best: dict[str, tuple[float, float, Plan]] = {}
     deq: dict[float, F32] = {}
+    smoothed: dict[float, F32] = {}  # sample / smooth: the same for every plan of one alpha
     for plan in candidates(x, w, modes):
         if plan.alpha not in deq:
-            xs = sample / plan.smooth
+            xs = smoothed[plan.alpha] = sample / plan.smooth
             q, s = round_to_nearest(w * plan.smooth[:, None], grid, (xs * xs).mean(0))
             deq[plan.alpha] = q.astype(np.float32) * s
-        diff = fake(sample, plan) @ deq[plan.alpha] - ref
+        diff = fake_smoothed(smoothed[plan.alpha], plan) @ deq[plan.alpha] - ref
         err = float(np.linalg.norm(diff))
         if plan.mode not in best or err < best[plan.mode][0]:
             tail = float(np.percentile(np.linalg.norm(diff, axis=1) / ref_norms, 99))

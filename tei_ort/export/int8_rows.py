@@ -4,7 +4,11 @@ among them."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,8 @@ SHORT_LENGTHS = (1, 2, 3)
 # leaves the rest of those rows one or two steps, and a 1-3-token text's embedding is two thirds
 # [CLS] and [SEP].
 MAX_OUTLIERS = 16
+# Rows kept for the next quantization of the same graph only up to this size (MiniLM's: 130 MB).
+MAX_SHARED_BYTES = 1 << 30
 
 
 def short_texts(
@@ -62,6 +68,63 @@ def short_texts(
                 }
             )
     return feeds
+
+
+@dataclass
+class _SharedRows:
+    key: str
+    rows: dict[str, F32]
+    readers: set[int] = field(default_factory=set)  # the weight bits that have used them
+
+
+_shared: _SharedRows | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_rows(
+    graph_file: Path,
+    model: onnx.ModelProto,
+    tensors: list[str],
+    calibration: Sequence[Feed],
+    weight_bits: int,
+    all_bits: frozenset[int],
+) -> dict[str, F32]:
+    """`calibration_rows` of `graph_file` (read as `model`); remembered for the next call on the same graph and feeds, which the export
+    pipeline makes (int8, then int8-w7 from the same fp32 graph and calibration): the forward
+    passes and the sampling are the same for every weight width. Forgotten once every width in
+    `all_bits` has read them. The arrays are read-only: every caller sees the same rows."""
+    global _shared
+    key = _rows_key(graph_file, tensors, calibration)
+    with _shared_lock:
+        entry = _shared if _shared is not None and _shared.key == key else None
+        if entry is None:
+            rows = calibration_rows(model, tensors, calibration)
+            for array in rows.values():
+                array.flags.writeable = False
+            entry = _SharedRows(key, rows)
+            fits = sum(a.nbytes for a in rows.values()) <= MAX_SHARED_BYTES
+            _shared = entry if fits else None
+        entry.readers.add(weight_bits)
+        if _shared is entry and entry.readers >= all_bits:
+            _shared = None
+        return entry.rows
+
+
+def _rows_key(graph_file: Path, tensors: list[str], calibration: Sequence[Feed]) -> str:
+    """What the rows depend on: the graph's bytes (and its external data file's size and time),
+    the tensors probed, the feeds (short cuts included) and the rows kept per tensor."""
+    digest = hashlib.sha256(graph_file.read_bytes())
+    data = graph_file.with_name(graph_file.name + ".data")
+    if data.is_file():
+        stat = data.stat()
+        digest.update(f"data {stat.st_size} {stat.st_mtime_ns}".encode())
+    digest.update(repr((tensors, MAX_ROWS)).encode())
+    for feed in calibration:
+        for name in sorted(feed):
+            value = np.ascontiguousarray(feed[name])
+            digest.update(f"{name} {value.dtype} {value.shape}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def calibration_rows(

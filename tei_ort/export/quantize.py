@@ -196,7 +196,9 @@ def quantize_int8(
     model = onnx.load(str(fp32_onnx))
     graph = model.graph
     groups = find_groups(graph)
-    rows = int8_rows.calibration_rows(model, [g.input for g in groups], calibration)
+    rows = int8_rows.shared_rows(
+        fp32_onnx, model, [g.input for g in groups], calibration, weight_bits, frozenset(SCHEMES)
+    )
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     rewrite = Rewriter(graph, opset)
     layers: list[LayerChoice] = []
