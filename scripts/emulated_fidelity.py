@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -37,8 +38,19 @@ from tei_ort.package import Task, Validation, VariantName
 from tei_ort.runtime.fidelity_check import RUNTIME_RUNNERS, FidelitySet, read_fidelity_set
 from tei_ort.runtime.model import Model, RuntimeOptions
 
-# The CPUID features numpy detects that decide MLAS's int8 kernels (numpy's names).
-CPUID_FEATURES = ("AVX2", "FMA3", "AVX512F", "AVX512VNNI", "AVX512_SPR", "ASIMDDP", "ASIMDFHM")
+REPO = Path(__file__).resolve().parents[1]
+# The CPU features numpy detects at run time (x86: CPUID; aarch64: the kernel's HWCAP, which
+# qemu-user emulates per -cpu) that decide MLAS's int8 kernels; numpy's names.
+CPUID_FEATURES = (
+    "AVX2",
+    "FMA3",
+    "AVX512F",
+    "AVX512VNNI",
+    "AVX512_SPR",
+    "ASIMDDP",
+    "ASIMDFHM",
+    "SVE",
+)
 
 
 @dataclass(frozen=True)
@@ -70,10 +82,18 @@ def subset(full: FidelitySet, queries: int | None, passages: int | None) -> Subs
 
 
 def emulator_command(
-    emulator: str, cpu: str, python: str, package: Path, variant: str, out: Path, args: list[str]
+    emulator: str,
+    cpu: str,
+    python: str,
+    package: Path,
+    variant: str,
+    out: Path,
+    args: list[str],
+    cpuinfo: Path | None = None,
 ) -> list[str]:
-    """The child's command line: `<emulator> -cpu <cpu> <python> <this file> --child ...`."""
-    return [
+    """The child's command line: `<emulator> -cpu <cpu> <python> <this file> --child ...`, inside
+    a private mount namespace with `cpuinfo` bound over /proc/cpuinfo when one is given."""
+    command = [
         *shlex.split(emulator),
         "-cpu",
         cpu,
@@ -86,6 +106,13 @@ def emulator_command(
         str(out),
         *args,
     ]
+    if cpuinfo is None:
+        return command
+    # qemu-user 7.2 passes the host's /proc/cpuinfo through, and ONNX Runtime's cpuinfo library
+    # crashes (SIGSEGV at import) on x86 text in an aarch64 process; the bind mount lives and
+    # dies with this one command's namespace.
+    bind = 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+    return ["unshare", "--mount", "sh", "-c", bind, str(cpuinfo.resolve()), *command]
 
 
 def run_variant(package: Path, variant: str, fidelity: FidelitySet) -> tuple[Task, FloatArray]:
@@ -97,7 +124,7 @@ def run_variant(package: Path, variant: str, fidelity: FidelitySet) -> tuple[Tas
 
 
 def _cpuid_features() -> dict[str, bool]:
-    # numpy's runtime dispatch reads CPUID (never /proc/cpuinfo), so it sees qemu's -cpu model.
+    # numpy's runtime dispatch never reads /proc/cpuinfo, so it sees qemu's -cpu model.
     umath = importlib.import_module("numpy._core._multiarray_umath")  # numpy >= 2
     features: dict[str, bool] = umath.__cpu_features__
     return {name: bool(features.get(name, False)) for name in CPUID_FEATURES}
@@ -131,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=None, help="default: all")
     parser.add_argument("--passages", type=int, default=24, help="-1: all")
     parser.add_argument("--emulator", default="qemu-x86_64", help="e.g. 'qemu-aarch64 -L root'")
+    parser.add_argument(
+        "--cpuinfo", type=Path, default=None, help="a file bound over /proc/cpuinfo (aarch64)"
+    )
     parser.add_argument("--python", default=sys.executable, help="the interpreter qemu runs")
+    parser.add_argument(
+        "--pythonpath", default="", help="prepended to the child's PYTHONPATH (foreign wheels)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="variants emulated at once")
     parser.add_argument("--keep", type=Path, default=None, help="folder for the output rows")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -152,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = ["--passages", str(args.passages)]
     if args.queries is not None:
         passthrough += ["--queries", str(args.queries)]
+    # The child imports tei_ort from this checkout whichever interpreter runs it; only the child
+    # gets --pythonpath (aarch64 wheels would break this x86 process).
+    env = dict(os.environ)
+    paths = [args.pythonpath, str(REPO), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     variants = args.variants.split(",")
     pending = list(variants)
     running: dict[str, subprocess.Popen[bytes]] = {}
@@ -163,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         while pending and len(running) < args.jobs:
             v = pending.pop(0)
             cmd = emulator_command(
-                args.emulator, args.cpu, args.python, args.package, v, outs[v], passthrough
+                args.emulator,
+                args.cpu,
+                args.python,
+                args.package,
+                v,
+                outs[v],
+                passthrough,
+                args.cpuinfo,
             )
-            running[v] = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+            running[v] = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
         v, proc = next(iter(running.items()))
         if proc.wait() != 0:
             print(f"  {v}: the emulated run failed (exit {proc.returncode})")

@@ -84,6 +84,16 @@ def test_the_child_runs_this_script_under_the_emulator_with_the_cpu_model() -> N
     ]
 
 
+def test_a_cpuinfo_file_is_bound_over_proc_cpuinfo_in_a_private_mount_namespace() -> None:
+    cmd = _script().emulator_command(
+        "qemu-aarch64", "max", "/py", Path("pkg"), "int8", Path("o.npz"), [], Path("/c/info")
+    )
+    assert cmd[:4] == ["unshare", "--mount", "sh", "-c"]
+    assert cmd[4] == 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+    assert cmd[5] == "/c/info"  # $0 of the sh -c script
+    assert cmd[6:9] == ["qemu-aarch64", "-cpu", "max"]
+
+
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-user is not installed")
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates x86_64 on an x86_64 host")
 def test_under_emulated_haswell_the_child_sees_avx2_without_avx512_and_matches_native(
