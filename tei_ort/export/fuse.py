@@ -3,12 +3,18 @@ embedding-layer-norm subgraphs become single contrib ops (what CUDA kernels are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tei_ort.export import graph_files
 from tei_ort.export.recipes import Recipe
+
+if TYPE_CHECKING:
+    from onnx import TensorProto
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +81,62 @@ def convert_fp16(
     source: Path, out: Path, threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES
 ) -> None:
     """fp16 weights and compute for CUDA. keep_io_types: the server still feeds int64 ids and reads
-    float32 outputs, so one code path serves every variant."""
+    float32 outputs, so one code path serves every variant. A graph with external data is
+    converted without its weights in memory (the converter's shape inference copies the model):
+    the converter retypes the graph, then each weight it retyped is converted on its way to the
+    new data file, by the converter's own tensor function, so the result is the same."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    from onnxruntime.transformers.float16 import convert_tensor_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(graph_files.load(source))
-    # Symbolic shape inference knows the fused contrib ops (Attention, SkipLayerNormalization...).
-    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
-    graph_files.save(model.model, out, threshold_bytes)
+    structure = graph_files.load_structure(source)
+    external = graph_files.has_external_data(structure)
+    model = OnnxModel(structure if external else graph_files.load(source))
+    was_float = {
+        t.name
+        for t in _get_all_tensors(model.model)
+        if uses_external_data(t) and t.data_type == TensorProto.FLOAT
+    }
+    with _shapes_from_dims():
+        # Symbolic shape inference knows the fused contrib ops (Attention, SkipLayerNormalization).
+        model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
+    if not external:
+        graph_files.save(model.model, out, threshold_bytes)
+        return
+
+    def to_half(tensor: TensorProto, blob: bytes) -> bytes:
+        if tensor.name not in was_float or tensor.data_type != TensorProto.FLOAT16:
+            return blob
+        stored = TensorProto(data_type=TensorProto.FLOAT, raw_data=blob)
+        half: bytes = convert_tensor_float_to_float16(stored).raw_data
+        return half
+
+    graph_files.save_streamed(model.model, source.parent, out, threshold_bytes, convert=to_half)
+
+
+@contextlib.contextmanager
+def _shapes_from_dims() -> Iterator[None]:
+    """The converter's make_value_info_from_tensor reads a whole tensor (numpy_helper.to_array)
+    only to learn its shape, which fails on a tensor left on disk; the tensor's dims are that
+    shape. Patched for the one call, in the module object the converter imports (onnxruntime's
+    transformers folder is on sys.path as its own top-level modules)."""
+    import sys
+
+    from onnx import ValueInfoProto, helper
+
+    def from_dims(tensor: TensorProto) -> ValueInfoProto:
+        return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+    modules = [
+        sys.modules[n] for n in ("float16", "onnxruntime.transformers.float16") if n in sys.modules
+    ]
+    name = "make_value_info_from_tensor"
+    saved = [getattr(m, name) for m in modules]
+    for module in modules:
+        setattr(module, name, from_dims)
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            setattr(module, name, original)

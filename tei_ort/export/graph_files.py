@@ -11,6 +11,7 @@ a tiny model through the external-data path."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,10 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 # seeks at load, and the graph file stays readable on its own for inspection.
 SMALL_TENSOR_BYTES = 1024
 CONTRIB_DOMAIN = "com.microsoft"
+# A graph's structure (load_structure) holds its tensors up to this size: the shape inference of
+# fusion and fp16 conversion reads the values of norm weights and biases (a Mul by an
+# initializer), never of weight matrices, which stay on disk.
+STRUCTURE_INLINE_BYTES = 1 << 20
 
 
 def data_file(graph: Path) -> Path:
@@ -72,12 +77,24 @@ def load(graph: Path) -> onnx.ModelProto:
     return onnx.load(str(graph), load_external_data=True)
 
 
-def load_structure(graph: Path) -> onnx.ModelProto:
-    """The graph with its external tensors left on disk (references into `<graph>.data`): the
-    nodes and the small tensors only, whatever the model's size."""
+def load_structure(graph: Path, inline_bytes: int = STRUCTURE_INLINE_BYTES) -> onnx.ModelProto:
+    """The graph with its large tensors left on disk (references into `<graph>.data`): the
+    nodes and the tensors up to `inline_bytes`, whatever the model's size."""
     import onnx
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        load_external_data_for_tensor,
+        uses_external_data,
+    )
 
-    return onnx.load(str(graph), load_external_data=False)
+    model = onnx.load(str(graph), load_external_data=False)
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor) and (ExternalDataInfo(tensor).length or 0) <= inline_bytes:
+            load_external_data_for_tensor(tensor, str(graph.parent))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    return model
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
@@ -86,30 +103,37 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     return any(uses_external_data(tensor) for tensor in _get_all_tensors(model))
 
 
+# (tensor, its stored bytes) -> the bytes to write: a conversion applied tensor by tensor
+# (fuse.convert_fp16's float32 -> float16); the tensor's data_type is already the new one.
+TensorBytes = Callable[["onnx.TensorProto", bytes], bytes]
+
+
 def save_streamed(
-    model: onnx.ModelProto, source_dir: Path, graph: Path, threshold_bytes: int
+    model: onnx.ModelProto,
+    source_dir: Path,
+    graph: Path,
+    threshold_bytes: int,
+    convert: TensorBytes | None = None,
 ) -> None:
     """Write `model`, whose external tensors refer to files in `source_dir` (a structure from
     `load_structure`, or torch.onnx's one-file-per-tensor export), to `graph` in the package
-    layout, copying one tensor at a time: memory stays at one tensor, not the whole model (a 1.5B
-    decoder's 6 GB). Below `threshold_bytes` the tensors are loaded and saved as one file, as
-    `save` does. `source_dir`'s files may be the ones `graph` replaces (a graph rewritten under
-    its own name): the data is written to a new file, renamed into place at the end."""
+    layout, reading one external tensor at a time (through `convert` when given): memory stays
+    at one tensor, not the whole model (a 1.5B decoder's 6 GB). Graphs up to `threshold_bytes`
+    are written as one file, as `save` does. `source_dir`'s files may be the ones `graph`
+    replaces (a graph rewritten under its own name): the data goes to a new file, renamed into
+    place at the end."""
     import onnx
-    from onnx.external_data_helper import (
-        ExternalDataInfo,
-        _get_all_tensors,
-        load_external_data_for_model,
-        uses_external_data,
-    )
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     tensors = list(_get_all_tensors(model))
-    total = sum(
-        ExternalDataInfo(t).length or 0 if uses_external_data(t) else len(t.raw_data)
-        for t in tensors
-    )
+    total = sum(_nbytes(t) if uses_external_data(t) else len(t.raw_data) for t in tensors)
     if total <= threshold_bytes:
-        load_external_data_for_model(model, str(source_dir))
+        for tensor in tensors:
+            if uses_external_data(tensor):
+                blob = _read(tensor, source_dir, convert)
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                tensor.raw_data = blob
         save(model, graph, threshold_bytes)
         return
     _import_contrib_domain(model)
@@ -118,10 +142,7 @@ def save_streamed(
     with partial.open("wb") as out:
         for tensor in tensors:
             if uses_external_data(tensor):
-                info = ExternalDataInfo(tensor)
-                with (source_dir / info.location).open("rb") as src:
-                    src.seek(info.offset or 0)
-                    blob = src.read() if info.length is None else src.read(info.length)
+                blob = _read(tensor, source_dir, convert)
             elif len(tensor.raw_data) > SMALL_TENSOR_BYTES:
                 blob = tensor.raw_data
             else:
@@ -138,6 +159,25 @@ def save_streamed(
     partial.replace(data)
     onnx.save(model, str(graph))
     data.chmod(graph.stat().st_mode & 0o777)
+
+
+def _read(tensor: onnx.TensorProto, source_dir: Path, convert: TensorBytes | None) -> bytes:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    info = ExternalDataInfo(tensor)
+    with (source_dir / info.location).open("rb") as src:
+        src.seek(info.offset or 0)
+        blob = src.read() if info.length is None else src.read(info.length)
+    return blob if convert is None else convert(tensor, blob)
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    """From its type and shape, not its stored length (which a conversion changes)."""
+    import math
+
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    return math.prod(tensor.dims) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def data_files(graph: Path) -> tuple[str, ...]:

@@ -41,10 +41,14 @@ def raw_graphs(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     recipe = for_task(read_source(locate(str(source))).architecture, Task.EMBEDDING)
     out = tmp_path_factory.mktemp("raw")
     graphs = {}
-    for name, threshold in (("inline", INLINE), ("split", SPLIT)):
-        (out / name).mkdir()
-        graphs[name] = out / name / "raw.onnx"
-        export_onnx(source, recipe, graphs[name], threshold_bytes=threshold)
+    with pytest.MonkeyPatch.context() as patch:
+        # Every tensor to the data file, the norm weights too (32 floats here; 1,024 and more in
+        # real models, where the fusions' shape inference must still read them).
+        patch.setattr(graph_files, "SMALL_TENSOR_BYTES", 0)
+        for name, threshold in (("inline", INLINE), ("split", SPLIT)):
+            (out / name).mkdir()
+            graphs[name] = out / name / "raw.onnx"
+            export_onnx(source, recipe, graphs[name], threshold_bytes=threshold)
     return graphs
 
 
@@ -94,23 +98,49 @@ def test_save_streamed_copies_and_rewrites_in_place(
     assert_same_graph(split, inline)
 
 
-def test_fusion_without_the_weights_equals_the_in_memory_fusion(
-    source: Path, raw_graphs: dict[str, Path], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def fused_graphs(
+    source: Path, raw_graphs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Fusion of each raw graph: in memory (inline) and without the weights (split)."""
     recipe = for_task(read_source(locate(str(source))).architecture, Task.EMBEDDING)
     config = tiny_decoders.config("qwen3", 600)
     kwargs = {"num_heads": config["num_attention_heads"], "hidden_size": tiny_decoders.HIDDEN}
     fused = {}
+    out = tmp_path_factory.mktemp("fused")
     for name, threshold in (("inline", INLINE), ("split", SPLIT)):
-        raw = tmp_path / name / "raw.onnx"
+        raw = out / name / "raw.onnx"
         shutil.copytree(raw_graphs[name].parent, raw.parent)
-        fused[name] = tmp_path / name / "fused.onnx"
+        fused[name] = out / name / "fused.onnx"
         report = fuse.fuse(raw, fused[name], recipe, threshold_bytes=threshold, **kwargs)
         assert report.op_counts["SimplifiedLayerNormalization"] > 0
         assert report.op_counts["RotaryEmbedding"] > 0
         add_head(fused[name], recipe, threshold)
-    assert graph_files.data_files(fused["split"]) == ("fused.onnx.data",)
-    assert_same_graph(fused["inline"], fused["split"])
+    return fused
+
+
+def test_fusion_without_the_weights_equals_the_in_memory_fusion(
+    fused_graphs: dict[str, Path],
+) -> None:
+    assert graph_files.data_files(fused_graphs["split"]) == ("fused.onnx.data",)
+    assert_same_graph(fused_graphs["inline"], fused_graphs["split"])
+
+
+def test_streamed_fp16_equals_the_in_memory_conversion(
+    fused_graphs: dict[str, Path], tmp_path: Path
+) -> None:
+    inline, split = tmp_path / "inline.fp16.onnx", tmp_path / "split.fp16.onnx"
+    fuse.convert_fp16(fused_graphs["inline"], inline, INLINE)
+    fuse.convert_fp16(fused_graphs["split"], split, SPLIT)
+    assert graph_files.data_files(split) == ("split.fp16.onnx.data",)
+    assert_same_graph(inline, split)
+    halves = [t for t in graph_files.load(split).graph.initializer if t.data_type == 10]
+    assert len(halves) > 10  # the weights are float16 (TensorProto.FLOAT16), not left float32
+    # Streamed back inline (the fp16 graph under the threshold): still the same tensors.
+    small = tmp_path / "small.fp16.onnx"
+    fuse.convert_fp16(fused_graphs["split"], small, INLINE)
+    assert graph_files.data_files(small) == ()
+    assert_same_graph(inline, small)
 
 
 def test_a_bfloat16_checkpoint_builds_a_float32_model(source: Path, tmp_path: Path) -> None:
