@@ -57,6 +57,13 @@ DIMS = {
     },
 }
 GB = 1e9
+SHARD_BYTES = 1_000_000_000
+
+
+class StopExport(Exception):
+    def __init__(self, seconds: dict[str, float]) -> None:
+        super().__init__("stopped after the requested stage")
+        self.seconds = seconds
 
 
 class RssSampler:
@@ -86,6 +93,8 @@ class RssSampler:
 
 
 def build(out: Path, dims: dict[str, object]) -> Path:
+    """A random checkpoint as transformers initializes one (normal, std 0.02; norms 1), written
+    in shards of about 1 GB with their index, one shard in memory at a time."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModel
@@ -98,11 +107,22 @@ def build(out: Path, dims: dict[str, object]) -> Path:
     (out / "config.json").write_text(json.dumps(fields, indent=2))
     torch.manual_seed(0)
     parsed = AutoConfig.for_model(**{k: v for k, v in fields.items() if k != "architectures"})
-    model = AutoModel.from_config(parsed)  # transformers' init: std 0.02, norms 1
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors")
-    )
-    del model
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in AutoModel.from_config(parsed).state_dict().items()}
+    weight_map: dict[str, str] = {}
+    shard: dict[str, torch.Tensor] = {}
+    names = list(shapes)
+    for i, name in enumerate(names):
+        norm = name.endswith("norm.weight")
+        shard[name] = torch.ones(shapes[name]) if norm else torch.randn(shapes[name]) * 0.02
+        size = sum(t.numel() * 4 for t in shard.values())
+        if size > SHARD_BYTES or i == len(names) - 1:
+            file = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+            save_file(shard, str(out / file))
+            weight_map |= dict.fromkeys(shard, file)
+            shard = {}
+    index = {"metadata": {}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     tiny_decoders.write_sentence_transformers(out, hidden=fields["hidden_size"], max_seq_length=512)
     return out
 
@@ -114,6 +134,12 @@ def main() -> None:
     parser.add_argument("--dims", choices=sorted(DIMS), default="0.6b")
     parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
     parser.add_argument("--max-rss-gb", type=float, default=20.0)
+    parser.add_argument(
+        "--stop-after",
+        default=None,
+        help="end the export after this stage (e.g. fp32: calibration runs the same fp32 session "
+        "over 512 texts, the longest stage on a big model) and report the stages done",
+    )
     parser.add_argument(
         "--threshold-bytes",
         type=int,
@@ -132,6 +158,8 @@ def main() -> None:
         logging.info(
             "stage %s: %.1f s, peak RSS %.2f GB", stage, timer.seconds[stage], peaks[stage]
         )
+        if stage == args.stop_after:
+            raise StopExport(timer.seconds)
 
     pipeline._Timer.lap = lap_with_rss  # type: ignore[method-assign]
     dims = DIMS[args.dims] | ({"num_hidden_layers": args.layers} if args.layers else {})
@@ -139,7 +167,8 @@ def main() -> None:
     if not source.is_dir():
         build(source, dims)
     sampler.take_stage()  # building the random checkpoint is not part of the export
-    weights = (source / "model.safetensors").stat().st_size
+    sampler.peak = sampler.stage_peak
+    weights = sum(f.stat().st_size for f in source.glob("*.safetensors"))
     variants = tuple(VariantName(v) for v in args.variants.split(","))
     options = ExportOptions(
         variants=variants,
@@ -147,17 +176,22 @@ def main() -> None:
         validation_passages=48,
         external_data_threshold_bytes=args.threshold_bytes,
     )
-    result = export_model(str(source), args.folder / "package", options)
-    sizes = {p.name: p.stat().st_size for p in sorted(result.path.iterdir()) if p.is_file()}
+    try:
+        result = export_model(str(source), args.folder / "package", options)
+    except StopExport as stop:  # the staging folder is discarded, as after any failure
+        seconds, sizes, variants = stop.seconds, {}, ()
+    else:
+        seconds, variants = result.seconds, result.manifest.variants
+        sizes = {p.name: p.stat().st_size for p in sorted(result.path.iterdir()) if p.is_file()}
     report = {
-        "seconds": result.seconds,
+        "seconds": seconds,
         "peak_rss_gb": peaks,
         "weights_gb": round(weights / GB, 3),
-        "peak_over_weights": round(max(peaks.values()) * GB / weights, 2),
+        "peak_over_weights": round(sampler.peak / weights, 2),
         "bytes": sizes,
     }
     print(json.dumps(report, indent=2))
-    for variant in result.manifest.variants:
+    for variant in variants:
         print(variant.name.value, variant.data_files, variant.validation)
 
 
