@@ -85,11 +85,15 @@ def test_alibi_slopes_match_values_derived_by_hand() -> None:
     assert jina_bert_model.alibi_slopes(8) == [2.0**-i for i in range(1, 9)]
     expected_12 = [2.0**-i for i in range(1, 9)] + [2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5]
     np.testing.assert_allclose(jina_bert_model.alibi_slopes(12), expected_12, rtol=1e-12)
-    bias = jina_bert_model.alibi_bias(torch.tensor([0.5, 0.25]), 3)  # (heads, seq, seq)
+    slopes, positions = torch.tensor([0.5, 0.25]), torch.arange(3)
+    bias = jina_bert_model.alibi_bias(slopes, positions, positions)  # (heads, seq, seq)
     np.testing.assert_allclose(
         bias[0].numpy(), [[0, -0.5, -1], [-0.5, 0, -0.5], [-1, -0.5, 0]], atol=0
     )
     np.testing.assert_allclose(bias[1].numpy(), bias[0].numpy() / 2, atol=0)
+    # A block of query rows 1..2 against every key: the same rows of the whole bias.
+    block = jina_bert_model.alibi_bias(slopes, positions[1:], positions)  # (heads, 2, seq)
+    np.testing.assert_allclose(block.numpy(), bias[:, 1:].numpy(), atol=0)
     assert math.isclose(jina_bert_model.alibi_slopes(16)[0], 2**-0.5)
 
 
@@ -184,3 +188,78 @@ def test_hub_code_in_the_folder_is_never_imported(
     tiny_source: TinySource, tmp_path: Path, family: str
 ) -> None:
     family_checks.check_hub_code_never_runs(tiny_source(family, "embedding"), tmp_path)
+
+
+def _encoder(source: Path) -> torch.nn.Module:
+    import json
+
+    config = json.loads((source / "config.json").read_text())
+    return jina_bert_model.build(config, "Model", load_file(str(source / "model.safetensors")))
+
+
+def _long_batch(vocab: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(2, seq): a full row and one padded after 300 tokens."""
+    ids = torch.randint(1, vocab, (2, seq), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, 300:] = 0
+    return ids, mask, torch.zeros_like(ids)
+
+
+@pytest.mark.parametrize("family", VARIANTS)
+def test_query_blocks_change_no_value(
+    tiny_source: TinySource, monkeypatch: pytest.MonkeyPatch, family: str
+) -> None:
+    """Attention in blocks of 512 query rows equals attention over all rows at once (one block),
+    on 1,100 tokens (blocks of 512, 512, 76) with a padded row."""
+    model = _encoder(tiny_source(family, "embedding"))
+    ids, mask, types = _long_batch(model.embeddings.word_embeddings.num_embeddings, 1100)
+    assert [b.start for b in jina_bert_model.query_blocks(1100, 8192)] == [0, 512, 1024]
+    with torch.no_grad():
+        blocked = model(ids, mask, types)
+        monkeypatch.setattr(jina_bert_model, "QUERY_BLOCK", 1 << 20)
+        assert len(jina_bert_model.query_blocks(1100, 8192)) == 1
+        whole = model(ids, mask, types)
+    keep = mask.bool()
+    np.testing.assert_allclose(blocked[keep].numpy(), whole[keep].numpy(), atol=1e-6, rtol=0)
+
+
+def test_exported_graph_holds_no_seq_by_seq_tensor(
+    tiny_package: TinyPackage, tiny_source: TinySource, tmp_path: Path
+) -> None:
+    """Every intermediate of the served fp32 graph, on a 700-token batch: the largest is one
+    block's scores (batch, heads, 512, seq), none is (.., seq, seq), and the output equals the
+    PyTorch module. With ORT's optimizations on, each layer keeps its own bias nodes (one Abs per
+    layer and block): merged across layers, the blocks of the first layer would all stay alive
+    until the last, (heads, seq, seq) in all."""
+    import onnx
+    import onnxruntime as ort
+
+    seq, batch, heads, layers = 700, 2, 4, 2
+    graph_path = str(tiny_package("jina-bert", "embedding").path / "model.onnx")
+    graph = onnx.load(graph_path)
+    output = graph.graph.output[0].name
+    every = [o for node in graph.graph.node for o in node.output if o]
+    graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in every)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(graph.SerializeToString(), options, ["CPUExecutionProvider"])
+    model = _encoder(tiny_source("jina-bert", "embedding"))
+    ids, mask, types = _long_batch(model.embeddings.word_embeddings.num_embeddings, seq)
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    feed["token_type_ids"] = types.numpy()
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(names, feed), strict=True))
+    shapes = [v.shape for v in values.values() if isinstance(v, np.ndarray)]
+    assert max(int(np.prod(s)) for s in shapes) == batch * heads * 512 * seq
+    assert not [s for s in shapes if list(s).count(seq) >= 2]
+    with torch.no_grad():
+        want = model(ids, mask, types)
+    keep = mask.bool().numpy()
+    np.testing.assert_allclose(values[output][keep], want.numpy()[keep], atol=1e-5, rtol=0)
+
+    # The graph as the runtime runs it: ORT's optimizations on (common subexpressions merged).
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(graph_path, options, ["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("Abs") == layers * len(jina_bert_model.query_blocks(8192, 8192)) == 32

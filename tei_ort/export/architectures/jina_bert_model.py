@@ -13,6 +13,15 @@ checkpoint's own tensor names:
 
 Attention adds ALiBi's symmetric bias -slope_h * |i - j| to the scaled scores, so the model has
 no position limit of its own; max_position_embeddings (8,192) bounds the input as TEI reads it.
+
+Memory: attention runs in blocks of QUERY_BLOCK query rows, each block building its own bias from
+positions, so no (heads, n, n) tensor exists (3.2 GB in fp32 at 12 heads and 8,192 tokens, and
+the graph held several); a block's scores are (batch, heads, 512, n). The traced graph cannot
+loop over a data-dependent number of blocks, so it is unrolled over the blocks that
+max_position_embeddings needs: a block past the input's length is an empty Slice, whose nodes
+run on zero-sized tensors (a few microseconds each), and the last block takes every row left,
+so a longer input still runs (with a larger last block). Softmax is per query row, so blocks
+change no value beyond the matrix products' rounding.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ from tei_ort.export.architectures.family import MODEL, SEQUENCE_CLASSIFICATION
 
 QK_POST_NORM_REPO = "jina-bert-v2-qk-post-norm"  # auto_map names it for the code variant
 FEED_FORWARD_TYPES = ("geglu", "reglu", "original")
+# Query rows per attention block: (heads, 512, 8,192) fp32 is 200 MB at 12 heads. 128-token
+# batches run in one block, as the single-block graph did.
+QUERY_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -85,12 +97,20 @@ def alibi_slopes(num_heads: int) -> list[float]:
     return alibi_slopes(lower) + alibi_slopes(2 * lower)[0::2][: num_heads - lower]
 
 
-def alibi_bias(slopes: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """(heads, seq, seq) symmetric bias -slope_h * |i - j|, built from the input's length so the
-    exported graph keeps a dynamic sequence axis."""
-    positions = torch.arange(seq_len, device=slopes.device)
-    distance = (positions[None, :] - positions[:, None]).abs().to(slopes.dtype)  # (seq, seq)
+def alibi_bias(slopes: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(heads, queries, keys) symmetric bias -slope_h * |i - j| for query positions i and key
+    positions j, built from positions so the exported graph keeps a dynamic sequence axis."""
+    distance = (keys[None, :] - queries[:, None]).abs().to(slopes.dtype)  # (queries, keys)
     return -slopes[:, None, None] * distance
+
+
+def query_blocks(seq_len: int, max_positions: int) -> list[slice]:
+    """The query rows of each attention block. Eager: the blocks the input fills. Exporting: every
+    block up to max_positions (the trace cannot depend on the length), the last one open-ended;
+    a block past the traced input's length is empty in the graph."""
+    limit = max_positions if torch.onnx.is_in_onnx_export() else seq_len
+    starts = list(range(0, max(limit, 1), QUERY_BLOCK))
+    return [slice(s, s + QUERY_BLOCK) for s in starts[:-1]] + [slice(starts[-1], None)]
 
 
 def _activation(name: str) -> nn.Module:
@@ -121,6 +141,22 @@ class Embeddings(nn.Module):
         return self.LayerNorm(x)  # (batch, seq, hidden)
 
 
+@dataclass(frozen=True)
+class AttentionBias:
+    """What each attention block builds its bias from: padding (batch, 1, 1, seq) of 0 or the
+    dtype's lowest value, ALiBi slopes (heads,) or None, the query blocks."""
+
+    padding: torch.Tensor
+    slopes: torch.Tensor | None
+    blocks: list[slice]
+
+    def block(self, rows: slice, positions: torch.Tensor) -> torch.Tensor:
+        """(batch, heads or 1, rows, seq): padding plus ALiBi for the block's query rows."""
+        if self.slopes is None:
+            return self.padding
+        return self.padding + alibi_bias(self.slopes, positions[rows], positions)[None]
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
@@ -132,7 +168,7 @@ class SelfAttention(nn.Module):
             self.layer_norm_k = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.qk_post_norm = config.qk_post_norm
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
         batch, seq, hidden = x.shape
         q, k, v = self.query(x), self.key(x), self.value(x)
         if self.qk_post_norm:
@@ -141,9 +177,18 @@ class SelfAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (batch, heads, seq, head_dim)
             return t.view(batch, seq, self.heads, hidden // self.heads).transpose(1, 2)
 
-        q, k, v = heads(q), heads(k), heads(v)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(hidden // self.heads) + bias
-        context = scores.softmax(dim=-1) @ v  # (batch, heads, seq, head_dim)
+        q, keys, v = heads(q), heads(k).transpose(-1, -2), heads(v)
+        scale = math.sqrt(hidden // self.heads)
+        # Positions from this layer's own input: built from the model's input, every layer's
+        # blocks would be the same nodes, which the exporter and ORT merge (common
+        # subexpressions) into one set computed in the first layer and held through the last,
+        # (heads, seq, seq) in all again.
+        positions = torch.arange(seq, device=x.device)  # (seq,)
+        contexts = []
+        for rows in bias.blocks:  # scores (batch, heads, rows, seq), never (.., seq, seq)
+            scores = q[:, :, rows] @ keys / scale + bias.block(rows, positions)
+            contexts.append(scores.softmax(dim=-1) @ v)  # (batch, heads, rows, head_dim)
+        context = torch.cat(contexts, dim=2)  # (batch, heads, seq, head_dim)
         return context.transpose(1, 2).reshape(batch, seq, hidden)
 
 
@@ -153,7 +198,7 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)
         self.output = _DenseNorm(config.hidden_size, config.hidden_size, config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
         return self.output(self.self(x, bias), x)
 
 
@@ -225,7 +270,7 @@ class Layer(nn.Module):
         else:
             self.mlp = GluMlp(config)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
         attended = self.attention(x, bias)
         if self.kind == "code":
             h = self.layer_norm_1(attended + x)
@@ -240,7 +285,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
         for layer in self.layer:
             x = layer(x, bias)
         return x
@@ -268,9 +313,11 @@ class JinaBertModel(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)
         # Padding keys get the dtype's lowest value, as transformers' BERT masks them.
         padding = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        bias = padding  # (batch, 1, 1, seq)
-        if self.config.alibi:
-            bias = bias + alibi_bias(self.slopes, input_ids.shape[1])[None]  # (b, heads, s, s)
+        bias = AttentionBias(
+            padding=padding,  # (batch, 1, 1, seq)
+            slopes=self.slopes if self.config.alibi else None,
+            blocks=query_blocks(input_ids.shape[1], self.config.max_position_embeddings),
+        )
         return self.encoder(x, bias)
 
 
