@@ -35,7 +35,7 @@ TARGET="--platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 --onl
 TARGET="$TARGET --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none"
 # shellcheck disable=SC2086
 "$PY" -m pip download -q -d "$DIR/wheels" $TARGET "onnxruntime==$(version onnxruntime-gpu)" \
-    "numpy==$(version numpy)" "tokenizers==$(version tokenizers)"
+    "numpy==$(version numpy)" "tokenizers==$(version tokenizers)" "onnx==$(version onnx)"
 # shellcheck disable=SC2086
 "$PY" -m pip install -q --no-deps --target "$DIR/site" $TARGET "$DIR"/wheels/*.whl
 

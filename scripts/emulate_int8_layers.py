@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -80,17 +82,27 @@ def main() -> int:
     parser.add_argument("--variant", default="int8")
     parser.add_argument("--text", required=True)
     parser.add_argument("--cpu", default="Haswell")
+    parser.add_argument("--emulator", default="qemu-x86_64", help="e.g. 'qemu-aarch64 -L root'")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter qemu runs")
+    parser.add_argument("--pythonpath", default="", help="the child's PYTHONPATH (foreign wheels)")
+    parser.add_argument("--cpuinfo", type=Path, default=None, help="bound over /proc/cpuinfo")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         run(args.package, args.variant, args.text, args.child)
         return 0
     work = Path(tempfile.mkdtemp(prefix="emulate_int8_layers_"))
-    me = [sys.executable, str(Path(__file__).resolve()), str(args.package)]
+    me = [str(Path(__file__).resolve()), str(args.package)]
     me += ["--variant", args.variant, "--text", args.text, "--child"]
-    subprocess.run([*me, str(work / "native.npz")], check=True)
-    emulated = ["qemu-x86_64", "-cpu", args.cpu, *me, str(work / "emulated.npz")]
-    subprocess.run(emulated, check=True, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, *me, str(work / "native.npz")], check=True)
+    emulated = [*shlex.split(args.emulator), "-cpu", args.cpu, args.python, *me]
+    if args.cpuinfo is not None:  # see emulated_fidelity.emulator_command
+        bind = 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+        emulated = ["unshare", "--mount", "sh", "-c", bind, str(args.cpuinfo.resolve()), *emulated]
+    env = dict(os.environ, PYTHONPATH=args.pythonpath) if args.pythonpath else None
+    subprocess.run(
+        [*emulated, str(work / "emulated.npz")], check=True, stderr=subprocess.DEVNULL, env=env
+    )
     report = {}
     for where in ("native", "emulated"):
         with np.load(work / f"{where}.npz") as data:
