@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +52,49 @@ def minilm_package() -> Path:
         ["--variant", "fp32", "--huggingface-hub-cache", str(PACKAGE_CACHE)], {}
     )
     return model_source.resolve(settings, "cpu").path
+
+
+@dataclass(frozen=True)
+class TinyBert:
+    source: Path  # the Hugging Face folder (random weights, seed 0, MiniLM's tokenizer)
+    export: Any  # its fp32 export (an ExportResult), with tiny_bert_fp32_options()
+
+    @property
+    def package(self) -> Path:
+        path: Path = self.export.path
+        return path
+
+
+def tiny_bert_fp32_options() -> Any:
+    """fp32 only, on small validation sets: the tests that share these packages check routes,
+    batching and files, not variants (tests/export checks those)."""
+    from tei_ort.export.pipeline import ExportOptions
+    from tei_ort.package import VariantName
+
+    return ExportOptions(variants=(VariantName.FP32,), validation_queries=4, validation_passages=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_fp32(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyBert]:
+    """The tiny random BERT of a head (tests/export/tiny_models.HEADS) and its fp32 package, built
+    and exported once per session: the serve, hub and bulk tests that only read them share them.
+    A test that changes a file copies the folder first."""
+    pytest.importorskip("torch")
+    from tei_ort.export.pipeline import export_model
+    from tests.export import tiny_models
+
+    root = tmp_path_factory.mktemp("tiny-bert-fp32")
+    tokenizer_dir = root / "minilm-tokenizer"
+    tokenizer_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(tiny_models.MINILM / name, tokenizer_dir / name)
+    built: dict[str, TinyBert] = {}
+
+    def get(head: str) -> TinyBert:
+        if head not in built:
+            source = tiny_models.build_model("bert", head, tokenizer_dir, root / f"src-{head}")
+            export = export_model(str(source), root / f"pkg-{head}", tiny_bert_fp32_options())
+            built[head] = TinyBert(source, export)
+        return built[head]
+
+    return get

@@ -10,29 +10,33 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tei_ort import integrity
 from tei_ort.errors import PackageError
-from tei_ort.export.pipeline import ExportResult, export_model
+from tei_ort.export.pipeline import ExportResult
 from tei_ort.package import CHECKS_FILE, EXPORT_RECORD_FILE, MANIFEST_FILE, read_manifest
 from tei_ort.serve import model_source
 from tei_ort.serve.settings import load_settings
-from tests import tiny_bert
+from tests.conftest import TinyBert
 
 pytest.importorskip("torch")
 
 
+# The session's tiny BERT embedder and its fp32 export (tests/conftest.py); tests that damage
+# the package work on a copy (`package`).
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_bert.build(tmp_path_factory.mktemp("integrity") / "tiny-bert")
+def source(tiny_bert_fp32: Callable[[str], TinyBert]) -> Path:
+    return tiny_bert_fp32("embedding").source
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, source: Path) -> ExportResult:
-    return export_model(str(source), tmp_path_factory.mktemp("exported") / "pkg", tiny_bert.OPTIONS)
+def exported(tiny_bert_fp32: Callable[[str], TinyBert]) -> ExportResult:
+    result: ExportResult = tiny_bert_fp32("embedding").export
+    return result
 
 
 @pytest.fixture

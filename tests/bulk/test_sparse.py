@@ -4,7 +4,7 @@ tokenizer): each row's indices and values are the runtime's non-zero SPLADE weig
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,8 @@ import pytest
 
 from tei_ort.bulk.cli import EmbedSettings, run
 from tei_ort.bulk.shards import read_output
-from tei_ort.export.pipeline import ExportOptions, export_model
-from tei_ort.package import VariantName
 from tei_ort.runtime import Model, RuntimeOptions
-from tests.export import tiny_models
+from tests.conftest import TinyBert
 
 pytest.importorskip("torch")
 
@@ -23,17 +21,9 @@ TEXTS = ["What is Deep Learning?", "x", "Paris is the capital of France.", "dogs
 
 
 @pytest.fixture(scope="module")
-def splade_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = tmp_path_factory.mktemp("tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(tiny_models.MINILM / name, tokenizer / name)
-    source = tiny_models.build_model(
-        "bert", "masked_lm", tokenizer, tmp_path_factory.mktemp("src") / "m"
-    )
-    options = ExportOptions(
-        variants=(VariantName.FP32,), validation_queries=4, validation_passages=8
-    )
-    return export_model(str(source), tmp_path_factory.mktemp("pkg") / "p", options).path
+def splade_package(tiny_bert_fp32: Callable[[str], TinyBert]) -> Path:
+    # The session's tiny BERT masked LM, exported fp32 (tests/conftest.py).
+    return tiny_bert_fp32("masked_lm").package
 
 
 def test_sparse_rows_are_the_runtimes_splade_weights(splade_package: Path, tmp_path: Path) -> None:

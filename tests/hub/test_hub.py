@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests import tiny_bert
+from tests.conftest import TinyBert
 from tests.hub.hub_server import Hub, HubServer, Repo, commit_of
 from tests.serve.live import free_port, tei_serve
 
@@ -65,9 +65,14 @@ def _commit(base: Path, folder: Path, prompt: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def hub(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bert_fp32: Callable[[str], TinyBert]
+) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp("hub")
-    source = tiny_bert.build(root / "source")
+    # The session's tiny BERT embedder and its fp32 package (tests/conftest.py); every repo is a
+    # copy of the source folder.
+    tiny = tiny_bert_fp32("embedding")
+    source = tiny.source
     main = _commit(source, root / "main", "main: ")
     for name, data in UNNEEDED.items():
         (main / name).parent.mkdir(exist_ok=True)
@@ -77,7 +82,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     commits = {commit_of(f): f for f in (main, dev, pr)}
     ids = {f: c for c, f in commits.items()}
     refs = {"main": ids[main], "v1.0": ids[main], "dev": ids[dev], "refs/pr/1": ids[pr]}
-    onnx = _onnx_repo(source, root)
+    onnx = _onnx_repo(source, tiny.package, root)
     big = _commit(source, root / "big", "big: ")
     plain = _commit(source, root / "plain", "plain: ")  # no ONNX export: tei-serve exports it
     (plain / "pytorch_model.bin").write_bytes(UNNEEDED["pytorch_model.bin"])
@@ -108,12 +113,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         yield hub
 
 
-def _onnx_repo(source: Path, root: Path) -> Path:
-    """A repo as TEI's ONNX backend reads one: onnx/model.onnx beside the model's JSON files (and
-    weights the server must not fetch)."""
-    from tei_ort.export.pipeline import export_model
-
-    package = export_model(str(source), root / "onnx-package", tiny_bert.OPTIONS).path
+def _onnx_repo(source: Path, package: Path, root: Path) -> Path:
+    """A repo as TEI's ONNX backend reads one: onnx/model.onnx (the graph tei-export built from
+    `source`, its `package`) beside the model's JSON files (and weights the server must not
+    fetch)."""
     repo = _commit(source, root / "onnx", "onnx: ")
     (repo / "onnx").mkdir()
     shutil.copyfile(package / "model.onnx", repo / "onnx" / "model.onnx")

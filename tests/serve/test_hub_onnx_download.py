@@ -8,16 +8,14 @@ files (tests/hub/test_hub.py serves an ONNX repo too, and checks the download, n
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tei_ort.export.pipeline import ExportOptions, export_model
-from tei_ort.package import VariantName
-from tests.export import tiny_models
+from tests.conftest import TinyBert
 from tests.hub.hub_server import Hub, HubServer, Repo, commit_of
 from tests.serve.live import tei_serve
 
@@ -30,25 +28,23 @@ TEXTS = ["What is Deep Learning?", "x", "Paris is the capital of France. " * 10]
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny embedder's Hugging Face folder (safetensors weights, tokenizer, ST files)."""
-    tokenizer = tmp_path_factory.mktemp("tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(tiny_models.MINILM / name, tokenizer / name)
-    return tiny_models.build_model(
-        "bert", "embedding", tokenizer, tmp_path_factory.mktemp("src") / "m"
-    )
+def tiny(tiny_bert_fp32: Callable[[str], TinyBert]) -> TinyBert:
+    """The tiny embedder's Hugging Face folder (safetensors weights, tokenizer, ST files) and the
+    fp32 package tei-export built from it (the session's, tests/conftest.py)."""
+    return tiny_bert_fp32("embedding")
 
 
 @pytest.fixture(scope="module")
-def hub(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def source(tiny: TinyBert) -> Path:
+    return tiny.source
+
+
+@pytest.fixture(scope="module")
+def hub(tiny: TinyBert, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     """A private repo on the stand-in hub whose only ref is the tag REVISION: the source's files
     plus onnx/model.onnx (the fp32 graph tei-export builds from them, as a user might upload an
     ONNX export). Without the token it is a 401, without the tag a RevisionNotFound."""
-    options = ExportOptions(
-        variants=(VariantName.FP32,), validation_queries=4, validation_passages=8
-    )
-    package = export_model(str(source), tmp_path_factory.mktemp("pkg") / "p", options).path
+    source, package = tiny.source, tiny.package
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(source, repo, dirs_exist_ok=True)
     (repo / "onnx").mkdir()

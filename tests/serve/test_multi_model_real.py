@@ -6,8 +6,7 @@ models were doing; memory is reported per model in /info and /metrics."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tei_ort.export.pipeline import ExportOptions, export_model
-from tei_ort.package import VariantName
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.serve.cli import build
 from tei_ort.serve.settings import load_settings
-from tests.export import tiny_models
+from tests.conftest import TinyBert
 from tests.serve import live
 from tests.serve.scrape import scrape, value
 
@@ -29,7 +26,6 @@ pytest.importorskip("torch")
 
 TEXTS = ["What is Deep Learning?", "x", "Paris is the capital of France.", "dogs bark " * 20]
 QUERY = "capital of france?"
-OPTIONS = ExportOptions(variants=(VariantName.FP32,), validation_queries=4, validation_passages=8)
 HEADS = {"emb": "embedding", "rr": "reranker", "sp": "masked_lm"}
 ROUNDS = 8  # requests per model in the mixed load
 ATOL = 1e-5  # one fp32 graph, batched with other inputs or alone
@@ -42,17 +38,14 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    tokenizer_dir = tmp_path_factory.mktemp("minilm-tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(tiny_models.MINILM / name, tokenizer_dir / name)
-    packages: dict[str, Path] = {}
+def served(
+    tiny_bert_fp32: Callable[[str], TinyBert], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    # The session's tiny BERT packages (tests/conftest.py), shared with test_real_routes.py.
+    packages = {name: tiny_bert_fp32(head).package for name, head in HEADS.items()}
     args: list[str] = []
-    for name, head in HEADS.items():
-        root = tmp_path_factory.mktemp(name)
-        source = tiny_models.build_model("bert", head, tokenizer_dir, root / "src")
-        packages[name] = export_model(str(source), root / "pkg", OPTIONS).path
-        args += ["--model-id", str(packages[name]), "--served-model-name", name]
+    for name, package in packages.items():
+        args += ["--model-id", str(package), "--served-model-name", name]
     args += ["--provider", "cpu", "--variant", "fp32", "--prometheus-port", "0"]
     args += ["--huggingface-hub-cache", str(tmp_path_factory.mktemp("hub"))]
     with (

@@ -8,8 +8,7 @@ wrong pooling, activation, truncation or ordering in the runtime shows here as a
 from __future__ import annotations
 
 import base64
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tei_ort.export.pipeline import ExportOptions, export_model
-from tei_ort.package import VariantName
 from tei_ort.serve.cli import build
 from tei_ort.serve.settings import load_settings
-from tests.export import tiny_models
+from tests.conftest import TinyBert
 from tests.serve import live
 
 pytest.importorskip("torch")
@@ -35,8 +32,6 @@ TEXTS = [
 ]
 QUERY = "capital of france?"
 DOCS = ["paris is in france", "bananas", "the capital of france is paris", "x", "dogs bark"]
-# Each package keeps only fp32: the routes, not the variants, are under test here.
-OPTIONS = ExportOptions(variants=(VariantName.FP32,), validation_queries=4, validation_passages=8)
 ATOL = 1e-4  # ORT's fused fp32 graph against PyTorch's eager forward
 
 
@@ -46,46 +41,44 @@ class Served:
     source: Path  # the Hugging Face folder the package was exported from
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("minilm-tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(tiny_models.MINILM / name, folder / name)
-    return folder
-
-
-def _serve(
-    head: str, tokenizer_dir: Path, root: pytest.TempPathFactory, *flags: str
-) -> Iterator[Served]:
-    source = tiny_models.build_model("bert", head, tokenizer_dir, root.mktemp(f"src-{head}") / "m")
-    package = export_model(str(source), root.mktemp(f"pkg-{head}") / "p", OPTIONS).path
-    args = ["--model-id", str(package), "--provider", "cpu", "--variant", "fp32"]
-    args += ["--prometheus-port", "0", "--huggingface-hub-cache", str(root.mktemp("hub")), *flags]
+def _serve(tiny: TinyBert, root: pytest.TempPathFactory) -> Iterator[Served]:
+    args = ["--model-id", str(tiny.package), "--provider", "cpu", "--variant", "fp32"]
+    args += ["--prometheus-port", "0", "--huggingface-hub-cache", str(root.mktemp("hub"))]
     with (
         live.serve_app(build(load_settings(args, {}))) as url,
         httpx.Client(base_url=url, timeout=60) as client,
     ):
-        yield Served(client, source)
+        yield Served(client, tiny.source)
+
+
+# The packages come from the session's tiny_bert_fp32 (tests/conftest.py), shared with the other
+# tests that serve these models; each module still starts its own server.
+@pytest.fixture(scope="module")
+def embedder(
+    tiny_bert_fp32: Callable[[str], TinyBert], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    yield from _serve(tiny_bert_fp32("embedding"), tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def embedder(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    yield from _serve("embedding", tokenizer_dir, tmp_path_factory)
+def classifier(
+    tiny_bert_fp32: Callable[[str], TinyBert], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    yield from _serve(tiny_bert_fp32("classification"), tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def classifier(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    yield from _serve("classification", tokenizer_dir, tmp_path_factory)
+def reranker(
+    tiny_bert_fp32: Callable[[str], TinyBert], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    yield from _serve(tiny_bert_fp32("reranker"), tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def reranker(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    yield from _serve("reranker", tokenizer_dir, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def splade(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    yield from _serve("masked_lm", tokenizer_dir, tmp_path_factory)
+def splade(
+    tiny_bert_fp32: Callable[[str], TinyBert], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    yield from _serve(tiny_bert_fp32("masked_lm"), tmp_path_factory)
 
 
 # -- the PyTorch reference ---------------------------------------------------------------------
