@@ -15,7 +15,9 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from tei_ort.fidelity import ValidationSet
 from tei_ort.runtime import Model, RuntimeOptions, fidelity_check
@@ -115,3 +117,49 @@ def test_under_emulated_haswell_the_child_sees_avx2_without_avx512_and_matches_n
     np.testing.assert_allclose(emulated, reference, atol=1e-5)  # fp32 gathers and means: exact
     out = capsys.readouterr().out
     assert "fp32 emulated: PASS cosine min 1.000000" in out
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _int8_gemm(weight: np.ndarray) -> onnx.ModelProto:
+    """One MatMulIntegerToFloat as the quantizer writes it: u8 activations (zero point 128, scale
+    1), s8 weights with a scale per column."""
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array([0.5, 0.25, 2.0], np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zp"),
+    ]
+    node = helper.make_node(
+        "MatMulIntegerToFloat", ["a", "w", "one", "w_scale", "zp"], ["y"], domain="com.microsoft"
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def test_u8u8_weights_give_the_same_products_as_the_int8_weights() -> None:
+    import onnxruntime as ort
+
+    weight = np.array([[-128, 127, 3], [127, -128, -7], [5, 127, 127], [-1, 0, 127]], np.int8)
+    a = np.array([[255, 0, 200, 128], [1, 255, 255, 77]], np.uint8)
+    model = _int8_gemm(weight)
+    assert _load("emulate_u8u8_experiment").to_u8u8(model) == 1
+    shifted = numpy_helper.to_array(model.graph.initializer[0])
+    assert shifted.dtype == np.uint8 and shifted[0].tolist() == [0, 255, 131]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    exact = (a.astype(np.int64) - 128) @ weight.astype(np.int64) * np.array([0.5, 0.25, 2.0])
+    np.testing.assert_allclose(session.run(None, {"a": a})[0], exact, rtol=1e-6)
