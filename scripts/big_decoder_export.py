@@ -13,6 +13,13 @@ depth for quicker probes of the same stages. A sampler thread reads this process
 run (exit 3) when RSS passes it, so that a run that would not fit never drives the shared machine
 into swap or the OOM killer.
 
+Measured (2-core Intel Xeon with AMX, shared, 2026-11-30; /usr/bin/time -v): --layers 8
+--threshold-bytes 500000000 fp32,fp16 (1.13 GB of weights) peaked at 9.85 GB before the
+streamed graph writing, fusion and fp16 conversion (graph_files.save_streamed), 5.21 GB after;
+--dims 1.5b fp32 --stop-after fp32 (6.17 GB of weights) at 7.52 GB, 21.8 min. What limits
+larger models: the ONNX export (PyTorch's model plus torch.onnx's folded weights) and the ONNX
+Runtime sessions of validation and calibration, each about one to two copies of the weights.
+
 The tokenizer is the tests' 600-token BPE; the embedding table still has the full vocab's rows
 (the ids past 600 are never looked up, but the weights are exported, stored and loaded like the
 real ones). Not part of the test suite: it takes tens of minutes and several GB of memory."""
