@@ -43,12 +43,7 @@ from tests.export import tiny_decoders
 
 DIMS = {
     "0.6b": {  # Qwen/Qwen3-Embedding-0.6B's config.json
-        "hidden_size": 1024,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "intermediate_size": 3072,
+        **tiny_decoders.QWEN3_EMBEDDING_0_6B_LAYERS,
         "vocab_size": 151669,
         "tie_word_embeddings": True,
     },

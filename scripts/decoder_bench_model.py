@@ -28,14 +28,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "head_dim": 64,
         "intermediate_size": 1536,
     },
-    "0.6b": {
-        "hidden_size": 1024,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "intermediate_size": 3072,
-    },
+    "0.6b": tiny_decoders.QWEN3_EMBEDDING_0_6B_LAYERS,
 }
 
 

@@ -35,6 +35,16 @@ HIDDEN = 32
 FAMILIES = ("qwen3", "qwen2", "mistral", "llama", "gemma3")
 MODEL_TYPES = {"gemma3": "gemma3_text"}
 GEMMA_DENSE = 48  # EmbeddingGemma: 768 -> 3072 -> 768, no biases, identity
+# Qwen/Qwen3-Embedding-0.6B's layer sizes (its config.json), for the scripts that build a random
+# model of that size (scripts/big_decoder_export.py, scripts/decoder_bench_model.py).
+QWEN3_EMBEDDING_0_6B_LAYERS = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 3072,
+}
 
 
 def build_tokenizer(out: Path, *, append_eos: bool = True) -> Path:
