@@ -77,9 +77,10 @@ def load(graph: Path) -> onnx.ModelProto:
     return onnx.load(str(graph), load_external_data=True)
 
 
-def load_structure(graph: Path, inline_bytes: int = STRUCTURE_INLINE_BYTES) -> onnx.ModelProto:
+def load_structure(graph: Path, inline_bytes: int | None = None) -> onnx.ModelProto:
     """The graph with its large tensors left on disk (references into `<graph>.data`): the
-    nodes and the tensors up to `inline_bytes`, whatever the model's size."""
+    nodes and the tensors up to `inline_bytes` (STRUCTURE_INLINE_BYTES, read at the call so that
+    a test can send a tiny model's weights down the on-disk path), whatever the model's size."""
     import onnx
     from onnx.external_data_helper import (
         ExternalDataInfo,
@@ -88,6 +89,7 @@ def load_structure(graph: Path, inline_bytes: int = STRUCTURE_INLINE_BYTES) -> o
         uses_external_data,
     )
 
+    inline_bytes = STRUCTURE_INLINE_BYTES if inline_bytes is None else inline_bytes
     model = onnx.load(str(graph), load_external_data=False)
     for tensor in _get_all_tensors(model):
         if uses_external_data(tensor) and (ExternalDataInfo(tensor).length or 0) <= inline_bytes:

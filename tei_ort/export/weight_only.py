@@ -17,8 +17,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tei_ort.export import graph_files
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +52,21 @@ class WeightOnlyReport:
 def quantize_weight_only(
     fp32: Path, out: Path, threshold_bytes: int = graph_files.EXTERNAL_DATA_THRESHOLD_BYTES
 ) -> WeightOnlyReport:
-    """Write `fp32`'s graph to `out` with its constant-weight MatMuls in 8-bit MatMulNBits."""
+    """Write `fp32`'s graph to `out` with its constant-weight MatMuls in 8-bit MatMulNBits.
+
+    ORT's MatMulNBitsQuantizer does the rewrite on the graph's structure (load_structure: the
+    weights stay on disk), one weight at a time: each is read from the data file just before the
+    quantizer's own block quantization (its C++ quantize_matmul_8bits), and the 8-bit blocks and
+    scales it makes go straight to a spill file, so memory holds one weight, not the model (a
+    1.5B decoder's 6 GB, which the in-memory quantizer held with its output beside it). The graph
+    is the one the quantizer writes from the whole model in memory, tensor for tensor
+    (tests/export/test_streamed_graphs.py)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
-    model = graph_files.load(fp32)
+    model = graph_files.load_structure(fp32)
     before = sum(node.op_type == "MatMul" for node in model.graph.node)
     config = DefaultWeightOnlyQuantConfig(
         block_size=BLOCK_SIZE,
@@ -64,10 +76,67 @@ def quantize_weight_only(
         op_types_to_quantize=("MatMul",),
     )
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    quantized = quantizer.model.model
+    spill = out.with_name(f".{out.name}.spill")
+    try:
+        with spill.open("wb") as sink:
+            quantizer.node_quantizer = _streamed_quantizer(config, fp32.parent, sink, spill)
+            quantizer.process()
+        quantized = quantizer.model.model
+        # The spilled tensors name their file by its absolute path, which save_streamed's
+        # `source_dir / location` leaves as it is.
+        graph_files.save_streamed(quantized, fp32.parent, out, threshold_bytes)
+    finally:
+        spill.unlink(missing_ok=True)
     after = sum(node.op_type == MATMUL_NBITS for node in quantized.graph.node)
-    graph_files.save(quantized, out, threshold_bytes)
     report = WeightOnlyReport(quantized_matmuls=after, kept_fp32=before - after)
     logger.info("%s: %s", out.name, report.summary())
     return report
+
+
+def _streamed_quantizer(config: Any, source_dir: Path, sink: BinaryIO, spill: Path) -> Any:
+    """ORT's DefaultWeightOnlyQuantizer, fed one weight at a time: the MatMul's weight is read
+    into its proto for the quantizer's call and put back on disk after it (another MatMul may
+    share it), and the tensors the call adds to the graph are written to `sink` and left there
+    as external references into `spill`."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantizer,
+        get_initializer,
+    )
+
+    class Streamed(DefaultWeightOnlyQuantizer):  # type: ignore[misc]
+        def quantize_matmul(self, node: Any, graph_stack: list[Any]) -> Any:
+            weight, graph = get_initializer(node.input[1], graph_stack)
+            if weight is None or not uses_external_data(weight):
+                return super().quantize_matmul(node, graph_stack)
+            on_disk = onnx.TensorProto()
+            on_disk.CopyFrom(weight)
+            load_external_data_for_tensor(weight, str(source_dir))
+            weight.data_location = onnx.TensorProto.DEFAULT
+            del weight.external_data[:]
+            known = len(graph.initializer)
+            try:
+                nodes = super().quantize_matmul(node, graph_stack)
+            finally:
+                weight.CopyFrom(on_disk)
+            for tensor in graph.initializer[known:]:
+                _spill(tensor, sink, spill)
+            return nodes
+
+    return Streamed(config)
+
+
+def _spill(tensor: onnx.TensorProto, sink: BinaryIO, spill: Path) -> None:
+    import onnx
+
+    if len(tensor.raw_data) <= graph_files.SMALL_TENSOR_BYTES:
+        return
+    offset = sink.tell()
+    sink.write(tensor.raw_data)
+    length = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", str(spill.resolve())), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)

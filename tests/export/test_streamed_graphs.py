@@ -16,7 +16,7 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
-from tei_ort.export import fuse, graph_files
+from tei_ort.export import fuse, graph_files, weight_only
 from tei_ort.export.architectures import decoder_model, own
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import add_head, export_onnx
@@ -126,6 +126,18 @@ def test_fusion_without_the_weights_equals_the_in_memory_fusion(
     assert_same_graph(fused_graphs["inline"], fused_graphs["split"])
 
 
+@pytest.fixture
+def weights_on_disk(monkeypatch: pytest.MonkeyPatch, fused_graphs: dict[str, Path]) -> None:
+    """load_structure leaves every external tensor on disk, as a real decoder's weight matrices
+    (over STRUCTURE_INLINE_BYTES; the tiny model's are all under it), so that the conversions
+    below take their on-disk path rather than the in-memory one."""
+    monkeypatch.setattr(graph_files, "STRUCTURE_INLINE_BYTES", 0)
+    structure = graph_files.load_structure(fused_graphs["split"])
+    assert not any(len(t.raw_data) > 1024 for t in structure.graph.initializer)
+    assert graph_files.has_external_data(structure)
+
+
+@pytest.mark.usefixtures("weights_on_disk")
 def test_streamed_fp16_equals_the_in_memory_conversion(
     fused_graphs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -141,6 +153,54 @@ def test_streamed_fp16_equals_the_in_memory_conversion(
     fuse.convert_fp16(fused_graphs["split"], small, INLINE)
     assert graph_files.data_files(small) == ()
     assert_same_graph(inline, small)
+
+
+def in_memory_weight_only(fp32: Path, out: Path) -> None:
+    """ORT's MatMulNBitsQuantizer on the whole model in memory, with weight_only's settings: the
+    result the streamed quantizer must give."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=weight_only.BLOCK_SIZE,
+        is_symmetric=True,
+        accuracy_level=weight_only.ACCURACY_LEVEL,
+        bits=weight_only.BITS,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer = MatMulNBitsQuantizer(graph_files.load(fp32), algo_config=config)
+    quantizer.process()
+    graph_files.save(quantizer.model.model, out, INLINE)
+
+
+@pytest.mark.usefixtures("weights_on_disk")
+def test_streamed_weight_only_equals_the_in_memory_quantizer(
+    fused_graphs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    want = tmp_path / "memory.int8-wo.onnx"
+    in_memory_weight_only(fused_graphs["inline"], want)
+    # The streamed path never loads the whole model.
+    monkeypatch.setattr(graph_files, "load", pytest.fail)
+    split = tmp_path / "split.int8-wo.onnx"
+    report = weight_only.quantize_weight_only(fused_graphs["split"], split, SPLIT)
+    assert report.quantized_matmuls == 14 and report.kept_fp32 == 4  # 2 layers x 7; Q.K, P.V
+    assert graph_files.data_files(split) == ("split.int8-wo.onnx.data",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "memory.int8-wo.onnx",
+        "split.int8-wo.onnx",
+        "split.int8-wo.onnx.data",
+    ]  # the spill file is gone
+    monkeypatch.undo()
+    assert_same_graph(want, split)
+    packed = [t for t in graph_files.load(split).graph.initializer if t.name.endswith("_Q8")]
+    assert len(packed) == 14 and all(t.data_type == 2 for t in packed)  # TensorProto.UINT8
+    # Under the threshold the streamed graph is written inline, still the same.
+    small = tmp_path / "small.int8-wo.onnx"
+    weight_only.quantize_weight_only(fused_graphs["split"], small, INLINE)
+    assert graph_files.data_files(small) == ()
+    assert_same_graph(want, small)
 
 
 def test_a_bfloat16_checkpoint_builds_a_float32_model(source: Path, tmp_path: Path) -> None:
