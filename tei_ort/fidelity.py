@@ -6,7 +6,7 @@ Numpy only: the serving path imports it."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -39,13 +39,29 @@ class Thresholds:
     max_abs_diff: float | None = None
     min_overlap_at_10: float | None = None  # retrieval: mean share of the reference top 10 kept
 
-    def describe(self) -> str:
+    def applicable(self, *, cosine: bool, overlap: bool) -> Thresholds:
+        """The bars an output can be held to: no cosine for logits, no overlap@10 without both
+        queries and passages (classifiers, re-rankers, BGE-M3's ColBERT token rows)."""
+        return replace(
+            self,
+            min_cosine=self.min_cosine if cosine else None,
+            min_overlap_at_10=self.min_overlap_at_10 if overlap else None,
+        )
+
+    def describe(self, scale: float = 1.0) -> str:
+        """The bars as applied; `scale` is the logits' max(1, largest |reference|)."""
+        diff = ""
+        if self.max_abs_diff is not None:
+            diff = f"max abs diff <= {self.max_abs_diff}"
+            if scale != 1.0:
+                bar = self.max_abs_diff * scale
+                diff = f"max abs diff <= {bar:.3g} ({self.max_abs_diff} x {scale:.3g})"
         parts = [
             f"cosine >= {self.min_cosine}" if self.min_cosine is not None else "",
-            f"max abs diff <= {self.max_abs_diff}" if self.max_abs_diff is not None else "",
+            diff,
             f"overlap@10 >= {self.min_overlap_at_10}" if self.min_overlap_at_10 is not None else "",
         ]
-        return ", ".join(p for p in parts if p)
+        return ", ".join(p for p in parts if p) or "none"
 
 
 # fp16 carries ~3 significant digits: cosine 0.999 keeps retrieval intact (overlap checks that);
@@ -113,7 +129,6 @@ def compare(
     """Figures and verdict for one variant. `reference` and `output` are (n, d), rows aligned;
     for vector tasks the first `n_queries` rows are queries and the rest passages."""
     kind = TASK_KINDS[task]
-    limits = THRESHOLDS[(kind, variant)]
     if reference.shape != output.shape:
         return Validation(
             passed=False,
@@ -126,6 +141,10 @@ def compare(
     overlap = None
     if kind is not OutputKind.LOGITS and 0 < n_queries < len(reference):
         overlap = overlap_at_k(reference, output, n_queries, cosine=kind is OutputKind.DENSE)
+    # Only the bars measured here are applied and named in the note.
+    limits = THRESHOLDS[(kind, variant)].applicable(
+        cosine=cosines is not None, overlap=overlap is not None
+    )
     failures = []
     if limits.min_cosine is not None and cosines is not None and cosines.min() < limits.min_cosine:
         failures.append(f"cosine min {cosines.min():.6f} < {limits.min_cosine}")
@@ -137,7 +156,7 @@ def compare(
         and overlap < limits.min_overlap_at_10
     ):
         failures.append(f"overlap@10 {overlap:.4f} < {limits.min_overlap_at_10}")
-    note = f"thresholds: {limits.describe()}"
+    note = f"thresholds: {limits.describe(scale)}"
     if kind is OutputKind.SPARSE:
         note += f"; non-zero term mismatches: {int(np.sum((reference > 0) != (output > 0)))}"
     if failures:

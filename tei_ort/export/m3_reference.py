@@ -3,20 +3,53 @@ output users get from it, not only on the pooled vector: FlagEmbedding's BGEM3 r
 transformers' encoder (sparse weights relu(sparse_linear(h)) per token, the largest per token id,
 without the cls / eos / pad / unk tokens; ColBERT vectors colbert_linear(h[:, 1:]), L2-normalized,
 one row per token after the first). The heads' weights are the package's .npz (m3_heads), the
-same numbers as the checkpoint's .pt files, read once through the weights-only check."""
+same numbers as the checkpoint's .pt files, read once through the weights-only check.
+
+The encoder is loaded once: the dense reference is sentence-transformers' own output, and the
+heads run on the hidden states of the transformers module that sentence-transformers loaded."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tei_ort.export import reference
 from tei_ort.export.recipes import Recipe
+from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
 from tei_ort.export.source import SourceModel
-from tei_ort.fidelity import FloatArray
-from tei_ort.package import TokenHeads
+from tei_ort.fidelity import FloatArray, ValidationSet
+from tei_ort.package import Task, TokenHeads
+
+if TYPE_CHECKING:
+    import torch
+
+
+def references(
+    subject: Subject, heads: TokenHeads | None, package: Path, vset: ValidationSet
+) -> tuple[FloatArray, dict[str, FloatArray]]:
+    """The task's reference on the validation texts and the heads' (head_references), from one
+    load of the encoder where the dense reference comes from sentence-transformers."""
+    pooling = subject.pooling
+    if (
+        not _has_heads(heads)
+        or subject.task is not Task.EMBEDDING
+        or pooling is None
+        or subject.recipe.family.own_module is not None  # its dense reference is our module
+    ):
+        dense = REFERENCE_RUNNERS[subject.task](subject, vset)
+        return dense, head_references(subject.source, subject.recipe, heads, package, vset.texts)
+    from sentence_transformers.models import Transformer
+
+    model = reference.sentence_transformer(subject.source, pooling)
+    dense = reference.encode(model, vset.texts)
+    encoder = next(module.auto_model for module in model if isinstance(module, Transformer))
+    shared = head_references(
+        subject.source, subject.recipe, heads, package, vset.texts, encoder=encoder
+    )
+    return dense, shared
 
 
 def head_references(
@@ -25,17 +58,22 @@ def head_references(
     heads: TokenHeads | None,
     package: Path,
     texts: Sequence[str],
+    encoder: torch.nn.Module | None = None,
 ) -> dict[str, FloatArray]:
     """{"sparse": (n, vocab), "colbert": (tokens, dim)} for the heads the package has (ColBERT
-    rows: every text's tokens after the first, texts in order); {} for every model but BGE-M3."""
-    if heads is None or (heads.sparse is None and heads.colbert is None):
+    rows: every text's tokens after the first, texts in order); {} for every model but BGE-M3.
+    `encoder`: transformers' model already loaded for the source; loaded here when None."""
+    if heads is None or not _has_heads(heads):
         return {}
     import torch
-    from transformers import AutoModel
 
-    encoder = AutoModel.from_pretrained(  # transformers' own XLM-RoBERTa: no hub code
-        str(source.model_dir), local_files_only=True, trust_remote_code=False
-    ).eval()
+    if encoder is None:
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(  # transformers' own XLM-RoBERTa: no hub code
+            str(source.model_dir), local_files_only=True, trust_remote_code=False
+        )
+    encoder.eval()
     inputs: list[str | tuple[str, str]] = list(texts)
     order, batches = reference._batches(source, recipe, inputs)
     hidden_rows: list[tuple[np.ndarray, np.ndarray]] = []  # (len, hidden), (len,) ids
@@ -89,3 +127,7 @@ def _colbert(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> FloatA
     vectors = hidden[1:].astype(np.float64) @ weight.T + bias
     norms = np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
     return (vectors / norms).astype(np.float32)
+
+
+def _has_heads(heads: TokenHeads | None) -> bool:
+    return heads is not None and (heads.sparse is not None or heads.colbert is not None)

@@ -30,7 +30,7 @@ from tei_ort.export import (
 from tei_ort.export.architectures import decoders, llm_rerank
 from tei_ort.export.hub import locate
 from tei_ort.export.onnx_export import DEFAULT_OPSET, add_head, export_onnx
-from tei_ort.export.runners import REFERENCE_RUNNERS, Subject
+from tei_ort.export.runners import Subject
 from tei_ort.export.source import CONFIG_FILE, SourceModel, read_source
 from tei_ort.export.validate import validation_set
 from tei_ort.export.variants import (
@@ -170,10 +170,8 @@ def _export(subject: Subject, package: Path, options: ExportOptions, timer: _Tim
         graphs = _graphs(subject, work, options, timer)
         base = _base_manifest(subject, package)
         vset = validation_set(options.validation_queries, options.validation_passages)
-        reference = REFERENCE_RUNNERS[subject.task](subject, vset)
-        heads = m3_reference.head_references(
-            subject.source, subject.recipe, base.token_heads, package, vset.texts
-        )
+        # BGE-M3's heads run on the encoder its dense reference loaded: one load, not two.
+        reference, heads = m3_reference.references(subject, base.token_heads, package, vset)
         write_fidelity_set(package, vset, reference, heads)
         timer.lap("reference")
         validator = Validator(package, base, subject, vset, reference, heads)

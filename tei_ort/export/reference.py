@@ -4,7 +4,7 @@ sentence-transformers (embeddings) and transformers (logits, SPLADE) on the same
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +15,9 @@ from tei_ort.export.recipes import Recipe
 from tei_ort.export.source import SourceModel
 from tei_ort.export.writer import _load_dense
 from tei_ort.package import Pooling, Task
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 FloatArray = npt.NDArray[np.float32]
 BATCH_SIZE = 32
@@ -31,13 +34,19 @@ def embeddings(source: SourceModel, pooling: Pooling, texts: Sequence[str]) -> F
     """(n, dims) sentence embeddings from sentence-transformers itself: the source's own modules
     (Dense, Normalize included), its pooling swapped for `pooling` when that was overridden; a plain
     HF encoder becomes Transformer -> Pooling."""
+    recipe = recipes.for_task(source.architecture, Task.EMBEDDING)
+    if recipe.family.own_module is not None:  # hub code never runs: our module is the reference
+        return _own_embeddings(source, recipe, pooling, list(texts))
+    return encode(sentence_transformer(source, pooling), texts)
+
+
+def sentence_transformer(source: SourceModel, pooling: Pooling) -> SentenceTransformer:
+    """The sentence-transformers model `embeddings` encodes with (families without their own
+    module); its Transformer module holds transformers' encoder, loaded once."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Pooling as StPooling
     from sentence_transformers.models import Transformer
 
-    recipe = recipes.for_task(source.architecture, Task.EMBEDDING)
-    if recipe.family.own_module is not None:  # hub code never runs: our module is the reference
-        return _own_embeddings(source, recipe, pooling, list(texts))
     max_length = source.max_input_length()
     mode = ST_POOLING_MODES[pooling]
     if source.st is not None:
@@ -51,6 +60,10 @@ def embeddings(source: SourceModel, pooling: Pooling, texts: Sequence[str]) -> F
             modules=[transformer, StPooling(source.hidden_size, pooling_mode=mode)], device="cpu"
         )
     model.max_seq_length = max_length
+    return model
+
+
+def encode(model: SentenceTransformer, texts: Sequence[str]) -> FloatArray:
     out = model.encode(
         list(texts), batch_size=BATCH_SIZE, convert_to_numpy=True, show_progress_bar=False
     )

@@ -7,7 +7,9 @@ and L2-normalized)."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +20,9 @@ import torch
 from tei_ort.engine import EmbedRequest
 from tei_ort.errors import PackageError
 from tei_ort.export.pipeline import ExportResult, export_model
+from tei_ort.export.runners import Subject
+from tei_ort.export.validate import validation_set
+from tei_ort.fidelity import THRESHOLDS, OutputKind
 from tei_ort.package import TokenHeads, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.fidelity_check import read_fidelity_set, validate_here, write_fidelity_set
@@ -33,9 +38,38 @@ def source(tmp_path_factory: pytest.TempPathFactory, tokenizer_dirs: dict[str, P
     return tiny_bge_m3.build(tokenizer_dirs["unigram"], tmp_path_factory.mktemp("m3") / "bge-m3")
 
 
+@contextlib.contextmanager
+def counting_encoders() -> Iterator[list[str]]:
+    """Every XLM-RoBERTa encoder constructed meanwhile (from_pretrained builds one through
+    __init__; so does each model class that wraps one), by class name."""
+    from transformers import XLMRobertaModel
+
+    built: list[str] = []
+    original = XLMRobertaModel.__init__
+
+    def init(self: XLMRobertaModel, *args: object, **kwargs: object) -> None:
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(XLMRobertaModel, "__init__", init)
+        yield built
+
+
 @pytest.fixture(scope="module")
-def package(source: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    return export_model(str(source), tmp_path_factory.mktemp("m3-pkg") / "pkg", TINY_OPTIONS)
+def export_encoders() -> list[str]:
+    """The encoders the `package` fixture's export constructed."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def package(
+    source: Path, tmp_path_factory: pytest.TempPathFactory, export_encoders: list[str]
+) -> ExportResult:
+    with counting_encoders() as built:
+        result = export_model(str(source), tmp_path_factory.mktemp("m3-pkg") / "pkg", TINY_OPTIONS)
+    export_encoders.extend(built)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -200,16 +234,13 @@ def test_the_reference_of_the_heads_matches_flagembeddings_rules(
 ) -> None:
     """tei_ort.export.m3_reference (what every variant is validated against) equals this file's
     reference, written separately from FlagEmbedding's rules."""
-    from tei_ort.export.hub import locate
-    from tei_ort.export.m3_reference import head_references
-    from tei_ort.export.pipeline import plan
-    from tei_ort.export.source import read_source
+    from tei_ort.export.m3_reference import references
+    from tei_ort.fidelity import ValidationSet
 
-    subject = plan(read_source(locate(str(source))), TINY_OPTIONS)
-    heads = head_references(
-        subject.source, subject.recipe, package.manifest.token_heads, package.path, TEXTS
-    )
+    vset = ValidationSet(tuple(TEXTS), ())
+    dense, heads = references(_subject(source), package.manifest.token_heads, package.path, vset)
     want = reference(source, TEXTS)
+    np.testing.assert_allclose(dense, np.stack(want["dense"]), atol=1e-5, rtol=0)
     np.testing.assert_allclose(heads["sparse"], np.stack(want["sparse"]), atol=1e-5, rtol=0)
     np.testing.assert_allclose(heads["colbert"], np.concatenate(want["colbert"]), atol=1e-5)
 
@@ -229,6 +260,15 @@ def test_each_variant_is_validated_on_both_heads(package: ExportResult) -> None:
         validation = variant.validation
         assert validation is not None
         assert "sparse head (" in validation.note and "colbert head (" in validation.note
+        # Each part names the bars applied to it: overlap@10 where queries search passages (the
+        # pooled vector and the sparse weights, when the variant's bar has one), never over the
+        # ColBERT head's token rows.
+        pooled, heads = validation.note.split("; sparse head (")
+        sparse, colbert = heads.split("; colbert head (")
+        for part, kind in ((pooled, OutputKind.DENSE), (sparse, OutputKind.SPARSE)):
+            has_bar = THRESHOLDS[(kind, variant.name)].min_overlap_at_10 is not None
+            assert ("overlap@10 >=" in part) == has_bar, (variant.name, part)
+        assert "overlap" not in colbert and "cosine >=" in colbert, (variant.name, colbert)
     fp32 = package.manifest.variant(VariantName.FP32).validation
     assert fp32 is not None and fp32.passed and "FAILED" not in fp32.note
 
@@ -296,3 +336,45 @@ def test_three_outputs_over_http(package: ExportResult, source: Path, tmp_path: 
         "/embed_sparse": "sparse",
         "/embed_all": "colbert",
     }
+
+
+def _subject(source: Path) -> Subject:
+    from tei_ort.export.hub import locate
+    from tei_ort.export.pipeline import plan
+    from tei_ort.export.source import read_source
+
+    return plan(read_source(locate(str(source))), TINY_OPTIONS)
+
+
+def test_the_references_load_the_encoder_once(package: ExportResult, source: Path) -> None:
+    """The dense reference (sentence-transformers' own output) and the heads' come from one
+    encoder load, with the values the two loads gave: reference.embeddings on its own, and
+    head_references on transformers' AutoModel."""
+    from tei_ort.export import reference as export_reference
+    from tei_ort.export.m3_reference import head_references, references
+
+    subject = _subject(source)
+    assert subject.pooling is not None
+    heads, vset = package.manifest.token_heads, validation_set(4, 8)
+    with counting_encoders() as built:
+        dense, shared = references(subject, heads, package.path, vset)
+    assert built == ["XLMRobertaModel"]
+    with counting_encoders() as built:
+        alone = export_reference.embeddings(subject.source, subject.pooling, vset.texts)
+        separate = head_references(subject.source, subject.recipe, heads, package.path, vset.texts)
+    assert built == ["XLMRobertaModel", "XLMRobertaModel"]  # two loads, as the export did
+    np.testing.assert_array_equal(dense, alone)
+    assert set(shared) == set(separate) == {"sparse", "colbert"}
+    for name in shared:
+        np.testing.assert_array_equal(shared[name], separate[name])
+    want = reference(source, vset.texts)
+    np.testing.assert_allclose(dense, np.stack(want["dense"]), atol=1e-5, rtol=0)
+
+
+def test_the_export_loads_the_encoder_for_its_references_once(
+    package: ExportResult, export_encoders: list[str]
+) -> None:
+    """Two encoders in the whole export: the one torch.onnx traces, and the one both references
+    run on (three before: transformers' AutoModel again for the heads)."""
+    assert package.manifest.token_heads is not None
+    assert export_encoders == ["XLMRobertaModel", "XLMRobertaModel"]
