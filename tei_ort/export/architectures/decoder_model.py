@@ -25,9 +25,11 @@ from torch import nn
 from tei_ort.errors import UnsupportedModel
 
 # Checkpoints saved from the causal LM class prefix the bare model's tensors with "model."
-# (Qwen3-Embedding's own safetensors hold the bare names); the LM head is not part of an encoder.
+# (Qwen3-Embedding's own safetensors hold the bare names).
 _PREFIX = "model."
-_LM_HEAD = "lm_head."
+# Heads are not part of the encoder: the LM head, and the score Linear of sequence classifiers
+# (decoder_score.py builds that one on top).
+_HEADS = ("lm_head.", "score.")
 FULL, SLIDING = "full_attention", "sliding_attention"
 # Model types transformers does not know, built as the one they extend (the checkpoint's own
 # modelling code on the hub is never run).
@@ -128,13 +130,14 @@ class YesNoScorer(nn.Module):
 def build(config: dict[str, Any], head: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
     from transformers import AutoModel
 
-    from tei_ort.export.architectures import llm_rerank
+    from tei_ort.export.architectures import decoder_score, llm_rerank
 
     template = llm_rerank.TEMPLATES.get(str((config.get("architectures") or [""])[0]))
-    if head != "Model" and (template is None or "score.weight" in tensors):
+    scored = decoder_score.SCORE in tensors  # *ForSequenceClassification checkpoints
+    if head != "Model" and not scored and template is None:
         raise UnsupportedModel(
-            f"{config.get('model_type')}: only the bare model and LLM re-rankers "
-            f"({', '.join(llm_rerank.TEMPLATES)}) are exported"
+            f"{config.get('model_type')}: a classifier or re-ranker needs a score head "
+            f"({decoder_score.SCORE}) or is an LLM re-ranker ({', '.join(llm_rerank.TEMPLATES)})"
         )
     from transformers.modeling_utils import no_init_weights
 
@@ -150,14 +153,20 @@ def build(config: dict[str, Any], head: str, tensors: dict[str, torch.Tensor]) -
     state = {
         name.removeprefix(_PREFIX): tensor.to(dtypes.get(name.removeprefix(_PREFIX), tensor.dtype))
         for name, tensor in tensors.items()
-        if not name.startswith(_LM_HEAD)
+        if not name.startswith(_HEADS)
     }
     model.load_state_dict(state, strict=True, assign=True)
     per_layer = getattr(parsed, "layer_types", None) is not None
     encoder = DecoderEncoder(
         model, causal=is_causal(config), window=sliding_window(parsed), per_layer=per_layer
     )
-    if head == "Model" or template is None:
+    if head == "Model":
         return encoder.eval()
+    if scored:
+        weight = decoder_score.score_weight(config, tensors)
+        return decoder_score.LastTokenScore(
+            encoder, weight, decoder_score.pad_token_id(config)
+        ).eval()
+    assert template is not None  # refused above otherwise
     tokenizer_file = str(config[llm_rerank.MODEL_DIR_KEY]) + "/tokenizer.json"
     return YesNoScorer(encoder, llm_rerank.yes_no_rows(tensors, tokenizer_file, template)).eval()

@@ -6,7 +6,8 @@ normalization and prompts come from the sentence-transformers files.
 
 Their checkpoints name the causal LM class (Qwen3ForCausalLM) or the bare one (MistralModel);
 both mean the bare decoder here, except a Qwen3ForCausalLM without sentence-transformers files:
-Qwen3-Reranker (llm_rerank.py). Sequence-classification (score) heads are not exported."""
+Qwen3-Reranker (llm_rerank.py). *ForSequenceClassification checkpoints (a `score` Linear over
+the last non-padding token, decoder_score.py) export as re-rankers (one label) or classifiers."""
 
 from typing import Any
 
@@ -16,7 +17,7 @@ from tei_ort.package import Pooling
 OWN_MODULE = "tei_ort.export.architectures.decoder_model"
 
 
-def _decoder(model_type: str, class_prefix: str, *, llm_reranker: bool = False) -> Family:
+def _decoder(model_type: str, class_prefix: str, *, classifier: bool = True) -> Family:
     return Family(
         model_type,
         class_prefix,
@@ -25,22 +26,24 @@ def _decoder(model_type: str, class_prefix: str, *, llm_reranker: bool = False) 
         # onnxruntime's bert fusions find no LayerNorm/GELU here; the pipeline keeps whichever
         # graph validates (fused or not).
         fusion_model_type="bert",
-        # LLM re-rankers (llm_rerank.py) are exported under the classification head.
-        heads=(MODEL, SEQUENCE_CLASSIFICATION) if llm_reranker else (MODEL,),
+        # *ForSequenceClassification (decoder_score.py); Qwen3's LLM re-rankers (llm_rerank.py)
+        # are exported under the same head.
+        heads=(MODEL, SEQUENCE_CLASSIFICATION) if classifier else (MODEL,),
         encoder_aliases=(class_prefix + "ForCausalLM",),
         own_module=OWN_MODULE,
     )
 
 
 FAMILIES = (
-    _decoder("qwen3", "Qwen3", llm_reranker=True),  # Qwen3-Reranker
+    _decoder("qwen3", "Qwen3"),  # also Qwen3-Reranker (Qwen3ForCausalLM, llm_rerank.py)
     _decoder("qwen2", "Qwen2"),
     _decoder("mistral", "Mistral"),
     _decoder("llama", "Llama"),
     # NVIDIA's bidirectional Llama (llama-3.2-nv-embedqa-1b-v2, llama-embed-nemotron): LlamaModel
     # with is_causal False and a padding-only mask (its hub code, never run), mean ("avg")
     # pooling from config.json when it has no sentence-transformers files.
-    _decoder("llama_bidirec", "LlamaBidirectional"),
+    # Its re-rankers (LlamaBidirectionalForSequenceClassification) pool differently: not exported.
+    _decoder("llama_bidirec", "LlamaBidirectional", classifier=False),
     # EmbeddingGemma (Gemma3TextModel): use_bidirectional_attention, sliding and full layers,
     # mean pooling and two Dense layers in its sentence-transformers files.
     _decoder("gemma3_text", "Gemma3Text"),
