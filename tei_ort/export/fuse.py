@@ -87,7 +87,6 @@ def convert_fp16(
     new data file, by the converter's own tensor function, so the result is the same."""
     from onnx import TensorProto
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
-    from onnxruntime.transformers.float16 import convert_tensor_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     structure = graph_files.load_structure(source)
@@ -108,11 +107,29 @@ def convert_fp16(
     def to_half(tensor: TensorProto, blob: bytes) -> bytes:
         if tensor.name not in was_float or tensor.data_type != TensorProto.FLOAT16:
             return blob
-        stored = TensorProto(data_type=TensorProto.FLOAT, raw_data=blob)
-        half: bytes = convert_tensor_float_to_float16(stored).raw_data
-        return half
+        return _half_in_chunks(blob)
 
     graph_files.save_streamed(model.model, source.parent, out, threshold_bytes, convert=to_half)
+
+
+# float32 elements converted at a time (64 MB): the converter's clamps build about ten temporaries
+# the size of their input (int64 indices of np.where among them), so a whole embedding table
+# (151,646 x 1,536: 0.93 GB) peaked at several GB; in slices, at a few hundred MB.
+HALF_CHUNK = 1 << 24
+
+
+def _half_in_chunks(blob: bytes) -> bytes:
+    """The bytes convert_tensor_float_to_float16 gives (its own convert_np_to_float16, with the
+    same default bounds), computed slice by slice: every step of it is elementwise."""
+    import numpy as np
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    values = np.frombuffer(blob, dtype=np.float32)
+    half = np.empty(values.shape, dtype=np.float16)
+    for start in range(0, len(values), HALF_CHUNK):
+        stop = start + HALF_CHUNK
+        half[start:stop] = convert_np_to_float16(values[start:stop])
+    return half.tobytes()
 
 
 @contextlib.contextmanager

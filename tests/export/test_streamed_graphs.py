@@ -155,6 +155,25 @@ def test_streamed_fp16_equals_the_in_memory_conversion(
     assert_same_graph(inline, small)
 
 
+def test_fp16_in_slices_equals_the_converter_on_the_whole_tensor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slices of 7 elements (a real tensor's are 16M) through every clamp of the converter:
+    tiny, huge, infinite and NaN values, both signs, slice edges inside runs of them."""
+    from onnx import TensorProto
+    from onnxruntime.transformers.float16 import convert_tensor_float_to_float16
+
+    rng = np.random.default_rng(0)
+    special = [0.0, 1e-9, -1e-9, 7e4, -7e4, np.inf, -np.inf, np.nan, 65504.0, 5.96e-08]
+    values = np.concatenate([rng.normal(0, 0.02, 50), special * 3, rng.normal(0, 1e5, 20)])
+    values = values.astype(np.float32)
+    whole = TensorProto(data_type=TensorProto.FLOAT, raw_data=values.tobytes())
+    want = convert_tensor_float_to_float16(whole).raw_data
+    monkeypatch.setattr(fuse, "HALF_CHUNK", 7)
+    assert fuse._half_in_chunks(values.tobytes()) == want
+    assert np.isnan(np.frombuffer(want, np.float16)).sum() == 3  # NaN kept, not clamped
+
+
 def in_memory_weight_only(fp32: Path, out: Path) -> None:
     """ORT's MatMulNBitsQuantizer on the whole model in memory, with weight_only's settings: the
     result the streamed quantizer must give."""
