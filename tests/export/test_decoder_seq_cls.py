@@ -11,6 +11,7 @@ their reference runs one input at a time."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,10 +272,10 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     return Exported(source, export_model(str(source), root / "package", FP32).path)
 
 
-@pytest.fixture(scope="module")
-def served(converted: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    args = ["--model-id", str(converted.package), "--provider", "cpu", "--variant", "fp32"]
-    args += ["--prometheus-port", "0", "--huggingface-hub-cache", str(tmp_path_factory.mktemp("h"))]
+@contextmanager
+def serving(package: Path, hub_cache: Path) -> Iterator[httpx.Client]:
+    args = ["--model-id", str(package), "--provider", "cpu", "--variant", "fp32"]
+    args += ["--prometheus-port", "0", "--huggingface-hub-cache", str(hub_cache)]
     # The config's 32,768 positions would be the warm-up's input length (a 16,384-token forward
     # at the default batch tokens); 1,024 keeps the start-up small.
     args += ["--max-batch-tokens", "1024"]
@@ -283,6 +284,35 @@ def served(converted: Exported, tmp_path_factory: pytest.TempPathFactory) -> Ite
         httpx.Client(base_url=url, timeout=60) as client,
     ):
         yield client
+
+
+@pytest.fixture(scope="module")
+def served(converted: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    with serving(converted.package, tmp_path_factory.mktemp("hub")) as client:
+        yield client
+
+
+def test_classifier_served_on_predict_with_its_labels(
+    exported: Callable[[str], Exported], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A three-label Qwen2 classifier on /predict: every label of id2label with its softmax
+    probability, highest first; raw_scores gives transformers' logits."""
+    subject = exported("qwen2")
+    logits = hf_logits(subject.source, [TEXTS[0]])[0]
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    with serving(subject.package, tmp_path_factory.mktemp("hub")) as client:
+        answer = client.post("/predict", json={"inputs": TEXTS[0]})
+        raw = client.post("/predict", json={"inputs": TEXTS[0], "raw_scores": True})
+    assert answer.status_code == 200, answer.text
+    labels = CASES["qwen2"].labels
+    order = np.argsort(-probabilities)
+    assert [r["label"] for r in answer.json()] == [labels[i] for i in order]
+    assert {r["label"]: r["score"] for r in answer.json()} == {
+        labels[i]: pytest.approx(float(p), abs=1e-5) for i, p in enumerate(probabilities)
+    }
+    assert {r["label"]: r["score"] for r in raw.json()} == {
+        labels[i]: pytest.approx(float(x), abs=1e-4) for i, x in enumerate(logits)
+    }
 
 
 def test_converted_reranker_served_with_the_callers_template(
