@@ -25,6 +25,9 @@ class Session(Protocol):
     provider: Provider
     output_name: str
     input_names: frozenset[str]
+    # Forwards that can run at once, each on its own threads (OpenVINO's CPU streams): the
+    # server gives the model this many forward threads. ONNX Runtime's sessions: 1.
+    parallel_runs: int
 
     def run(self, feeds: Feeds) -> npt.NDArray[np.float32]: ...
 
@@ -41,6 +44,8 @@ class SessionOptions:
 
 
 class GraphSession:
+    parallel_runs = 1
+
     def __init__(
         self, graph: Path, provider: Provider, output_name: str, options: SessionOptions
     ) -> None:

@@ -41,8 +41,11 @@ class LoadedModel:
 
     @property
     def forward_models(self) -> tuple[Model, ...]:
-        """What the engine's forward threads run on: `model`, then its replicas."""
-        return (self.model, *self.replicas)
+        """What the engine's forward threads run on: `model`, then its replicas, each once per
+        forward its session can run at once (OpenVINO's two CPU streams: two threads, one model)."""
+        return tuple(
+            m for m in (self.model, *self.replicas) for _ in range(m.session.parallel_runs)
+        )
 
 
 def with_overrides(manifest: Manifest, settings: Settings) -> Manifest:
