@@ -72,6 +72,7 @@ THRESHOLDS: dict[tuple[OutputKind, VariantName], Thresholds] = {
     (OutputKind.DENSE, VariantName.FP16): Thresholds(0.999, None, 0.95),
     (OutputKind.DENSE, VariantName.INT8): Thresholds(0.995, None, 0.95),
     (OutputKind.DENSE, VariantName.INT8_W7): Thresholds(0.995, None, 0.95),
+    (OutputKind.DENSE, VariantName.INT8_U8): Thresholds(0.995, None, 0.95),
     (OutputKind.DENSE, VariantName.INT8_WO): Thresholds(0.995, None, 0.95),
     (OutputKind.DENSE, VariantName.BF16): Thresholds(0.999, None, 0.95),
     # SPLADE fp32: the same non-zero terms with values within 1e-3 (a term that is zero on one
@@ -80,12 +81,14 @@ THRESHOLDS: dict[tuple[OutputKind, VariantName], Thresholds] = {
     (OutputKind.SPARSE, VariantName.FP16): Thresholds(0.999, None, 0.95),
     (OutputKind.SPARSE, VariantName.INT8): Thresholds(0.995, None, 0.95),
     (OutputKind.SPARSE, VariantName.INT8_W7): Thresholds(0.995, None, 0.95),
+    (OutputKind.SPARSE, VariantName.INT8_U8): Thresholds(0.995, None, 0.95),
     (OutputKind.SPARSE, VariantName.INT8_WO): Thresholds(0.995, None, 0.95),
     (OutputKind.SPARSE, VariantName.BF16): Thresholds(0.999, None, 0.95),
     (OutputKind.LOGITS, VariantName.FP32): Thresholds(None, 1e-4),
     (OutputKind.LOGITS, VariantName.FP16): Thresholds(None, 2e-2),
     (OutputKind.LOGITS, VariantName.INT8): Thresholds(None, 1e-1),
     (OutputKind.LOGITS, VariantName.INT8_W7): Thresholds(None, 1e-1),
+    (OutputKind.LOGITS, VariantName.INT8_U8): Thresholds(None, 1e-1),
     (OutputKind.LOGITS, VariantName.INT8_WO): Thresholds(None, 1e-1),
     # bf16 keeps 8 bits of mantissa to fp16's 11: ~8x fp16's relative error.
     (OutputKind.LOGITS, VariantName.BF16): Thresholds(None, 5e-2),

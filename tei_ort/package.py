@@ -72,6 +72,9 @@ class VariantName(str, enum.Enum):
     # int8 with 7-bit weights: no u8s8 GEMM saturates its int16 pair sums (AVX2 and AVX-512
     # without VNNI do with 8-bit weights), so it computes the same integers on every CPU.
     INT8_W7 = "int8-w7"
+    # int8's weights stored as uint8 (w + 128, zero point 128): MLAS then runs its u8u8 GEMM,
+    # exact at 8-bit weight precision where the u8s8 one saturates (AVX2, AVX-512 without VNNI).
+    INT8_U8 = "int8-u8"
     # int8 weights only (MatMulNBits, blocks of 32 with one scale each), no activation
     # calibration: decoders, whose weights are most of their bytes and CPU time.
     INT8_WO = "int8-wo"

@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="in-process runs; the fastest counts")
     p.add_argument(
         "--raw",
-        default="cpu:fp32,cpu:int8,cpu:int8-w7,openvino:bf16,cuda:fp16,cuda:fp32",
+        default="cpu:fp32,cpu:int8,cpu:int8-w7,cpu:int8-u8,openvino:bf16,cuda:fp16,cuda:fp32",
         help="provider:variant pairs for the raw runtime; those this machine or package lacks "
         "are left out",
     )

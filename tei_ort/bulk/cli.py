@@ -45,7 +45,7 @@ class EmbedSettings(pydantic.BaseModel):
     revision: str | None = None
     huggingface_hub_cache: Path | None = None
     provider: Literal["auto", "cpu", "cuda", "openvino"] = "auto"
-    variant: Literal["fp32", "fp16", "int8", "int8-w7", "int8-wo", "bf16"] | None = None
+    variant: Literal["fp32", "fp16", "int8", "int8-w7", "int8-u8", "int8-wo", "bf16"] | None = None
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
     max_batch_tokens: int = pydantic.Field(default=16384, ge=1)
     text_field: str = "text"
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--huggingface-hub-cache", type=Path)
     model.add_argument("--provider", default="auto", help="auto, cpu, cuda or openvino")
     model.add_argument(
-        "--variant", help="fp32, fp16, int8, int8-w7, int8-wo or bf16; default: chosen here"
+        "--variant", help="fp32, fp16, int8, int8-w7, int8-u8, int8-wo or bf16; default: chosen here"
     )
     model.add_argument("--intra-op-threads", type=int)
     model.add_argument("--max-batch-tokens", type=int, default=16384)

@@ -120,7 +120,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variants",
         default=",".join(v.value for v in VariantName),
-        help="comma-separated subset of fp32,fp16,int8,int8-w7,int8-wo,bf16 (fp32 is always built; int8-w7: 7-bit weights, exact on every CPU; int8-wo: int8 weights only, decoders; bf16 needs the openvino package and a CPU with bfloat16)",
+        help="comma-separated subset of fp32,fp16,int8,int8-w7,int8-u8,int8-wo,bf16 (fp32 is always built; int8-w7: 7-bit weights, exact on every CPU; int8-u8: int8's weights stored as uint8, exact at 8 bits on every CPU; int8-wo: int8 weights only, decoders; bf16 needs the openvino package and a CPU with bfloat16)",
     )
     parser.add_argument("--opset", type=int, default=ExportOptions().opset)
     parser.add_argument("--log-level", default="INFO")

@@ -60,6 +60,7 @@ ALL_VARIANTS = (
     VariantName.FP16,
     VariantName.INT8,
     VariantName.INT8_W7,
+    VariantName.INT8_U8,  # derived from int8's graph (variants.build_int8_u8)
     VariantName.INT8_WO,  # decoders only (variants.build_int8_wo)
     VariantName.BF16,
 )

@@ -60,6 +60,7 @@ VARIANT_SPECS: dict[VariantName, VariantSpec] = {
     VariantName.FP16: VariantSpec("model.fp16.onnx", ("cuda",)),
     VariantName.INT8: VariantSpec("model.int8.onnx", ("cpu",)),
     VariantName.INT8_W7: VariantSpec("model.int8-w7.onnx", ("cpu",)),
+    VariantName.INT8_U8: VariantSpec("model.int8-u8.onnx", ("cpu",)),
     VariantName.INT8_WO: VariantSpec("model.int8-wo.onnx", ("cpu",)),
     VariantName.BF16: VariantSpec("model.onnx", ("openvino",), validated_on="openvino"),
 }
@@ -164,6 +165,41 @@ def build_int8_w7(validator: Validator, graphs: Graphs, done: Sequence[Variant])
     return _build_int8(validator, graphs, done, VariantName.INT8_W7, weight_bits=7)
 
 
+def build_int8_u8(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
+    """int8's graph with its weights stored as uint8 (int8_u8): the same numbers, computed
+    exactly by MLAS's u8u8 GEMM on the CPUs where its u8s8 one saturates. Derived from the int8
+    graph this export built (whether or not that passed here: on AVX2 it fails where this one
+    holds); quantized afresh when int8 was not asked for."""
+    from tei_ort.export import int8_u8
+
+    int8_graph = validator.package / VARIANT_SPECS[VariantName.INT8].file
+    if not any(v.name is VariantName.INT8 for v in done) or not int8_graph.is_file():
+        int8_graph = graphs.raw.with_name("model.int8-for-u8.onnx")
+        if _quantize_into(graphs, validator, VariantName.INT8_U8, int8_graph, 8) is None:
+            return None
+    changed = int8_u8.convert(
+        int8_graph,
+        validator.package / VARIANT_SPECS[VariantName.INT8_U8].file,
+        graphs.threshold_bytes,
+    )
+    validation = validator.check(done, VariantName.INT8_U8)
+    note = f"int8's weights as uint8 (zero point 128), u8u8 MatMuls: {changed}; {validation.note}"
+    return _variant(VariantName.INT8_U8, replace(validation, note=note), validator.package)
+
+
+def _quantize_into(
+    graphs: Graphs, validator: Validator, name: VariantName, out: Path, weight_bits: int
+) -> object | None:
+    """Runs the int8 quantizer into `out`; None (logged) where it is not installed."""
+    quantize = _quantizer()
+    if quantize is None:
+        logger.warning("%s skipped: tei_ort.export.quantize is not available", name.value)
+        return None
+    feeds = calibration_feeds(validator.package, validator.base)
+    # The unfused graph: the quantizer sees plain MatMuls rather than fused contrib ops.
+    return quantize(graphs.raw, out, feeds, weight_bits)
+
+
 def _build_int8(
     validator: Validator,
     graphs: Graphs,
@@ -171,14 +207,10 @@ def _build_int8(
     name: VariantName,
     weight_bits: int,
 ) -> Variant | None:
-    quantize = _quantizer()
-    if quantize is None:
-        logger.warning("%s skipped: tei_ort.export.quantize is not available", name.value)
-        return None
-    feeds = calibration_feeds(validator.package, validator.base)
-    # The unfused graph: the quantizer sees plain MatMuls rather than fused contrib ops.
     out = validator.package / VARIANT_SPECS[name].file
-    report = quantize(graphs.raw, out, feeds, weight_bits)
+    report = _quantize_into(graphs, validator, name, out, weight_bits)
+    if report is None:
+        return None
     validation = validator.check(done, name)
     quantized, kept = getattr(report, "quantized_matmuls", None), getattr(report, "kept_fp32", ())
     if quantized is not None:
@@ -229,6 +261,7 @@ DERIVED_BUILDERS: dict[
     VariantName.FP16: build_fp16,
     VariantName.INT8: build_int8,
     VariantName.INT8_W7: build_int8_w7,
+    VariantName.INT8_U8: build_int8_u8,
     VariantName.INT8_WO: build_int8_wo,
     VariantName.BF16: build_bf16,
 }

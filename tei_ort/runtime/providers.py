@@ -62,7 +62,7 @@ class ProviderSpec:
 PROVIDERS: dict[Provider, ProviderSpec] = {
     Provider.CPU: ProviderSpec(
         "CPUExecutionProvider",
-        ("int8", "int8-w7", "int8-wo", "fp32"),
+        ("int8", "int8-w7", "int8-u8", "int8-wo", "fp32"),
         uses_io_binding=False,
         target_batch_tokens=2048,
     ),

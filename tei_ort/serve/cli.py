@@ -39,6 +39,7 @@ VARIANT_DTYPES = {
     "fp16": "float16",
     "int8": "int8",
     "int8-w7": "int8",
+    "int8-u8": "int8",
     "int8-wo": "int8",
     "bf16": "bfloat16",
 }

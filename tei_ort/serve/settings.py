@@ -51,7 +51,7 @@ class Settings(pydantic.BaseModel):
     huggingface_hub_cache: Path | None = None
     # ours
     provider: Literal["auto", "cpu", "cuda", "openvino"] = "auto"
-    variant: Literal["fp32", "fp16", "int8", "int8-w7", "int8-wo", "bf16"] | None = None
+    variant: Literal["fp32", "fp16", "int8", "int8-w7", "int8-u8", "int8-wo", "bf16"] | None = None
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
     # Forward threads, each on its own session of the model, fed by one queue (engine/batcher.py).
     engine_replicas: int = pydantic.Field(default=1, ge=1)
@@ -194,11 +194,11 @@ FLAGS: tuple[Flag, ...] = (
         "provider",
         "Execution provider: auto (CUDA when a GPU is usable; else the fastest variant "
         "validated on this CPU, by a short trial at first start, among OpenVINO bf16 (CPUs "
-        "with bfloat16) and the CPU EP's int8, int8-w7 and fp32), cpu, cuda, openvino.",
+        "with bfloat16) and the CPU EP's int8, int8-w7, int8-u8 and fp32), cpu, cuda, openvino.",
     ),
     Flag(
         "variant",
-        "Graph variant: fp32, fp16, int8, int8-w7, int8-wo (decoders) or bf16. Default: the fastest variant "
+        "Graph variant: fp32, fp16, int8, int8-w7, int8-u8, int8-wo (decoders) or bf16. Default: the fastest variant "
         "validated on this CPU (re-validated here when it was measured on another CPU class).",
     ),
     Flag(

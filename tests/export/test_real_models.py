@@ -125,6 +125,25 @@ def test_minilm_int8_w7_figures_are_this_machines_and_agree_with_the_gate(
     assert v.note.startswith("7-bit weights, int8 MatMuls: ")
 
 
+def test_minilm_int8_u8_holds_int8s_numbers_at_8_bits_on_every_cpu(minilm: ExportResult) -> None:
+    """int8's weights stored as uint8: MLAS's u8u8 GEMM computes the exact integers on every CPU
+    class (no saturating pair sums), so it passes int8's bar wherever the exporter's int8 passed
+    natively, AVX2 included; where the u8s8 GEMM is exact too, its outputs are int8's."""
+    variant = minilm.manifest.variant(VariantName.INT8_U8)
+    v = variant.validation
+    assert variant.providers == ("cpu",) and variant.file == "model.int8-u8.onnx"
+    assert v is not None and v.cosine_min is not None and v.overlap_at_10 is not None
+    assert (v.isa_class, v.provider) == (this_cpu().isa_class.value, "cpu")
+    assert v.note.startswith("int8's weights as uint8 (zero point 128), u8u8 MatMuls: 36;")
+    assert v.passed, v.note  # every class: exact integers, as on the AMX Xeon (0.997 there)
+    if this_cpu().isa_class not in EXACT_INT8_CLASSES:
+        pytest.skip("int8 (u8s8) saturates on this class, so the two graphs' outputs differ here")
+    texts = ["What is Deep Learning?", "A much longer passage about kernels " * 12, "?"]
+    int8 = Model.load(minilm.path, RuntimeOptions(provider="cpu", variant="int8"))
+    u8 = Model.load(minilm.path, RuntimeOptions(provider="cpu", variant="int8-u8"))
+    np.testing.assert_allclose(u8.embed(texts), int8.embed(texts), atol=1e-6, rtol=0)
+
+
 def test_minilm_hard_inputs_match_sentence_transformers(minilm: ExportResult, st_model) -> None:  # type: ignore[no-untyped-def]
     model = Model.load(minilm.path, RuntimeOptions(provider="cpu", variant="fp32"))
     got = model.embed(HARD_INPUTS)  # (n, 384)
