@@ -189,6 +189,9 @@ class Manifest:
     dense: tuple[DenseLayer, ...] = ()
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    # False: the prompt's tokens are left out of the pooling (sentence-transformers' Pooling
+    # include_prompt=false), counted per input as Encoded.prompt_tokens.
+    include_prompt: bool = True
     # Classification: index -> label. Softmax when several labels, sigmoid for one (TEI's rule).
     id2label: dict[int, str] = field(default_factory=dict)
     # LLM re-rankers (Qwen3-Reranker): how a (query, document) pair becomes ids; None elsewhere.
@@ -257,6 +260,7 @@ class Manifest:
                 ),
                 prompts=dict(data.get("prompts", {})),
                 default_prompt_name=data.get("default_prompt_name"),
+                include_prompt=bool(data.get("include_prompt", True)),
                 id2label={int(k): str(v) for k, v in data.get("id2label", {}).items()},
                 pair_template=PairTemplate(**data["pair_template"])
                 if data.get("pair_template")

@@ -69,6 +69,9 @@ class SentenceTransformersConfig:
     max_seq_length: int | None
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    # 1_Pooling's include_prompt: false leaves the prompt's tokens out of the pooling (NV-Embed-v2,
+    # INSTRUCTOR-style models); the runtime masks them (Encoded.prompt_tokens).
+    include_prompt: bool = True
     is_sparse: bool = False  # a SparseEncoder (MLMTransformer + SpladePooling)
     read_files: tuple[str, ...] = ()  # relative paths read, for the source hashes
 
@@ -84,6 +87,7 @@ def read(root: Path) -> SentenceTransformersConfig | None:
     transformer_path = ""
     pooling: Pooling | None = None
     normalize = is_sparse = False
+    include_prompt = True
     dense: list[DenseSource] = []
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
@@ -91,7 +95,7 @@ def read(root: Path) -> SentenceTransformersConfig | None:
         if kind in ("Transformer", "MLMTransformer"):
             transformer_path = path
         elif kind == "Pooling":
-            pooling = read_pooling(root, f"{path}/config.json")
+            pooling, include_prompt = read_pooling(root, f"{path}/config.json")
             read_files.append(f"{path}/config.json")
         elif kind == "SpladePooling":
             _check_splade(root, f"{path}/config.json")
@@ -117,6 +121,7 @@ def read(root: Path) -> SentenceTransformersConfig | None:
         max_seq_length=max_seq_length,
         prompts=prompts,
         default_prompt_name=default_prompt,
+        include_prompt=include_prompt,
         is_sparse=is_sparse,
         read_files=tuple(read_files),
     )
@@ -127,8 +132,9 @@ def read_without_modules(root: Path) -> SentenceTransformersConfig:
     1_Pooling/config.json when present, no Dense or Normalize, max length and prompts as usual."""
     read_files: list[str] = []
     pooling = None
+    include_prompt = True
     if (root / POOLING_CONFIG).is_file():
-        pooling = read_pooling(root, POOLING_CONFIG)
+        pooling, include_prompt = read_pooling(root, POOLING_CONFIG)
         read_files.append(POOLING_CONFIG)
     max_seq_length = _read_max_seq_length(root, "", read_files)
     prompts, default_prompt = _read_prompts(root, read_files)
@@ -140,16 +146,21 @@ def read_without_modules(root: Path) -> SentenceTransformersConfig:
         max_seq_length=max_seq_length,
         prompts=prompts,
         default_prompt_name=default_prompt,
+        include_prompt=include_prompt,
         read_files=tuple(read_files),
     )
 
 
-def read_pooling(root: Path, relative: str) -> Pooling:
+def read_pooling(root: Path, relative: str) -> tuple[Pooling, bool]:
+    """The pooling mode and include_prompt (whether the prompt's tokens are pooled)."""
     config = read_json(root, relative)
-    if config.get("include_prompt", True) is False:
-        raise UnsupportedModel(
-            f"{relative}: include_prompt=false (prompt tokens left out of pooling)"
-        )
+    include_prompt = config.get("include_prompt", True)
+    if not isinstance(include_prompt, bool):
+        raise PackageError(f"{relative}: include_prompt must be true or false")
+    return _pooling_mode(config, relative), include_prompt
+
+
+def _pooling_mode(config: dict[str, Any], relative: str) -> Pooling:
     if "pooling_mode" in config:
         name = str(config["pooling_mode"])
         if name not in POOLING_NAMES:

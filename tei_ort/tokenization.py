@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ class TruncationDirection(str, enum.Enum):
 class Encoded:
     ids: npt.NDArray[np.int64]  # (seq,)
     type_ids: npt.NDArray[np.int64]  # (seq,)
+    # How many leading ids are the prompt's, as sentence-transformers counts them for pooling
+    # with include_prompt=false (Tokenizer.prompt_length); 0 without a prompt.
+    prompt_tokens: int = 0
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -85,6 +88,7 @@ class Tokenizer:
             rust.no_padding()
             rust.enable_truncation(max_input_length, direction=direction.value)
             self._truncating[direction] = rust
+        self._prompt_lengths: dict[str, int] = {}  # a model has a handful of prompts
 
     @classmethod
     def from_file(cls, path: Path, max_input_length: int) -> Tokenizer:
@@ -111,6 +115,19 @@ class Tokenizer:
         """Encode texts or pairs with special tokens. With `truncate`, each result keeps at most
         `max_input_length` tokens (cut on `direction`); without, a longer input is a ValidationError
         in TEI's wording. `prompt` is prepended to each text (to the first element of a pair)."""
+        encoded = self._encode_with_prompt(inputs, truncate, direction, prompt)
+        if not prompt:
+            return encoded
+        prompt_tokens = self.prompt_length(prompt)
+        return [replace(e, prompt_tokens=prompt_tokens) for e in encoded]
+
+    def _encode_with_prompt(
+        self,
+        inputs: Sequence[TextInput],
+        truncate: bool,
+        direction: TruncationDirection,
+        prompt: str | None,
+    ) -> list[Encoded]:
         limit = self.max_input_length
         with_prompt = [_with_prompt(item, prompt) for item in inputs]
         if not truncate:
@@ -132,6 +149,21 @@ class Tokenizer:
                 # tokens that truncation would keep. Encode the whole text.
                 encodings[index] = _encode(rust, [with_prompt[index]])[0]
         return [_to_arrays(e) for e in encodings]
+
+    def prompt_length(self, prompt: str) -> int:
+        """The prompt's token count as sentence-transformers' Transformer._get_prompt_length
+        computes it: the prompt encoded alone with special tokens, less its last token when that
+        one is special (a trailing [SEP] or EOS). "query: " with BERT's [CLS] query : [SEP] -> 4:
+        [CLS] and the prompt's own tokens, the positions its Pooling then leaves out."""
+        known = self._prompt_lengths.get(prompt)
+        if known is not None:
+            return known
+        encoding = _encode(self._untruncated, [prompt])[0]
+        length = len(encoding.ids)
+        if length and encoding.special_tokens_mask[-1]:
+            length -= 1
+        self._prompt_lengths[prompt] = length
+        return length
 
     def _check_characters(self, inputs: Sequence[TextInput]) -> None:
         max_chars = self.max_input_length * _MAX_CHARS_PER_TOKEN

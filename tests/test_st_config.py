@@ -122,3 +122,26 @@ def test_broken_files_are_errors_naming_the_file(
     (folder / relative).write_text(content)
     with pytest.raises((PackageError, UnsupportedModel), match=message):
         st_config.read(folder)
+
+
+def test_include_prompt_false_is_read(folder: Path) -> None:
+    """1_Pooling's include_prompt: false (NV-Embed-v2, INSTRUCTOR-style models) is read, not
+    refused; the runtime then leaves the prompt's tokens out of the pooling."""
+    assert st_config.read(folder).include_prompt is True  # type: ignore[union-attr]
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps(pooling | {"include_prompt": False})
+    )
+    config = st_config.read(folder)
+    assert config is not None
+    assert (config.pooling, config.include_prompt) == (Pooling.MEAN, False)
+    assert st_config.read_without_modules(folder).include_prompt is False
+
+
+def test_include_prompt_must_be_a_boolean(folder: Path) -> None:
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps(pooling | {"include_prompt": "no"})
+    )
+    with pytest.raises(PackageError, match="include_prompt must be true or false"):
+        st_config.read(folder)

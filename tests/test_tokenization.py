@@ -4,6 +4,8 @@ import importlib.metadata
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers import processors
 
 from tei_ort.errors import PackageError, ValidationError
 from tei_ort.tokenization import Tokenizer, TruncationDirection
@@ -140,3 +142,26 @@ def test_broken_tokenizer_file_names_the_file(tmp_path: Path) -> None:
         Tokenizer.from_file(bad, 16)
     with pytest.raises(PackageError, match="not found"):
         Tokenizer.from_file(tmp_path / "missing.json", 16)
+
+
+def test_prompt_tokens_counted_as_sentence_transformers(tokenizer: Tokenizer) -> None:
+    """sentence-transformers' prompt length: the prompt encoded alone, less a trailing special
+    token. MiniLM: [CLS] query : [SEP] -> 3 ([CLS] and the prompt's two tokens)."""
+    assert tokenizer.prompt_length("query: ") == 3
+    with_prompt, plain = (
+        tokenizer.encode_batch(["cats and dogs"], prompt="query: ")[0],
+        tokenizer.encode_batch(["cats and dogs"])[0],
+    )
+    assert (with_prompt.prompt_tokens, plain.prompt_tokens) == (3, 0)
+    assert with_prompt.ids[:3].tolist() == tokenizer.encode_batch(["query:"])[0].ids[:3].tolist()
+
+
+def test_prompt_length_keeps_a_last_token_that_is_not_special() -> None:
+    """A template that adds only a leading special token (a BOS-only decoder): nothing is taken
+    off, [CLS] query : -> 3."""
+    rust = RustTokenizer.from_file(str(MINILM / "tokenizer.json"))
+    cls = rust.token_to_id("[CLS]")
+    rust.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", pair="[CLS] $A $B", special_tokens=[("[CLS]", cls)]
+    )
+    assert Tokenizer(rust, max_input_length=16).prompt_length("query: ") == 3

@@ -314,6 +314,7 @@ def _base_manifest(subject: Subject, out: Path) -> Manifest:
         dense=dense,
         prompts=dict(st.prompts) if st else {},
         default_prompt_name=st.default_prompt_name if st else None,
+        include_prompt=st.include_prompt if st else True,
         id2label=dict(source.id2label) if task in (Task.CLASSIFICATION, Task.RERANKER) else {},
         pair_template=llm_rerank.template_for(source) if task is Task.RERANKER else None,
         token_heads=m3_heads.write(source, out) if task is Task.EMBEDDING else None,

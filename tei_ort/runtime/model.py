@@ -217,7 +217,11 @@ class Model:
         if self.task is not Task.EMBEDDING:
             return raw
         pooling = self.manifest.pooling or Pooling.CLS
-        pooled = outputs.pool(raw, feeds["attention_mask"][:n], pooling)  # (batch, hidden)
+        mask = feeds["attention_mask"][:n]  # (batch, seq)
+        if not self.manifest.include_prompt:
+            prompts = np.asarray([e.prompt_tokens for e in encodings], dtype=np.int64)
+            mask = outputs.exclude_prompt(mask, prompts)
+        pooled = outputs.pool(raw, mask, pooling)  # (batch, hidden)
         for layer in self._dense:
             pooled = outputs.dense(pooled, layer.weight, layer.bias, layer.activation)
         return pooled

@@ -16,8 +16,15 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
+# The poolers take the pooling mask: the attention mask (right padding), with the prompt's
+# positions zeroed where a model leaves them out (exclude_prompt). As sentence-transformers'
+# Pooling, CLS is then the first pooled token and the last token the last pooled one.
+
+
 def _pool_cls(hidden: FloatArray, mask: IntArray) -> FloatArray:
-    return hidden[:, 0]
+    # argmax: the first 1 of each row (0 for a plain attention mask, or a row without any).
+    first = np.argmax(mask != 0, axis=1)  # (batch,)
+    return hidden[np.arange(hidden.shape[0]), first]
 
 
 def _pool_mean(hidden: FloatArray, mask: IntArray) -> FloatArray:
@@ -28,9 +35,11 @@ def _pool_mean(hidden: FloatArray, mask: IntArray) -> FloatArray:
 
 
 def _pool_last_token(hidden: FloatArray, mask: IntArray) -> FloatArray:
-    # Right padding: the last real token sits at length - 1.
-    last = np.maximum(mask.sum(axis=1) - 1, 0)  # (batch,)
-    return hidden[np.arange(hidden.shape[0]), last]
+    pooled = mask != 0  # (batch, seq)
+    last = pooled.shape[1] - 1 - np.argmax(pooled[:, ::-1], axis=1)  # (batch,)
+    # A row with nothing pooled (its prompt took every token) is zeros, as sentence-transformers.
+    rows = hidden[np.arange(hidden.shape[0]), last]
+    return np.where(pooled.any(axis=1)[:, None], rows, 0).astype(np.float32)
 
 
 POOLERS: dict[Pooling, Callable[[FloatArray, IntArray], FloatArray]] = {
@@ -38,6 +47,14 @@ POOLERS: dict[Pooling, Callable[[FloatArray, IntArray], FloatArray]] = {
     Pooling.MEAN: _pool_mean,
     Pooling.LAST_TOKEN: _pool_last_token,
 }
+
+
+def exclude_prompt(mask: IntArray, prompt_tokens: IntArray) -> IntArray:
+    """(batch, seq) attention mask, (batch,) prompt token counts -> the mask with each row's first
+    prompt_tokens positions zeroed (sentence-transformers' Pooling with include_prompt=false;
+    rows are right-padded, so the prompt starts each row)."""
+    positions = np.arange(mask.shape[1])[None, :]  # (1, seq)
+    return np.where(positions < prompt_tokens[:, None], 0, mask).astype(np.int64)
 
 
 def pool(hidden: FloatArray, mask: IntArray, pooling: Pooling) -> FloatArray:

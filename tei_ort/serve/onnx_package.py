@@ -130,6 +130,7 @@ def build(
         normalize=st.normalize,
         prompts=dict(st.prompts),
         default_prompt_name=st.default_prompt_name,
+        include_prompt=st.include_prompt,
         id2label=id2label,
     )
     out.mkdir(parents=True, exist_ok=True)

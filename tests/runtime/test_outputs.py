@@ -47,3 +47,23 @@ def test_truncate_dimensions_bounds() -> None:
     assert outputs.truncate_dimensions(x, 4).shape == (1, 4)
     with pytest.raises(Exception, match="between 1 and 4"):
         outputs.truncate_dimensions(x, 5)
+
+
+def test_exclude_prompt_zeroes_each_rows_prompt_positions() -> None:
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=np.int64)
+    got = outputs.exclude_prompt(mask, np.array([2, 0, 3], dtype=np.int64))
+    np.testing.assert_array_equal(got, [[0, 0, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+
+
+def test_pooling_without_the_prompt_as_sentence_transformers() -> None:
+    """With the prompt's positions out of the mask: mean over the rest, CLS the first pooled token
+    and last-token the last (sentence-transformers 5's Pooling on a 0/1 mask); a row the prompt
+    took whole pools to zeros for mean and last-token, and to position 0 for CLS (argmax of a zero
+    row), as sentence-transformers."""
+    hidden = np.arange(2 * 4 * 2, dtype=np.float32).reshape(2, 4, 2)  # (batch, seq, hidden)
+    mask = outputs.exclude_prompt(
+        np.array([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=np.int64), np.array([1, 2], dtype=np.int64)
+    )
+    np.testing.assert_allclose(outputs.pool(hidden, mask, Pooling.MEAN), [[3, 4], [0, 0]])
+    np.testing.assert_allclose(outputs.pool(hidden, mask, Pooling.CLS), [[2, 3], [8, 9]])
+    np.testing.assert_allclose(outputs.pool(hidden, mask, Pooling.LAST_TOKEN), [[4, 5], [0, 0]])
