@@ -190,7 +190,18 @@ def build_int8_u8(validator: Validator, graphs: Graphs, done: Sequence[Variant])
 def _quantize_into(
     graphs: Graphs, validator: Validator, name: VariantName, out: Path, weight_bits: int
 ) -> object | None:
-    """Runs the int8 quantizer into `out`; None (logged) where it is not installed."""
+    """Runs the int8 quantizer into `out`; None (logged) where it is not installed or the graph
+    is too large for it."""
+    if graph_files.data_file(graphs.raw).is_file():
+        logger.warning(
+            "%s skipped: the graph is over %d bytes (external data); the calibrated int8 "
+            "quantizer holds it whole and its calibration probe serializes it as one protobuf "
+            "(2 GiB at most), and its GPTQ would hold copies of the weights beside it; int8-wo "
+            "is such models' CPU variant",
+            name.value,
+            graphs.threshold_bytes,
+        )
+        return None
     quantize = _quantizer()
     if quantize is None:
         logger.warning("%s skipped: tei_ort.export.quantize is not available", name.value)

@@ -1,7 +1,8 @@
 """int8 weight-only quantization: each MatMul with a constant weight becomes ONNX Runtime's
 MatMulNBits (com.microsoft) with 8-bit weights in blocks along the input axis, one fp32 scale per
 block; activations are not calibrated. onnxruntime.quantization's MatMulNBitsQuantizer does the
-rewrite (8 and 4 bits, the 8-bit CPU kernel since ORT 1.20).
+rewrite (8 and 4 bits, the 8-bit CPU kernel since ORT 1.20), fed one weight at a time from the
+data file (quantize_weight_only), so a 1.5B decoder's 6 GB never sits in memory.
 
 Why beside the calibrated int8 (quantize.py): a decoder's weights are nearly all of its bytes, so
 8-bit weights (plus one fp32 scale per 32) take ~3.6x less disk and memory than fp32, without the

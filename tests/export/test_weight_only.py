@@ -4,13 +4,17 @@ runtime serves it with vectors close to sentence-transformers', and encoders do 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
+from tei_ort.export import fuse, graph_files, variants
 from tei_ort.export.pipeline import ExportOptions, ExportResult, export_model
 from tei_ort.fidelity import THRESHOLDS, OutputKind
 from tei_ort.package import VariantName
@@ -79,3 +83,38 @@ def test_encoders_do_not_get_it(tmp_path: Path) -> None:
     result = export_model(str(source), tmp_path / "package", OPTIONS)
     assert [v.name for v in result.manifest.variants] == [VariantName.FP32]
     assert not (result.path / "model.int8-wo.onnx").exists()
+
+
+class _Reached(Exception):
+    """The builder got past its size check to the quantizer."""
+
+
+def _no_quantizer() -> None:
+    raise _Reached
+
+
+def test_calibrated_int8_skipped_on_graphs_with_external_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over the external-data threshold (a ~0.5B decoder and up) only int8-wo quantizes: the
+    calibrated int8 builders return no variant, with the reason logged, before the quantizer."""
+    monkeypatch.setattr(variants, "_quantizer", _no_quantizer)
+    raw = tmp_path / "raw.onnx"
+    raw.write_bytes(b"")
+    graphs = variants.Graphs(raw, raw, fuse.FusionReport({}), threshold_bytes=1000)
+    validator = cast(variants.Validator, SimpleNamespace(package=tmp_path))
+    calibrated = [
+        build
+        for name, build in variants.DERIVED_BUILDERS.items()
+        if name.value.startswith("int8") and name is not VariantName.INT8_WO
+    ]
+    assert len(calibrated) >= 2  # int8 and int8-w7 (and int8-u8)
+    for build in calibrated:
+        with pytest.raises(_Reached):  # an inline graph goes on to the quantizer
+            build(validator, graphs, ())
+    graph_files.data_file(raw).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger=variants.__name__):
+        assert [build(validator, graphs, ()) for build in calibrated] == [None] * len(calibrated)
+    skipped = [r.getMessage() for r in caplog.records if "external data" in r.getMessage()]
+    assert len(skipped) == len(calibrated)
+    assert "over 1000 bytes" in skipped[0] and "int8-wo" in skipped[0]
