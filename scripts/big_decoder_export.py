@@ -33,12 +33,13 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from tei_ort.export import pipeline
+from tei_ort.export import calibration, fuse, pipeline, quantize, variants, weight_only
 from tei_ort.export.pipeline import ExportOptions, export_model
-from tei_ort.package import VariantName
+from tei_ort.package import Validation, Variant, VariantName
 from tests.export import tiny_decoders
 
 DIMS = {
@@ -75,6 +76,7 @@ class RssSampler:
         self.process = psutil.Process()
         self.limit = limit_bytes
         self.stage_peak = 0
+        self.step_peak = 0
         self.peak = 0
         threading.Thread(target=self._run, daemon=True).start()
 
@@ -82,12 +84,17 @@ class RssSampler:
         while True:
             rss = self.process.memory_info().rss
             self.stage_peak, self.peak = max(self.stage_peak, rss), max(self.peak, rss)
+            self.step_peak = max(self.step_peak, rss)
             if rss > self.limit:
                 print(
                     f"RSS {rss / GB:.2f} GB passed the limit {self.limit / GB:.1f} GB", flush=True
                 )
                 os._exit(3)
             time.sleep(0.1)
+
+    def take_step(self) -> float:
+        peak, self.step_peak = self.step_peak, self.process.memory_info().rss
+        return peak / GB
 
     def take_stage(self) -> float:
         peak, self.stage_peak = self.stage_peak, self.process.memory_info().rss
@@ -129,10 +136,56 @@ def build(out: Path, dims: dict[str, object]) -> Path:
     return out
 
 
+# The steps inside a stage whose peaks are reported apart: (module, function name) -> label.
+STEPS = {
+    (fuse, "convert_fp16"): "fp16 conversion",
+    (weight_only, "quantize_weight_only"): "int8-wo quantization",
+    (variants, "_copy_graph"): "fp32 copy",
+    (variants.Validator, "check"): "validation",
+    (quantize, "quantize_int8"): "int8 quantization",
+    (calibration, "calibrate"): "embedding ranges",
+}
+
+
+VALIDATION_FIGURES = ("passed", "cosine_min", "max_abs_diff", "overlap_at_10")
+
+
+def watch_steps(sampler: RssSampler, steps: dict[str, list[tuple[float, float, float]]]) -> None:
+    """Wrap each of STEPS so that its time, RSS at its start and peak RSS are recorded
+    (label -> [(s, GB, GB)])."""
+    for (owner, name), label in STEPS.items():
+        original = getattr(owner, name)
+
+        def timed(*args: Any, _f: Any = original, _label: str = label, **kwargs: Any) -> Any:
+            sampler.take_step()
+            start, at_start = time.perf_counter(), sampler.process.memory_info().rss / GB
+            result = _f(*args, **kwargs)
+            seconds, peak = round(time.perf_counter() - start, 1), round(sampler.take_step(), 2)
+            steps.setdefault(_label, []).append((seconds, round(at_start, 2), peak))
+            figures = (
+                f" ({', '.join(f'{f}={getattr(result, f)}' for f in VALIDATION_FIGURES)})"
+                if isinstance(result, Validation)
+                else ""
+            )
+            logging.info(
+                "step %s: %.1f s, RSS %.2f GB at its start, peak %.2f GB%s",
+                _label,
+                seconds,
+                at_start,
+                peak,
+                figures,
+            )
+            return result
+
+        setattr(owner, name, timed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="work folder (source/ and package/ inside)")
-    parser.add_argument("variants", help="comma-separated, e.g. fp32,fp16,int8-wo")
+    parser.add_argument(
+        "variants", help="comma-separated, e.g. fp32,fp16,int8-wo, or default: tei-export's set"
+    )
     parser.add_argument("--dims", choices=sorted(DIMS), default="0.6b")
     parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
     parser.add_argument("--max-rss-gb", type=float, default=20.0)
@@ -148,7 +201,17 @@ def main() -> None:
         default=pipeline.graph_files.EXTERNAL_DATA_THRESHOLD_BYTES,
         help="external data above this size (lower it to send a cut-down model down that path)",
     )
+    parser.add_argument(
+        "--calibration-texts",
+        type=int,
+        default=None,
+        help="queries and passages (each) for the embedding-range calibration, the export's "
+        f"last stage ({calibration.CALIBRATION_QUERIES} each by default; the same fp32 session "
+        "as validation, so the count changes its time, not its memory)",
+    )
     args = parser.parse_args()
+    if args.calibration_texts is not None:
+        calibration.CALIBRATION_QUERIES = calibration.CALIBRATION_PASSAGES = args.calibration_texts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sampler = RssSampler(args.max_rss_gb * GB)
     peaks: dict[str, float] = {}
@@ -164,6 +227,8 @@ def main() -> None:
             raise StopExport(timer.seconds)
 
     pipeline._Timer.lap = lap_with_rss  # type: ignore[method-assign]
+    steps: dict[str, list[tuple[float, float, float]]] = {}
+    watch_steps(sampler, steps)
     dims = DIMS[args.dims] | ({"num_hidden_layers": args.layers} if args.layers else {})
     source = args.folder / "source"
     if not source.is_dir():
@@ -171,9 +236,13 @@ def main() -> None:
     sampler.take_stage()  # building the random checkpoint is not part of the export
     sampler.peak = sampler.stage_peak
     weights = sum(f.stat().st_size for f in source.glob("*.safetensors"))
-    variants = tuple(VariantName(v) for v in args.variants.split(","))
+    chosen = (
+        pipeline.ALL_VARIANTS
+        if args.variants == "default"
+        else tuple(VariantName(v) for v in args.variants.split(","))
+    )
     options = ExportOptions(
-        variants=variants,
+        variants=chosen,
         validation_queries=16,
         validation_passages=48,
         external_data_threshold_bytes=args.threshold_bytes,
@@ -181,19 +250,20 @@ def main() -> None:
     try:
         result = export_model(str(source), args.folder / "package", options)
     except StopExport as stop:  # the staging folder is discarded, as after any failure
-        seconds, sizes, variants = stop.seconds, {}, ()
+        seconds, sizes, built = stop.seconds, {}, tuple[Variant, ...]()
     else:
-        seconds, variants = result.seconds, result.manifest.variants
+        seconds, built = result.seconds, result.manifest.variants
         sizes = {p.name: p.stat().st_size for p in sorted(result.path.iterdir()) if p.is_file()}
     report = {
         "seconds": seconds,
         "peak_rss_gb": peaks,
+        "steps_s_gb": steps,
         "weights_gb": round(weights / GB, 3),
         "peak_over_weights": round(sampler.peak / weights, 2),
         "bytes": sizes,
     }
     print(json.dumps(report, indent=2))
-    for variant in variants:
+    for variant in built:
         print(variant.name.value, variant.data_files, variant.validation)
 
 
