@@ -12,6 +12,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,18 +58,32 @@ def counting_encoders() -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def export_encoders() -> list[str]:
-    """The encoders the `package` fixture's export constructed."""
-    return []
+def export_encoders() -> dict[str, list[str]]:
+    """The encoders the `package` fixture's export constructed: in all, and while it computed
+    the references (m3_reference.references)."""
+    return {"export": [], "references": []}
 
 
 @pytest.fixture(scope="module")
 def package(
-    source: Path, tmp_path_factory: pytest.TempPathFactory, export_encoders: list[str]
+    source: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    export_encoders: dict[str, list[str]],
 ) -> ExportResult:
-    with counting_encoders() as built:
+    from tei_ort.export import m3_reference
+
+    real = m3_reference.references
+
+    def references(*args: Any, **kwargs: Any) -> Any:
+        before = len(built)
+        result = real(*args, **kwargs)
+        export_encoders["references"].extend(built[before:])
+        return result
+
+    with counting_encoders() as built, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(m3_reference, "references", references)
         result = export_model(str(source), tmp_path_factory.mktemp("m3-pkg") / "pkg", TINY_OPTIONS)
-    export_encoders.extend(built)
+    export_encoders["export"].extend(built)
     return result
 
 
@@ -110,6 +125,12 @@ def reference(source: Path, texts: list[str]) -> dict[str, list[np.ndarray]]:
     return {"dense": list(dense.numpy()), "sparse": sparse, "colbert": multi}
 
 
+@pytest.fixture(scope="module")
+def want(source: Path) -> dict[str, list[np.ndarray]]:
+    """This file's reference on TEXTS, computed once for the tests that compare with it."""
+    return reference(source, TEXTS)
+
+
 def test_manifest_names_the_heads(package: ExportResult) -> None:
     heads = package.manifest.token_heads
     assert heads == TokenHeads(
@@ -135,16 +156,15 @@ def test_info_names_its_three_outputs(package: ExportResult) -> None:
     }
 
 
-def test_dense_vector(model: Model, source: Path) -> None:
-    want = np.stack(reference(source, TEXTS)["dense"])
-    np.testing.assert_allclose(model.embed(TEXTS), want, atol=1e-4, rtol=0)
+def test_dense_vector(model: Model, want: dict[str, list[np.ndarray]]) -> None:
+    np.testing.assert_allclose(model.embed(TEXTS), np.stack(want["dense"]), atol=1e-4, rtol=0)
 
 
-def test_sparse_weights(model: Model, source: Path) -> None:
-    want = np.stack(reference(source, TEXTS)["sparse"])
+def test_sparse_weights(model: Model, want: dict[str, list[np.ndarray]]) -> None:
+    sparse = np.stack(want["sparse"])
     got = model.embed_sparse(TEXTS)
-    assert got.shape == want.shape == (len(TEXTS), 600)
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert got.shape == sparse.shape == (len(TEXTS), 600)
+    np.testing.assert_allclose(got, sparse, atol=1e-4, rtol=0)
     assert (got[:, [0, 1, 2, 3]] == 0).all()  # special tokens dropped
     assert all((row > 0).sum() > 0 for row in got)
     # "A A A b B": each id once, with the largest of its weights.
@@ -152,10 +172,9 @@ def test_sparse_weights(model: Model, source: Path) -> None:
     assert (got[1] > 0).sum() <= len(set(ids.tolist()) - {0, 1, 2, 3})
 
 
-def test_colbert_vectors_on_embed_all(model: Model, source: Path) -> None:
-    want = reference(source, TEXTS)["colbert"]
+def test_colbert_vectors_on_embed_all(model: Model, want: dict[str, list[np.ndarray]]) -> None:
     got = model.embed_all(TEXTS)
-    for text, g, w in zip(TEXTS, got, want, strict=True):
+    for text, g, w in zip(TEXTS, got, want["colbert"], strict=True):
         assert g.shape == w.shape == (len(model.encode([text])[0]) - 1, tiny_bge_m3.HIDDEN)
         np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
         np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1.0, atol=1e-5)
@@ -168,11 +187,12 @@ def test_batch_invariance(model: Model) -> None:
         np.testing.assert_allclose(model.embed_all([text])[0], multi[index], atol=1e-5)
 
 
-def test_every_served_variant_keeps_the_heads(package: ExportResult, source: Path) -> None:
+def test_every_served_variant_keeps_the_heads(
+    package: ExportResult, want: dict[str, list[np.ndarray]]
+) -> None:
     """The heads run on each variant's hidden states, which validation checks only through the
     pooled vector: each variant that passed (fp32, OpenVINO bf16) also gives sparse and ColBERT
     vectors within cosine 0.99 of the reference."""
-    want = reference(source, TEXTS)
     checked = []
     for variant in package.manifest.variants:
         if not variant.is_servable:
@@ -190,11 +210,12 @@ def test_every_served_variant_keeps_the_heads(package: ExportResult, source: Pat
 
 
 @asynchronous
-async def test_engine_serves_dense_sparse_and_colbert(model: Model, source: Path) -> None:
+async def test_engine_serves_dense_sparse_and_colbert(
+    model: Model, want: dict[str, list[np.ndarray]]
+) -> None:
     """Through the engine (what /embed, /embed_sparse and /embed_all call): the dense vectors,
     the sparse weights as (index, value) lists, and the ColBERT multi-vectors, in shared padded
     batches."""
-    want = reference(source, TEXTS)
     async with running(model, max_batch_tokens=16384) as engine:
         dense = await engine.embed(EmbedRequest(TEXTS))
         sparse = await engine.embed_sparse(EmbedRequest(TEXTS))
@@ -230,7 +251,7 @@ def test_a_head_pickle_that_runs_code_is_refused(
 
 
 def test_the_reference_of_the_heads_matches_flagembeddings_rules(
-    package: ExportResult, source: Path
+    package: ExportResult, source: Path, want: dict[str, list[np.ndarray]]
 ) -> None:
     """tei_ort.export.m3_reference (what every variant is validated against) equals this file's
     reference, written separately from FlagEmbedding's rules."""
@@ -239,7 +260,6 @@ def test_the_reference_of_the_heads_matches_flagembeddings_rules(
 
     vset = ValidationSet(tuple(TEXTS), ())
     dense, heads = references(_subject(source), package.manifest.token_heads, package.path, vset)
-    want = reference(source, TEXTS)
     np.testing.assert_allclose(dense, np.stack(want["dense"]), atol=1e-5, rtol=0)
     np.testing.assert_allclose(heads["sparse"], np.stack(want["sparse"]), atol=1e-5, rtol=0)
     np.testing.assert_allclose(heads["colbert"], np.concatenate(want["colbert"]), atol=1e-5)
@@ -303,7 +323,9 @@ def test_the_fidelity_set_keeps_the_heads(package: ExportResult, tmp_path: Path)
         read_fidelity_set(tmp_path)
 
 
-def test_three_outputs_over_http(package: ExportResult, source: Path, tmp_path: Path) -> None:
+def test_three_outputs_over_http(
+    package: ExportResult, want: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
     """As users call them: /embed the dense vector, /embed_sparse the sparse weights as TEI's
     {index, value} lists, /embed_all the ColBERT multi-vectors, /info naming the three."""
     import httpx
@@ -312,7 +334,7 @@ def test_three_outputs_over_http(package: ExportResult, source: Path, tmp_path: 
     from tei_ort.serve.settings import load_settings
     from tests.serve import live
 
-    want = reference(source, TEXTS[:3])
+    first = {name: rows[:3] for name, rows in want.items()}  # the reference on TEXTS[:3]
     args = ["--model-id", str(package.path), "--provider", "cpu", "--variant", "fp32"]
     args += ["--prometheus-port", "0", "--huggingface-hub-cache", str(tmp_path / "hub")]
     with (
@@ -324,12 +346,12 @@ def test_three_outputs_over_http(package: ExportResult, source: Path, tmp_path: 
         multi = client.post("/embed_all", json={"inputs": TEXTS[:3]})
         info = client.get("/info").json()
     assert dense.status_code == sparse.status_code == multi.status_code == 200
-    np.testing.assert_allclose(np.array(dense.json()), np.stack(want["dense"]), atol=1e-4)
-    for got, expected in zip(sparse.json(), want["sparse"], strict=True):
+    np.testing.assert_allclose(np.array(dense.json()), np.stack(first["dense"]), atol=1e-4)
+    for got, expected in zip(sparse.json(), first["sparse"], strict=True):
         row = np.zeros_like(expected)
         row[[item["index"] for item in got]] = [item["value"] for item in got]
         np.testing.assert_allclose(row, expected, atol=1e-4, rtol=0)
-    for got, expected in zip(multi.json(), want["colbert"], strict=True):
+    for got, expected in zip(multi.json(), first["colbert"], strict=True):
         np.testing.assert_allclose(np.array(got), expected, atol=1e-4, rtol=0)
     assert info["outputs"] == {
         "/embed": "dense",
@@ -367,14 +389,15 @@ def test_the_references_load_the_encoder_once(package: ExportResult, source: Pat
     assert set(shared) == set(separate) == {"sparse", "colbert"}
     for name in shared:
         np.testing.assert_array_equal(shared[name], separate[name])
-    want = reference(source, vset.texts)
-    np.testing.assert_allclose(dense, np.stack(want["dense"]), atol=1e-5, rtol=0)
+    flag = reference(source, vset.texts)
+    np.testing.assert_allclose(dense, np.stack(flag["dense"]), atol=1e-5, rtol=0)
 
 
 def test_the_export_loads_the_encoder_for_its_references_once(
-    package: ExportResult, export_encoders: list[str]
+    package: ExportResult, export_encoders: dict[str, list[str]]
 ) -> None:
-    """Two encoders in the whole export: the one torch.onnx traces, and the one both references
-    run on (three before: transformers' AutoModel again for the heads)."""
+    """One encoder for both references (two before: transformers' AutoModel again for the
+    heads); two in the whole export, with the one torch.onnx traces."""
     assert package.manifest.token_heads is not None
-    assert export_encoders == ["XLMRobertaModel", "XLMRobertaModel"]
+    assert export_encoders["references"] == ["XLMRobertaModel"]
+    assert export_encoders["export"] == ["XLMRobertaModel", "XLMRobertaModel"]
