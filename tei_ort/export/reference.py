@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from tei_ort.export import recipes
+from tei_ort.export import recipes, special_tokens
 from tei_ort.export.architectures import llm_rerank, own
 from tei_ort.export.recipes import Recipe
 from tei_ort.export.source import SourceModel
@@ -144,6 +144,10 @@ def _batches(
     tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
         str(source.model_dir), local_files_only=True, trust_remote_code=False
     )
+    if source.model_type in special_tokens.ALWAYS_EOS_MODEL_TYPES:
+        # Its encode appends the EOS the tokenizer's files leave out (NV-Embed-v2); the setter
+        # rebuilds transformers' template, as the package's (special_tokens.apply).
+        tokenizer.add_eos_token = True
     order = sorted(range(len(inputs)), key=lambda i: _chars(inputs[i]))
     batches: list[dict[str, Any]] = []
     for start in range(0, len(order), BATCH_SIZE):

@@ -85,6 +85,11 @@ def read_source(location: Location) -> SourceModel:
     model_dir = root / prefix if prefix else root
     config = read_json(root, prefix + CONFIG_FILE)
     architecture, model_type = _architecture(config, prefix + CONFIG_FILE)
+    # Composite configs (NV-Embed-v2: its Mistral body's sizes under text_config): what the top
+    # level does not say is read from text_config.
+    text_config = config.get("text_config")
+    if isinstance(text_config, dict):
+        config = text_config | config
     if not (model_dir / TOKENIZER_FILE).is_file():
         raise PackageError(
             f"{prefix}{TOKENIZER_FILE}: not found in {root}; tei_ort needs the fast (Rust) tokenizer file"

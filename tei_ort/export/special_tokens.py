@@ -10,7 +10,11 @@ file as shipped would pool on the last word instead. The package's tokenizer.jso
 template transformers would build, so the server's Rust tokenizer adds the same tokens.
 
 Qwen2/Qwen3 tokenizers (Qwen2TokenizerFast) have no such flags: their tokenizer.json is used as
-shipped (Qwen3-Embedding's own post-processor appends <|endoftext|>)."""
+shipped (Qwen3-Embedding's own post-processor appends <|endoftext|>).
+
+NV-Embed-v2 (model_type nvembed) ships a Llama tokenizer without add_eos_token, but its encode
+appends the EOS to every text (input_transform_func, always_add_eos; its card's
+sentence-transformers usage appends eos_token to each input): its template appends it here."""
 
 from __future__ import annotations
 
@@ -36,7 +40,10 @@ MODEL_TYPE_TOKENIZERS = {
     "gemma2": "GemmaTokenizer",
     "gemma3": "GemmaTokenizer",
     "gemma3_text": "GemmaTokenizer",
+    "nvembed": "LlamaTokenizer",
 }
+# Model types whose own encode appends the EOS to every text, whatever add_eos_token says.
+ALWAYS_EOS_MODEL_TYPES = frozenset({"nvembed"})
 
 
 def tokenizer_class(tokenizer_config: dict[str, Any], model_type: str) -> str | None:
@@ -57,6 +64,7 @@ def apply(tokenizer: Tokenizer, tokenizer_config: dict[str, Any], model_type: st
         return None
     add_bos = bool(tokenizer_config.get("add_bos_token", defaults[0]))
     add_eos = bool(tokenizer_config.get("add_eos_token", defaults[1]))
+    add_eos = add_eos or model_type in ALWAYS_EOS_MODEL_TYPES
     bos = _token(tokenizer, tokenizer_config, "bos_token") if add_bos else None
     eos = _token(tokenizer, tokenizer_config, "eos_token") if add_eos else None
     # As update_post_processor: "bos $A eos" and "bos $A eos bos $B eos".

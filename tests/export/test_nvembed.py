@@ -7,24 +7,31 @@ the tokens to the batch-expanded latents through scaled_dot_product_attention, P
 feed-forward, both residual) and the mean over pool_mask (the first len(instruction) positions
 zeroed, right padding). The hub code itself is not run.
 
-The family is not registered (serving it as the card does needs the EOS appended to every input
-and the instruction's tokens left out of the mean, which the runtime does not do): these tests
-check the module and its ONNX graph, and that tei-export refuses the architecture."""
+The whole package: a tiny NV-Embed-v2-layout folder (its Llama-class tokenizer without
+add_eos_token, sentence-transformers files with mean pooling, include_prompt false and a query
+instruction) exported by tei-export and served over HTTP equals the reference on the ids the
+card's sentence-transformers usage makes (instruction + text + "</s>", transformers' tokenizer),
+with the instruction's tokens out of the mean as sentence-transformers counts them."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
 
-from tei_ort.errors import UnsupportedModel
 from tei_ort.export import recipes
 from tei_ort.export.architectures import nvembed_model, own
 from tei_ort.export.architectures.family import MODEL, Family
+from tei_ort.export.pipeline import ExportOptions, export_model
+from tei_ort.package import Pooling, VariantName, read_manifest
+from tei_ort.serve.cli import build as build_app
+from tei_ort.serve.settings import load_settings
 from tests.export.tiny_jina import randomize
+from tests.serve import live
 
 HIDDEN, LATENTS, CROSS_HEADS, VOCAB = 32, 16, 2, 120
 TEXT_CONFIG = {
@@ -250,6 +257,169 @@ def test_onnx_graph_equals_the_module(
     )
 
 
-def test_not_exported_until_the_runtime_masks_the_instruction() -> None:
-    with pytest.raises(UnsupportedModel, match="NVEmbedModel"):
-        recipes.lookup("NVEmbedModel")
+INSTRUCTION = "Instruct: Given a question, retrieve passages that answer the question\nQuery: "
+QUERIES = ["are judo throws allowed in wrestling?", "how to become a radiology technician?"]
+PASSAGES = [
+    "Yes, judo throws are allowed in freestyle and folkstyle wrestling.",
+    "Earn a high school diploma, then an associate degree in radiologic technology.",
+    "Wrestling rules forbid a slam.",
+]
+
+
+def write_tokenizer(out: Path) -> None:
+    """A word-level tokenizer over the test's words (the checkpoint has 120 ids), shipped as
+    NV-Embed-v2's: <s> prepended by its template, LlamaTokenizer without add_eos_token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = " ".join([INSTRUCTION, *QUERIES, *PASSAGES]).replace("\n", " ")
+    pieces = dict.fromkeys(w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(words))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {w: i + 3 for i, w in enumerate(pieces)}
+    assert len(vocab) <= VOCAB
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "</s>",
+        "padding_side": "right",
+        "model_max_length": 512,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def write_sentence_transformers(out: Path) -> None:
+    """NV-Embed-v2's modules (Transformer, mean Pooling without the prompt, Normalize) and a
+    query prompt, which the card passes as encode's prompt."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
+    ]
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": HIDDEN, "pooling_mode_mean_tokens": True}
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling | {"include_prompt": False}))
+    (out / "2_Normalize").mkdir()
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    prompts = {"prompts": {"query": INSTRUCTION}, "default_prompt_name": None}
+    (out / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+
+
+@pytest.fixture(scope="module")
+def nvembed_source(
+    checkpoint: tuple[dict[str, torch.Tensor], torch.nn.Module],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    from safetensors.torch import save_file
+
+    out = tmp_path_factory.mktemp("nvembed-source")
+    tensors, _ = checkpoint
+    (out / "config.json").write_text(json.dumps(CONFIG))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
+    write_tokenizer(out)
+    write_sentence_transformers(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def nvembed_package(nvembed_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    options = ExportOptions(
+        variants=(VariantName.FP32,), validation_queries=8, validation_passages=24
+    )
+    return export_model(str(nvembed_source), tmp_path_factory.mktemp("nvembed"), options).path
+
+
+def card_vectors(
+    source: Path,
+    checkpoint: tuple[dict[str, torch.Tensor], torch.nn.Module],
+    prompt: str | None,
+    mask_prompt: bool = True,
+) -> np.ndarray:
+    """The card's sentence-transformers usage on the reference: each text + eos_token,
+    sentence-transformers' prompt prepended, transformers' tokenizer, right padding; the prompt's
+    tokens (its Transformer's prompt length: the prompt tokenized alone, here <s> and the
+    instruction, nothing special at its end) out of the mean unless `mask_prompt` is False; then
+    normalized."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    texts = [
+        (prompt or "") + text + tokenizer.eos_token for text in (QUERIES if prompt else PASSAGES)
+    ]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert [row[n - 1] for row, n in zip(ids.tolist(), mask.sum(1).tolist(), strict=True)] == [
+        2
+    ] * len(texts)
+    pool = mask.clone()
+    if prompt and mask_prompt:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        assert prompt_ids[-1] not in tokenizer.all_special_ids
+        pool[:, : len(prompt_ids)] = 0
+    tensors, body = checkpoint
+    vectors = reference(tensors, body, ids, mask, pool)
+    return torch.nn.functional.normalize(vectors, dim=-1).numpy()
+
+
+def test_served_package_equals_the_card(
+    nvembed_source: Path,
+    nvembed_package: Path,
+    checkpoint: tuple[dict[str, torch.Tensor], torch.nn.Module],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """tei-export builds NVEmbedModel; served over HTTP, queries (prompt_name query) and passages
+    equal the card's vectors; the instruction's tokens are really out of the mean (a query
+    pooled with them differs)."""
+    manifest = read_manifest(nvembed_package)
+    assert (manifest.architecture, manifest.pooling, manifest.include_prompt) == (
+        "NVEmbedModel",
+        Pooling.MEAN,
+        False,
+    )
+    args = ["--model-id", str(nvembed_package), "--provider", "cpu", "--variant", "fp32"]
+    args += [
+        "--prometheus-port",
+        "0",
+        "--huggingface-hub-cache",
+        str(tmp_path_factory.mktemp("hub")),
+    ]
+    with (
+        live.serve_app(build_app(load_settings(args, {}))) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        queries = client.post("/embed", json={"inputs": QUERIES, "prompt_name": "query"})
+        passages = client.post("/embed", json={"inputs": PASSAGES})
+        tokens = client.post("/tokenize", json={"inputs": PASSAGES[2]})
+    assert queries.status_code == passages.status_code == 200, (queries.text, passages.text)
+    got_queries = np.asarray(queries.json(), dtype=np.float32)
+    want_queries = card_vectors(nvembed_source, checkpoint, INSTRUCTION)
+    np.testing.assert_allclose(got_queries, want_queries, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(passages.json()),
+        card_vectors(nvembed_source, checkpoint, None),
+        atol=2e-5,
+        rtol=0,
+    )
+    with_instruction = card_vectors(nvembed_source, checkpoint, INSTRUCTION, mask_prompt=False)
+    assert float(np.abs(got_queries - with_instruction).max()) > 1e-2
+    ids = [token["id"] for token in tokens.json()[0]]
+    assert (ids[0], ids[-1]) == (1, 2)  # <s> ... </s>: the EOS appended by the package's template

@@ -47,6 +47,18 @@ FAMILIES = (
     # EmbeddingGemma (Gemma3TextModel): use_bidirectional_attention, sliding and full layers,
     # mean pooling and two Dense layers in its sentence-transformers files.
     _decoder("gemma3_text", "Gemma3Text"),
+    # NV-Embed-v2 (NVEmbedModel): a bidirectional Mistral body, then its latent-attention layer
+    # token by token (nvembed_model.py, its hub code never run); mean pooling without the
+    # instruction (1_Pooling's include_prompt false), the EOS appended (special_tokens.py).
+    Family(
+        "nvembed",
+        "NVEmbed",
+        uses_token_type_ids=False,
+        position_offset=0,
+        fusion_model_type="bert",
+        heads=(MODEL,),
+        own_module="tei_ort.export.architectures.nvembed_model",
+    ),
 )
 
 

@@ -15,9 +15,10 @@ Written from the public modeling_nvembed.py (read, never run):
   input text had the EOS appended; the card then L2-normalizes.
 
 The module here ends at y (batch, seq, hidden), like every embedding graph; the mean pooling
-over the non-instruction tokens is the runtime's. It is not registered as a family (no line in
-decoders.FAMILIES): serving NV-Embed-v2 as its card does also needs the EOS appended to every
-input and the instruction's tokens left out of the mean, which the runtime does not do yet.
+over the non-instruction tokens is the runtime's (1_Pooling's include_prompt false: the prompt's
+tokens counted as sentence-transformers counts them, <s> and the instruction), and the EOS is
+appended by the package's tokenizer template (special_tokens.ALWAYS_EOS_MODEL_TYPES). The family
+is registered in decoders.FAMILIES.
 
 Own module protocol (tei_ort.export.architectures.own): build(config, head, tensors)."""
 
