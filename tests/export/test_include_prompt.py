@@ -66,8 +66,8 @@ def st_vectors(source: Path, prompt_name: str | None, include_prompt: bool = Fal
 
 
 @contextmanager
-def serving(package: Path, hub_cache: Path) -> Iterator[httpx.Client]:
-    args = ["--model-id", str(package), "--provider", "cpu", "--variant", "fp32"]
+def serving(package: Path, hub_cache: Path, *extra: str) -> Iterator[httpx.Client]:
+    args = ["--model-id", str(package), "--provider", "cpu", "--variant", "fp32", *extra]
     args += ["--prometheus-port", "0", "--huggingface-hub-cache", str(hub_cache)]
     with (
         live.serve_app(build_app(load_settings(args, {}))) as url,
@@ -104,3 +104,8 @@ def test_served_without_the_prompt_equals_sentence_transformers(
     if mode != "lasttoken":
         with_prompt = st_vectors(source, "query", include_prompt=True)
         assert float(np.abs(got["query"] - with_prompt).max()) > 1e-2
+    if mode == "mean":  # the default prompt (--default-prompt-name) is left out the same way
+        hub = tmp_path_factory.mktemp("hub-default")
+        with serving(package, hub, "--default-prompt-name", "query") as client:
+            by_default = served(client, None)
+        np.testing.assert_allclose(by_default, got["query"], atol=1e-6, rtol=0)
