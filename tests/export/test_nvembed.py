@@ -423,3 +423,16 @@ def test_served_package_equals_the_card(
     assert float(np.abs(got_queries - with_instruction).max()) > 1e-2
     ids = [token["id"] for token in tokens.json()[0]]
     assert (ids[0], ids[-1]) == (1, 2)  # <s> ... </s>: the EOS appended by the package's template
+
+
+def test_an_input_alone_equals_it_inside_a_batch(nvembed_package: Path) -> None:
+    """Queries with their instruction and passages of mixed lengths, each alone and all in one
+    batch (right padding, the prompt's positions masked per row)."""
+    from tei_ort.runtime import Model, RuntimeOptions
+
+    model = Model.load(nvembed_package, RuntimeOptions(provider="cpu", variant="fp32"))
+    for texts, prompt_name in ((QUERIES, "query"), (PASSAGES, None)):
+        batch = model.embed(texts, prompt_name=prompt_name)
+        for row, text in enumerate(texts):
+            alone = model.embed([text], prompt_name=prompt_name)[0]
+            np.testing.assert_allclose(alone, batch[row], atol=1e-5, rtol=0)
