@@ -7,7 +7,8 @@ real tokens/s summed over its rounds, and its ratio to the first build's.
     .venv/bin/python scripts/server_builds_ab.py PACKAGE --build before=/tmp/base --build after=. \
         [--points 1x1,32x1,128x32] [--duration 6] [--rounds 3] [--serve-args "..."]
 
-A build is NAME=ROOT: its server runs `python -m tei_ort.serve` with ROOT first on the path.
+A build is NAME=ROOT[::ARGS]: its server runs `python -m tei_ort.serve` with ROOT first on the
+path, with --serve-args and then its own ARGS (e.g. `one=.::--intra-op-threads 1`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--serve-args", default="")
     args = p.parse_args()
-    builds = [tuple(b.split("=", 1)) for b in args.build]
+    builds = [b.split("=", 1) for b in args.build]
     points = [compare.Point(*map(int, x.split("x"))) for x in args.points.split(",")]
     print(f"cpu: {this_cpu().describe()}")
     texts = corpus.mixed(512)
@@ -45,10 +46,13 @@ def main() -> None:
         servers = {
             name: stack.enter_context(
                 server.running_server(
-                    args.package, args.serve_args.split(), logs / f"{name}.log", Path(root)
+                    args.package,
+                    [*args.serve_args.split(), *build_args.split()],
+                    logs / f"{name}.log",
+                    Path(root),
                 )
             )
-            for name, root in builds
+            for name, (root, _, build_args) in ((n, r.partition("::")) for n, r in builds)
         }
         names = [name for name, _ in builds]
         for round_ in range(args.rounds):

@@ -5,16 +5,18 @@ GraphSession: `run(feeds)` returns the graph's float32 output.
 OpenVINO reads the fused graph's com.microsoft operators (Attention, SkipLayerNormalization,
 BiasGelu, EmbedLayerNormalization) itself.
 
-Streams: with two or more threads the model compiles with two CPU streams (PERFORMANCE_HINT
-THROUGHPUT, NUM_STREAMS 2), each its own threads and infer request, where one request on every
-thread (LATENCY) made each operator wait for the slowest thread. `run` is thread-safe: a caller
-takes a free request, or both when both are free and the batch has two rows or more, and then
-runs half the rows on each stream at once. So the engine's two forward threads (`parallel_runs`)
-keep both streams busy with whole batches under load, and a lone caller (one request at a time,
-the variant and batch-budget trials) still has every thread on its batch. On the 2-core Xeon
-[x86-amx], shared, MiniLM, `scripts/openvino_settings_study.py`: whole batches on two streams
-1.28-1.46x the real tokens/s of LATENCY at 1,024-2,048-token batches, a batch split over both
-1.17-1.21x (median of interleaved rounds).
+Streams: with two or more threads, a graph under STREAMS_MAX_GRAPH_BYTES compiles with two CPU
+streams (PERFORMANCE_HINT THROUGHPUT, NUM_STREAMS 2), each its own threads and infer request,
+where one request on every thread (LATENCY) made each operator wait for the slowest thread. `run`
+is thread-safe: a caller takes a free request, so the engine's two forward threads
+(`parallel_runs`) keep both streams busy with whole batches under load. A caller that finds the
+session idle takes both: a batch of two rows or more is split over the streams at once, and a
+single row runs on a second, LATENCY compile of the graph (all threads, on the calling thread),
+since a one-text request on one stream's thread ran at about 0.5-0.6x the speed through the
+server (1 thread, and a hand-off to the stream's thread; the second compile costs the bf16
+weights once more, +42 MB for MiniLM). Larger graphs keep one LATENCY compile, as before.
+Measured on the 2-core Xeon [x86-amx], shared, MiniLM (README's figures by CPU class;
+`scripts/openvino_settings_study.py`, `scripts/server_builds_ab.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ logger = logging.getLogger(__name__)
 PRECISION = {"bf16": "bf16", "fp32": "f32"}  # our variant -> INFERENCE_PRECISION_HINT
 RUNTIME_CACHE_SHAPES = 256
 STREAMS = 2  # CPU streams when there are threads for them (see the module docstring)
+# Graphs larger than this (file + external data) keep one LATENCY compile: a second compile for
+# lone single rows would hold their weights twice, and their operators are big enough to keep
+# every thread busy.
+STREAMS_MAX_GRAPH_BYTES = 1 << 30
 
 
 class OpenVINOSession:
@@ -53,6 +59,8 @@ class OpenVINOSession:
                 f"OpenVINO runs the {', '.join(PRECISION)} variants, not {variant!r}"
             )
         streams = min(STREAMS, threads or _physical_cores())
+        if _graph_bytes(graph) > STREAMS_MAX_GRAPH_BYTES:
+            streams = 1
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": PRECISION[variant],
             # Kernels compiled per input shape, kept up to this many shapes (~1 MB each; the
@@ -72,6 +80,10 @@ class OpenVINOSession:
             if variant == "bf16":
                 _weights_to_fp16(model)
             compiled = core.compile_model(model, "CPU", config)
+            alone = None
+            if streams > 1:  # for a single row when nothing else runs (see the docstring)
+                latency = {k: v for k, v in config.items() if k != "NUM_STREAMS"}
+                alone = core.compile_model(model, "CPU", {**latency, "PERFORMANCE_HINT": "LATENCY"})
             del model
             hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
             precision = str(hint.get_type_name()) if hasattr(hint, "get_type_name") else str(hint)
@@ -92,6 +104,9 @@ class OpenVINOSession:
         self.parallel_runs = streams
         self._free = [compiled.create_infer_request() for _ in range(streams)]
         self._free_changed = threading.Condition()
+        self._alone = (
+            None if alone is None else (alone.create_infer_request(), alone.output(output_name))
+        )
         logger.debug(
             "compiled %s with OpenVINO at %s, %d stream(s)", graph.name, PRECISION[variant], streams
         )
@@ -99,8 +114,13 @@ class OpenVINOSession:
     def run(self, feeds: Feeds) -> npt.NDArray[np.float32]:
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         rows = len(next(iter(feeds.values())))
-        requests = self._take(rows)
+        taken = self._take()
         try:
+            if rows == 1 and len(taken) == self.parallel_runs and self._alone is not None:
+                alone, output = self._alone  # idle: every stream's slot is held meanwhile
+                result = alone.infer(feeds)
+                return np.array(result[output], dtype=np.float32)
+            requests = taken[:rows]  # never more parts than rows
             if len(requests) == 1:
                 result = requests[0].infer(feeds)
                 # infer() returns views of the request's buffers: copy before the next call.
@@ -117,16 +137,22 @@ class OpenVINOSession:
             raise BackendError(f"forward pass failed: {exc}") from exc
         finally:
             with self._free_changed:
-                self._free += requests
+                self._free += taken
                 self._free_changed.notify_all()
 
-    def _take(self, rows: int) -> list[Any]:
-        """A free infer request, or all free ones (up to the rows) when more than one is."""
+    def _take(self) -> list[Any]:
+        """Every infer request when all are free (the session is idle), else one free one."""
         with self._free_changed:
             self._free_changed.wait_for(lambda: bool(self._free))
-            count = min(len(self._free), max(1, rows))
+            count = len(self._free) if len(self._free) == self.parallel_runs else 1
             taken, self._free = self._free[:count], self._free[count:]
             return taken
+
+
+def _graph_bytes(graph: Path) -> int:
+    """The graph file and its ONNX external data beside it (`<graph>.data`), in bytes."""
+    data = graph.with_name(graph.name + ".data")
+    return graph.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def _physical_cores() -> int:

@@ -38,6 +38,21 @@ def sessions(graph: Path, variant: str) -> tuple[object, object]:
 def test_streams_follow_the_threads(make_package: MakePackage) -> None:
     one, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
     assert (one.parallel_runs, two.parallel_runs) == (1, 2)  # type: ignore[attr-defined]
+    # The second, LATENCY compile for a lone single row exists only beside two streams.
+    assert one._alone is None and two._alone is not None  # type: ignore[attr-defined]
+
+
+def test_a_large_graph_keeps_one_latency_compile(
+    make_package: MakePackage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tei_ort.runtime import openvino_session
+
+    graph = with_matmul(make_package()) / "model.onnx"
+    monkeypatch.setattr(openvino_session, "STREAMS_MAX_GRAPH_BYTES", graph.stat().st_size - 1)
+    _, two = sessions(graph, "fp32")
+    assert two.parallel_runs == 1 and two._alone is None  # type: ignore[attr-defined]
+    batch = feeds(3, 4, seed=0)
+    np.testing.assert_allclose(two.run(batch), sessions(graph, "fp32")[1].run(batch), atol=1e-6)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -69,7 +84,8 @@ def test_a_batch_split_over_two_streams_equals_one_stream(
 
 def test_two_callers_at_once_each_get_their_own_rows(make_package: MakePackage) -> None:
     one, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
-    batches = [feeds(rows, 3 + rows, seed=rows) for rows in (3, 4, 5, 6)]
+    # Single rows too: the LATENCY compile when idle, a stream when the other caller runs.
+    batches = [feeds(rows, 3 + rows, seed=rows) for rows in (1, 4, 1, 6)]
     want = [one.run(b) for b in batches]  # type: ignore[attr-defined]
     got: dict[int, list[np.ndarray]] = {0: [], 1: []}
     start = threading.Barrier(2)
