@@ -5,15 +5,19 @@ the ONNX-folder path reads the model as TEI does, and `tei-serve` starts from th
 from __future__ import annotations
 
 import base64
+import shutil
 import socket
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from tei_ort.engine import Engine, EngineConfig
+from tei_ort.package import CHECKS_FILE, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import openvino_bf16
@@ -115,16 +119,22 @@ def test_cli_default_model_end_to_end(minilm_package: Path, minilm: Model) -> No
 
 
 @pytest.mark.skipif(not openvino_bf16(), reason="needs the openvino package and bfloat16")
-def test_cli_serves_openvino_bf16_under_auto(tmp_path: Path, minilm: Model) -> None:
-    # A fresh cache: the export adds the bf16 variant, and "auto" picks OpenVINO for it.
+def test_cli_serves_openvino_bf16_under_auto(
+    minilm_export: Any, tmp_path: Path, minilm: Model
+) -> None:
+    # The validation step's package holds bf16, validated at export on this machine; "auto"
+    # picks OpenVINO for it. (Exporting MiniLM again here, fp32 and bf16, made this test 128-138
+    # s instead of 16-18 on a loaded 2-core Xeon.) A copy: the server records its checks in the
+    # package.
+    package = tmp_path / "minilm"
+    shutil.copytree(minilm_export.path, package, ignore=shutil.ignore_patterns(CHECKS_FILE))
     env = {
+        "MODEL_ID": str(package),
         "HOSTNAME": "127.0.0.1",
         "HUGGINGFACE_HUB_CACHE": str(tmp_path / "cache"),
         "VARIANT": "bf16",
-        "MODEL_ID": None,
         "PROVIDER": None,
     }
-    # A ceiling, not a timing: the on-the-fly export alone took 200 s on a loaded 2-core Xeon.
     with tei_serve(env, timeout_s=900) as (url, lines):
         got = np.asarray(httpx.post(f"{url}/embed", json={"inputs": TEXTS}).json())
         want = minilm.embed(TEXTS, normalize=True)
@@ -134,3 +144,35 @@ def test_cli_serves_openvino_bf16_under_auto(tmp_path: Path, minilm: Model) -> N
         assert 'dtype="bfloat16"' in metrics and 'provider="openvino"' in metrics
         assert 'variant="bf16"' in metrics
     assert "provider=openvino variant=bf16" in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("flags", "provider", "want"),
+    [
+        (["--variant", "bf16"], "openvino", (VariantName.FP32, VariantName.BF16)),
+        (["--variant", "fp32"], "cpu", (VariantName.FP32,)),
+        ([], "openvino", model_source.EXPORT_VARIANTS["openvino"]),
+    ],
+)
+def test_the_on_the_fly_export_builds_fp32_and_the_variant_asked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    provider: str,
+    want: tuple[VariantName, ...],
+) -> None:
+    """What tei-serve asks the exporter for when it exports the embedded default: fp32 (the
+    reference every variant is validated beside) and the variant asked, or the provider's list."""
+    from tei_ort.export import pipeline
+
+    asked: list[tuple[VariantName, ...]] = []
+
+    def export_model(model: str, out: Path, options: Any, *args: object, **kwargs: object) -> Any:
+        asked.append(options.variants)
+        return types.SimpleNamespace(path=out)
+
+    monkeypatch.setattr(pipeline, "export_model", export_model)
+    settings = load_settings([*flags, "--huggingface-hub-cache", str(tmp_path)], {})
+    resolved = model_source.resolve(settings, provider)
+    assert asked == [want]
+    assert resolved.model_id == "sentence-transformers/all-MiniLM-L6-v2"
