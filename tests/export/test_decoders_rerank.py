@@ -19,10 +19,13 @@ from tei_ort.export.pipeline import ExportOptions, export_model
 from tei_ort.package import Task, VariantName
 from tei_ort.pair_template import QWEN3_RERANKER, encode_pairs
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.cpu import this_cpu
+from tei_ort.runtime.providers import openvino_bf16
 from tei_ort.serve.cli import build
 from tei_ort.serve.settings import load_settings
 from tei_ort.tokenization import Tokenizer, TruncationDirection
 from tests.export import tiny_decoders
+from tests.export.cpu_classes import EXACT_INT8_CLASSES
 from tests.serve import live
 
 QUERY = "What is the capital of China?"
@@ -110,9 +113,16 @@ def test_detected_exported_and_validated(reranker: Reranker) -> None:
     # The card's max_length, not the config's 32,768 positions.
     assert manifest.max_input_length == QWEN3_RERANKER.max_length == 8192
     validations = {v.name: v.validation for v in manifest.variants}
-    assert set(validations) == set(OPTIONS.variants)
+    # bf16 only where OpenVINO runs it natively (AMX, AVX512_BF16); the pipeline skips it elsewhere.
+    with_bf16 = openvino_bf16()
+    assert set(validations) == set(OPTIONS.variants) - (set() if with_bf16 else {VariantName.BF16})
+    # int8's bar is held where its u8s8 GEMMs add in int32 (VNNI, AMX); on AVX2 / AVX-512 without
+    # VNNI they saturate int16 pair sums, and int8 is then validated but may fail (not served).
+    exact_int8 = this_cpu().isa_class in EXACT_INT8_CLASSES
     for name, validation in validations.items():
-        assert validation is not None and validation.passed, (name, validation)
+        assert validation is not None, name
+        if name is not VariantName.INT8 or exact_int8:
+            assert validation.passed, (name, this_cpu().describe(), validation)
     fp32 = validations[VariantName.FP32]
     assert fp32 is not None and fp32.max_abs_diff is not None and fp32.max_abs_diff < 1e-4
 
