@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--huggingface-hub-cache", type=Path)
     model.add_argument("--provider", default="auto", help="auto, cpu, cuda or openvino")
     model.add_argument(
-        "--variant", help="fp32, fp16, int8, int8-w7, int8-u8, int8-wo or bf16; default: chosen here"
+        "--variant",
+        help="fp32, fp16, int8, int8-w7, int8-u8, int8-wo or bf16; default: chosen here",
     )
     model.add_argument("--intra-op-threads", type=int)
     model.add_argument("--max-batch-tokens", type=int, default=16384)
