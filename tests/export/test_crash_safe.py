@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,20 @@ DEADLINE_S = 900  # a bound on a stuck child, not a timing assertion (generous: 
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     return tiny_bert.build(tmp_path_factory.mktemp("crash") / "tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def exported(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The source's package, exported once: the tests that start from a whole package copy it
+    (a package is its files; the copy passes the same digests)."""
+    out = tmp_path_factory.mktemp("crash-exported") / "pkg"
+    pipeline.export_model(str(source), out, tiny_bert.OPTIONS)
+    return out
+
+
+def _copy_to(exported: Path, out: Path) -> None:
+    shutil.copytree(exported, out)
+    assert _whole(out)
 
 
 def _start(source: Path, out: Path, log: Path | None = None) -> subprocess.Popen[str]:
@@ -107,9 +122,11 @@ def test_sigkill_at_any_stage_leaves_nothing_that_loads(
     assert _staging(out) == []  # cleaned up under the lock
 
 
-def test_a_killed_re_export_keeps_the_old_package_whole(source: Path, tmp_path: Path) -> None:
+def test_a_killed_re_export_keeps_the_old_package_whole(
+    source: Path, exported: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "pkg"
-    pipeline.export_model(str(source), out, tiny_bert.OPTIONS)
+    _copy_to(exported, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     (source / "config_sentence_transformers.json").write_text(
         json.dumps({"prompts": {"query": "q: "}, "default_prompt_name": None})
@@ -127,11 +144,13 @@ def test_a_killed_re_export_keeps_the_old_package_whole(source: Path, tmp_path: 
         (source / "config_sentence_transformers.json").unlink()
 
 
-def test_a_crash_between_the_two_renames_is_redone(source: Path, tmp_path: Path) -> None:
+def test_a_crash_between_the_two_renames_is_redone(
+    source: Path, exported: Path, tmp_path: Path
+) -> None:
     """Replacing a package moves the old one aside, then the new one in: the state a crash
     between the two leaves (no package, the old one aside) is exported again and cleaned up."""
     out = tmp_path / "pkg"
-    pipeline.export_model(str(source), out, tiny_bert.OPTIONS)
+    _copy_to(exported, out)
     aside = out.parent / f".{out.name}{publish.OLD_INFIX}12345"
     out.rename(aside)
     result = pipeline.export_model(str(source), out, tiny_bert.OPTIONS)
