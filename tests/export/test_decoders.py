@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 
+from tei_ort.export import pipeline
 from tei_ort.export.pipeline import ExportOptions, ExportResult, export_model
 from tei_ort.package import Task, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
@@ -37,7 +38,9 @@ FP32_BF16 = ExportOptions(
     variants=(VariantName.FP32, VariantName.BF16), validation_queries=8, validation_passages=24
 )
 # Every variant the pipeline builds, on one family (the graph is the same code for all four).
-ALL_VARIANTS = ExportOptions(validation_queries=8, validation_passages=24)
+ALL_VARIANTS = ExportOptions(
+    variants=pipeline.ALL_VARIANTS, validation_queries=8, validation_passages=24
+)
 
 
 @pytest.fixture(scope="module")

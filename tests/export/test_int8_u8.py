@@ -1,9 +1,10 @@
 """int8_u8: an int8 GEMM's weights stored as uint8 + 128 with zero point 128. A hand-made graph
 of two MatMulIntegerToFloat nodes (one constant int8 weight, one uint8 weight that must be left
-alone); no model."""
+alone), and the variant as `tei-serve --variant int8-u8` exports it (without int8)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tei_ort.export import int8_u8
+from tei_ort.export.pipeline import export_model
+from tei_ort.package import VariantName
+from tei_ort.runtime import Model, RuntimeOptions
+from tests.export.conftest import TINY_OPTIONS, TinySource
 
 K, N = 64, 48
 
@@ -106,3 +111,25 @@ def test_weights_with_a_zero_point_are_refused(tmp_path: Path) -> None:
     _graph(tmp_path / "int8.onnx", weight_zero_point=True)
     with pytest.raises(ValueError, match="already have a zero point"):
         int8_u8.convert(tmp_path / "int8.onnx", tmp_path / "u8.onnx")
+
+
+def test_int8_u8_alone_is_quantized_afresh_validated_and_served(
+    tiny_source: TinySource, tmp_path: Path
+) -> None:
+    """What `tei-serve --variant int8-u8` exports (fp32 + int8-u8, no int8 graph to derive from):
+    the quantizer runs for it, its graph is validated like any variant and served on the CPU EP."""
+    options = replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.INT8_U8))
+    result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
+    assert [v.name for v in result.manifest.variants] == [VariantName.FP32, VariantName.INT8_U8]
+    assert not (result.path / "model.int8.onnx").exists()
+    v = result.manifest.variant(VariantName.INT8_U8).validation
+    assert v is not None and v.note.startswith("int8's weights as uint8 (zero point 128)")
+    assert v.cosine_min is not None and v.passed == (v.cosine_min >= 0.995)
+    assert v.passed, v.note  # u8u8 is exact on every CPU class: the tiny BERT's int8 passes
+    graph = onnx.load(str(result.path / "model.int8-u8.onnx"))
+    weights = {t.name: t.data_type for t in graph.graph.initializer}
+    gemms = [n for n in graph.graph.node if n.op_type == int8_u8.GEMM]
+    assert gemms and all(weights[n.input[1]] == TensorProto.UINT8 for n in gemms)
+    model = Model.load(result.path, RuntimeOptions(provider="cpu", variant="int8-u8"))
+    assert model.variant.name is VariantName.INT8_U8
+    assert model.embed(["hello world"]).shape == (1, result.manifest.dimensions)
