@@ -95,10 +95,12 @@ def quantize_weight_only(
 
 
 def _streamed_quantizer(config: Any, source_dir: Path, sink: BinaryIO, spill: Path) -> Any:
-    """ORT's DefaultWeightOnlyQuantizer, fed one weight at a time: the MatMul's weight is read
-    into its proto for the quantizer's call and put back on disk after it (another MatMul may
-    share it), and the tensors the call adds to the graph are written to `sink` and left there
-    as external references into `spill`."""
+    """ORT's DefaultWeightOnlyQuantizer, fed one weight at a time. Each call runs on a scratch
+    graph of its own holding the weight read from disk (and the value info of the MatMul's input,
+    whose rank the quantizer reads): protobuf (upb) frees a message's bytes only with its whole
+    tree, so weights read into the model's own graph stayed resident, cleared or not (7 GB at
+    1.5B). The tensors the call adds are written to `sink` and join the graph as external
+    references into `spill`."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -111,18 +113,27 @@ def _streamed_quantizer(config: Any, source_dir: Path, sink: BinaryIO, spill: Pa
             weight, graph = get_initializer(node.input[1], graph_stack)
             if weight is None or not uses_external_data(weight):
                 return super().quantize_matmul(node, graph_stack)
-            on_disk = onnx.TensorProto()
-            on_disk.CopyFrom(weight)
-            load_external_data_for_tensor(weight, str(source_dir))
-            weight.data_location = onnx.TensorProto.DEFAULT
-            del weight.external_data[:]
-            known = len(graph.initializer)
-            try:
-                nodes = super().quantize_matmul(node, graph_stack)
-            finally:
-                weight.CopyFrom(on_disk)
-            for tensor in graph.initializer[known:]:
-                _spill(tensor, sink, spill)
+            scratch = onnx.GraphProto()
+            loaded = scratch.initializer.add()
+            loaded.CopyFrom(weight)
+            load_external_data_for_tensor(loaded, str(source_dir))
+            loaded.data_location = onnx.TensorProto.DEFAULT
+            del loaded.external_data[:]
+            scratch.value_info.extend(
+                info
+                for g in reversed(graph_stack)
+                for info in (*g.input, *g.value_info, *g.output)
+                if info.name == node.input[0]
+            )
+            nodes = super().quantize_matmul(node, [scratch])
+            for added in scratch.initializer[1:]:
+                _spill(added, sink, spill)
+                graph.initializer.add().CopyFrom(added)
+            if len(nodes) != 1 or nodes[0] is not node:  # quantized: as ORT, drop it as input
+                for info in graph.input:
+                    if info.name == node.input[1]:
+                        graph.input.remove(info)
+                        break
             return nodes
 
     return Streamed(config)
