@@ -1,9 +1,10 @@
 """Where a loaded server's CPU time goes, by thread: start `tei-serve` on a package, drive it with
 the benchmark's closed-loop clients, and read each of its threads' user + system time from
-/proc/PID/task/*/stat before and after the load (Linux only). Threads are grouped by name:
-OpenVINO's / ONNX Runtime's worker pools, the forward thread (`tei-forward`, which also pads,
-pools and converts), the event loop (`MainThread`: HTTP, JSON, the request path), the
-tokenization workers. The load generator's own CPU time (this process: aiohttp, JSON) is
+/proc/PID/task/*/stat before and after the load (Linux only). Python threads are named by
+`py-spy dump` (the bench extra installs py-spy): the forward threads (`tei-forward*`: the call
+into the runtime, padding, pooling, conversion), the event loop (`MainThread`: HTTP, JSON, the
+request path), the tokenization workers; every other thread is native, OpenVINO's or ONNX
+Runtime's worker pools, where the graph runs. The load generator's own CPU time (this process: aiohttp, JSON) is
 reported beside it, since on a small machine it shares the cores with the server.
 
     .venv/bin/python scripts/server_cpu_split.py PACKAGE [--concurrency 128] [--per-request 32]
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -30,7 +33,22 @@ TICKS = os.sysconf("SC_CLK_TCK")
 _NUMBER = re.compile(r"\d+$")
 
 
-def thread_seconds(pid: int) -> Counter[str]:
+_PY_SPY_THREAD = re.compile(r'^Thread (\d+) \([^)]*\): "([^"]*)"', re.MULTILINE)
+
+
+def python_threads(pid: int) -> dict[str, str]:
+    """Native thread id -> Python thread name, from `py-spy dump` ({} without py-spy)."""
+    spy = Path(sys.executable).parent / "py-spy"
+    try:
+        dump = subprocess.run(
+            [str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {tid: _NUMBER.sub("", name) for tid, name in _PY_SPY_THREAD.findall(dump)}
+
+
+def thread_seconds(pid: int, names: dict[str, str]) -> Counter[str]:
     """CPU seconds (user + system) of each thread group of process `pid` so far."""
     total: Counter[str] = Counter()
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -38,9 +56,9 @@ def thread_seconds(pid: int) -> Counter[str]:
             stat = (task / "stat").read_text()
         except OSError:  # the thread ended meanwhile
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        total[_NUMBER.sub("", name)] += (int(fields[11]) + int(fields[12])) / TICKS
+        name = names.get(task.name, "native (runtime worker pools)")
+        total[name] += (int(fields[11]) + int(fields[12])) / TICKS
     return total
 
 
@@ -59,13 +77,14 @@ def main() -> None:
     log = Path(tempfile.mkdtemp()) / "server.log"
     with server.running_server(args.package, args.serve_args.split(), log) as srv:
         server.load(srv, texts, counts, args.concurrency, args.per_request, 3.0)  # warm
-        before, own_before = thread_seconds(srv.process.pid), os.times()
+        names = python_threads(srv.process.pid)
+        before, own_before = thread_seconds(srv.process.pid, names), os.times()
         wall = time.perf_counter()
         measured = server.load(
             srv, texts, counts, args.concurrency, args.per_request, args.duration
         )
         wall = time.perf_counter() - wall
-        after, own_after = thread_seconds(srv.process.pid), os.times()
+        after, own_after = thread_seconds(srv.process.pid, names), os.times()
     used = after - before
     own = (own_after.user - own_before.user) + (own_after.system - own_before.system)
     total = sum(used.values()) + own
