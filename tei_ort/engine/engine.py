@@ -103,7 +103,7 @@ class Engine:
         return self._config
 
     @property
-    def replicas(self) -> int:  # forward threads, each on its own session
+    def replicas(self) -> int:  # forward threads: one per replica's session, or per stream
         return self._batcher.replicas
 
     @property
@@ -138,7 +138,7 @@ class Engine:
             "engine ready: %s model, max_input_length %d, max_batch_tokens %d, "
             "target_batch_tokens %s, max_padding_ratio %s, max_batch_requests %s, "
             "max_concurrent_requests %d, max_client_batch_size %d, "
-            "%d tokenization workers, %d engine replicas, warm-up %.2f s",
+            "%d tokenization workers, %d forward threads, warm-up %.2f s",
             self._model.task.value,
             self._model.manifest.max_input_length,
             config.max_batch_tokens,
