@@ -16,9 +16,12 @@ into swap or the OOM killer.
 Measured (2-core Intel Xeon with AMX, shared, 2026-11-30; /usr/bin/time -v): --layers 8
 --threshold-bytes 500000000 fp32,fp16 (1.13 GB of weights) peaked at 9.85 GB before the
 streamed graph writing, fusion and fp16 conversion (graph_files.save_streamed), 5.21 GB after;
---dims 1.5b fp32 --stop-after fp32 (6.17 GB of weights) at 7.52 GB, 21.8 min. What limits
-larger models: the ONNX export (PyTorch's model plus torch.onnx's folded weights) and the ONNX
-Runtime sessions of validation and calibration, each about one to two copies of the weights.
+--dims 1.5b fp32 --stop-after fp32 (6.17 GB of weights) at 7.52 GB, 21.8 min; 2026-12-01,
+--dims 1.5b default --calibration-texts 32 (every variant tei-export builds for it: fp32, fp16,
+int8-wo, bf16; the calibrated int8s skipped over 2 GB) at 9.97 GB, 67.7 min, the int8-wo
+quantization step the peak (8.48 GB; 1.06 GB since, on its own). What limits larger models: the
+ONNX export, the PyTorch reference and each validation session hold about one copy of the
+fp32 weights (~1.4x them in all).
 
 The tokenizer is the tests' 600-token BPE; the embedding table still has the full vocab's rows
 (the ids past 600 are never looked up, but the weights are exported, stored and loaded like the
