@@ -5,8 +5,8 @@ GraphSession: `run(feeds)` returns the graph's float32 output.
 OpenVINO reads the fused graph's com.microsoft operators (Attention, SkipLayerNormalization,
 BiasGelu, EmbedLayerNormalization) itself.
 
-Streams: with two or more threads, a graph under STREAMS_MAX_GRAPH_BYTES compiles with two CPU
-streams (PERFORMANCE_HINT THROUGHPUT, NUM_STREAMS 2), each its own threads and infer request,
+Streams (opt-in: TEI_ORT_OPENVINO_STREAMS=2; default one LATENCY compile, as before): with two
+or more threads, a graph under STREAMS_MAX_GRAPH_BYTES compiles with two CPU streams (PERFORMANCE_HINT THROUGHPUT, NUM_STREAMS 2), each its own threads and infer request,
 where one request on every thread (LATENCY) made each operator wait for the slowest thread. `run`
 is thread-safe: a caller takes a free request, so the engine's two forward threads
 (`parallel_runs`) keep both streams busy with whole batches under load. A caller that finds the
@@ -16,7 +16,10 @@ since a one-text request on one stream's thread ran at about 0.5-0.6x the speed 
 server (1 thread, and a hand-off to the stream's thread; the second compile costs the bf16
 weights once more, +42 MB for MiniLM). Larger graphs keep one LATENCY compile, as before.
 Measured on the 2-core Xeon [x86-amx], shared, MiniLM (README's figures by CPU class;
-`scripts/openvino_settings_study.py`, `scripts/server_builds_ab.py`).
+`scripts/openvino_settings_study.py`, `scripts/server_builds_ab.py`). Why not the default: in the
+same A/B at load ~3 (2026-12-01, docs/measurements/2026-12-01-cpu-amx/server-ab-lead.txt) the
+streams build served one-text requests at 0.75x (c=1) and 0.79x (c=8) of the LATENCY build, for
+1.03x at c=32 x 1 and 1.14x at c=128 x 32: bulk throughput bought with the short-query latency.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 PRECISION = {"bf16": "bf16", "fp32": "f32"}  # our variant -> INFERENCE_PRECISION_HINT
 RUNTIME_CACHE_SHAPES = 256
-STREAMS = 2  # CPU streams when there are threads for them (see the module docstring)
+# CPU streams when there are threads for them (see the module docstring); 1: one LATENCY compile.
+STREAMS = int(os.environ.get("TEI_ORT_OPENVINO_STREAMS", "1"))
 # Graphs larger than this (file + external data) keep one LATENCY compile: a second compile for
 # lone single rows would hold their weights twice, and their operators are big enough to keep
 # every thread busy.

@@ -1,8 +1,10 @@
-"""OpenVINOSession's two CPU streams: a batch split over both gives the rows one stream gives,
-two callers at once each get their own rows, and the server runs one forward thread per stream."""
+"""OpenVINOSession's two CPU streams (opt-in, TEI_ORT_OPENVINO_STREAMS=2): a batch split over both
+gives the rows one stream gives, two callers at once each get their own rows, and the server runs
+one forward thread per stream. By default: one LATENCY compile."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,26 @@ def sessions(graph: Path, variant: str) -> tuple[object, object]:
     return one, two
 
 
+def test_by_default_one_latency_compile(
+    make_package: MakePackage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tei_ort.runtime import openvino_session
+
+    monkeypatch.setattr(openvino_session, "STREAMS", openvino_session.STREAMS)
+    assert openvino_session.STREAMS == 1 or "TEI_ORT_OPENVINO_STREAMS" in os.environ
+    monkeypatch.setattr(openvino_session, "STREAMS", 1)
+    _, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
+    assert two.parallel_runs == 1 and two._alone is None  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def two_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tei_ort.runtime import openvino_session
+
+    monkeypatch.setattr(openvino_session, "STREAMS", 2)
+
+
+@pytest.mark.usefixtures("two_streams")
 def test_streams_follow_the_threads(make_package: MakePackage) -> None:
     one, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
     assert (one.parallel_runs, two.parallel_runs) == (1, 2)  # type: ignore[attr-defined]
@@ -42,6 +64,7 @@ def test_streams_follow_the_threads(make_package: MakePackage) -> None:
     assert one._alone is None and two._alone is not None  # type: ignore[attr-defined]
 
 
+@pytest.mark.usefixtures("two_streams")
 def test_a_large_graph_keeps_one_latency_compile(
     make_package: MakePackage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,6 +92,7 @@ def test_a_large_graph_keeps_one_latency_compile(
     ],
 )
 @pytest.mark.parametrize("rows", [1, 2, 7])
+@pytest.mark.usefixtures("two_streams")
 def test_a_batch_split_over_two_streams_equals_one_stream(
     make_package: MakePackage, variant: str, rows: int
 ) -> None:
@@ -82,6 +106,7 @@ def test_a_batch_split_over_two_streams_equals_one_stream(
     assert np.abs(want).max() > 0.1  # the graph computed something
 
 
+@pytest.mark.usefixtures("two_streams")
 def test_two_callers_at_once_each_get_their_own_rows(make_package: MakePackage) -> None:
     one, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
     # Single rows too: the LATENCY compile when idle, a stream when the other caller runs.
@@ -106,6 +131,7 @@ def test_two_callers_at_once_each_get_their_own_rows(make_package: MakePackage) 
             np.testing.assert_allclose(output, want[caller * 2 + k % 2], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.usefixtures("two_streams")
 @pytest.mark.skipif(not providers.openvino_bf16(), reason="OpenVINO serves bf16 only")
 def test_the_server_runs_one_forward_thread_per_stream(
     make_package: MakePackage, tmp_path: Path
