@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from tei_ort.export import recipes
+from tei_ort.export import recipes, st_files
 from tei_ort.export.architectures import nvembed_model, own
 from tei_ort.export.architectures.family import MODEL, Family
 from tei_ort.export.pipeline import ExportOptions, export_model
@@ -299,27 +299,9 @@ def write_tokenizer(out: Path) -> None:
 def write_sentence_transformers(out: Path) -> None:
     """NV-Embed-v2's modules (Transformer, mean Pooling without the prompt, Normalize) and a
     query prompt, which the card passes as encode's prompt."""
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-        {
-            "idx": 2,
-            "name": "2",
-            "path": "2_Normalize",
-            "type": "sentence_transformers.models.Normalize",
-        },
-    ]
-    (out / "modules.json").write_text(json.dumps(modules))
-    (out / "1_Pooling").mkdir()
-    pooling = {"word_embedding_dimension": HIDDEN, "pooling_mode_mean_tokens": True}
-    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling | {"include_prompt": False}))
-    (out / "2_Normalize").mkdir()
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    st_files.write_pooling_normalize(out, HIDDEN, "mean_tokens", max_seq_length=64)
+    pooling = out / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps(json.loads(pooling.read_text()) | {"include_prompt": False}))
     prompts = {"prompts": {"query": INSTRUCTION}, "default_prompt_name": None}
     (out / "config_sentence_transformers.json").write_text(json.dumps(prompts))
 
