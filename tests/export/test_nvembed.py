@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from tei_ort.export import recipes, st_files
-from tei_ort.export.architectures import nvembed_model, own
-from tei_ort.export.architectures.family import MODEL, Family
+from tei_ort.export.architectures import decoders, nvembed_model, own
+from tei_ort.export.architectures.family import MODEL
 from tei_ort.export.pipeline import ExportOptions, export_model
 from tei_ort.package import Pooling, VariantName, read_manifest
 from tei_ort.serve.cli import build as build_app
@@ -236,15 +236,9 @@ def test_onnx_graph_equals_the_module(
     tensors, body = checkpoint
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
-    family = Family(
-        "nvembed",
-        "NVEmbed",
-        uses_token_type_ids=False,
-        position_offset=0,
-        fusion_model_type="bert",
-        heads=(MODEL,),
-        own_module=nvembed_model.__name__,
-    )
+    # The family tei-export registers for NVEmbedModel, not a copy of it.
+    family = next(f for f in decoders.FAMILIES if f.model_type == "nvembed")
+    assert family.own_module == nvembed_model.__name__
     recipe = recipes.Recipe("NVEmbedModel", family, recipes.BASE)
     own.export(tmp_path, recipe, tmp_path / "model.onnx", opset=17)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
