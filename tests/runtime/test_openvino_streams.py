@@ -42,7 +42,6 @@ def test_by_default_one_latency_compile(
 ) -> None:
     from tei_ort.runtime import openvino_session
 
-    monkeypatch.setattr(openvino_session, "STREAMS", openvino_session.STREAMS)
     assert openvino_session.STREAMS == 1 or "TEI_ORT_OPENVINO_STREAMS" in os.environ
     monkeypatch.setattr(openvino_session, "STREAMS", 1)
     _, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
