@@ -43,6 +43,7 @@ class RuntimeOptions:
     variant: str | None = None  # None: the provider's best variant that passed validation
     intra_op_threads: int | None = None
     allow_spinning: bool = False  # see SessionOptions
+    openvino_streams: int = 1  # see OpenVINOSession
     device_id: int = 0
     # Serve a variant whose validation failed or is missing (never the default).
     allow_unvalidated: bool = False
@@ -86,7 +87,11 @@ def open_session(
         from tei_ort.runtime.openvino_session import OpenVINOSession
 
         return OpenVINOSession(
-            graph, variant.name.value, manifest.output_name, options.intra_op_threads
+            graph,
+            variant.name.value,
+            manifest.output_name,
+            options.intra_op_threads,
+            streams=options.openvino_streams,
         )
     return GraphSession(
         graph,

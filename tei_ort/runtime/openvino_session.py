@@ -5,7 +5,7 @@ GraphSession: `run(feeds)` returns the graph's float32 output.
 OpenVINO reads the fused graph's com.microsoft operators (Attention, SkipLayerNormalization,
 BiasGelu, EmbedLayerNormalization) itself.
 
-Streams (opt-in: TEI_ORT_OPENVINO_STREAMS=2; default one LATENCY compile, as before): with two
+Streams (opt-in: `tei-serve --openvino-streams 2`; default one LATENCY compile, as before): with two
 or more threads, a graph under STREAMS_MAX_GRAPH_BYTES compiles with two CPU streams (PERFORMANCE_HINT THROUGHPUT, NUM_STREAMS 2), each its own threads and infer request,
 where one request on every thread (LATENCY) made each operator wait for the slowest thread. `run`
 is thread-safe: a caller takes a free request, so the engine's two forward threads
@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 
 PRECISION = {"bf16": "bf16", "fp32": "f32"}  # our variant -> INFERENCE_PRECISION_HINT
 RUNTIME_CACHE_SHAPES = 256
-# CPU streams when there are threads for them (see the module docstring); 1: one LATENCY compile.
-STREAMS = int(os.environ.get("TEI_ORT_OPENVINO_STREAMS", "1"))
 # Graphs larger than this (file + external data) keep one LATENCY compile: a second compile for
 # lone single rows would hold their weights twice, and their operators are big enough to keep
 # every thread busy.
@@ -52,8 +50,15 @@ STREAMS_MAX_GRAPH_BYTES = 1 << 30
 
 class OpenVINOSession:
     def __init__(
-        self, graph: Path, variant: str, output_name: str, threads: int | None = None
+        self,
+        graph: Path,
+        variant: str,
+        output_name: str,
+        threads: int | None = None,
+        streams: int = 1,
     ) -> None:
+        """`streams`: CPU streams when there are threads for them (see the module docstring);
+        1, one LATENCY compile."""
         import openvino
 
         if not graph.is_file():
@@ -62,7 +67,7 @@ class OpenVINOSession:
             raise PackageError(
                 f"OpenVINO runs the {', '.join(PRECISION)} variants, not {variant!r}"
             )
-        streams = min(STREAMS, threads or _physical_cores())
+        streams = min(streams, threads or _physical_cores())
         if _graph_bytes(graph) > STREAMS_MAX_GRAPH_BYTES:
             streams = 1
         config: dict[str, Any] = {

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pydantic
 from sanic import Sanic
 
 from tei_ort import __version__
@@ -28,7 +29,7 @@ from tei_ort.serve.logs import configure_logging
 from tei_ort.serve.memory import ModelMemory, graph_bytes, resident_bytes
 from tei_ort.serve.operations import ServeContext
 from tei_ort.serve.registry import ModelRegistry
-from tei_ort.serve.settings import Settings, load_settings
+from tei_ort.serve.settings import Settings, build_parser, describe_invalid, load_settings
 from tei_ort.serve.telemetry import Telemetry, TelemetryOptions
 
 logger = logging.getLogger("tei_ort.serve")
@@ -180,7 +181,10 @@ def run(app: Sanic, host: str, port: int) -> None:  # type: ignore[type-arg]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = load_settings(argv)
+    try:
+        settings = load_settings(argv)
+    except pydantic.ValidationError as exc:
+        build_parser().error(describe_invalid(exc))  # usage and the reason, exit status 2
     configure_logging(settings.log_level, json_output=settings.json_output)
     logger.debug("settings: %s", settings.redacted())
     try:

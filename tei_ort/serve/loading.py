@@ -115,6 +115,7 @@ def load_model(settings: Settings) -> LoadedModel:
         # Per replica: the flag, or the physical cores split between --engine-replicas.
         intra_op_threads=replica_threads(settings.intra_op_threads, settings.engine_replicas),
         allow_spinning=settings.ort_spinning,
+        openvino_streams=settings.openvino_streams,
         allow_unvalidated=resolved.allow_unvalidated,
         # Variant checks of a read-only package (tei_ort.runtime.selection) go here.
         checks_dir=model_source.cache_root(settings) / "checks",

@@ -55,6 +55,8 @@ class Settings(pydantic.BaseModel):
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
     # Forward threads, each on its own session of the model, fed by one queue (engine/batcher.py).
     engine_replicas: int = pydantic.Field(default=1, ge=1)
+    # OpenVINO CPU streams (runtime/openvino_session.py); 1: one LATENCY compile.
+    openvino_streams: int = pydantic.Field(default=1, ge=1, le=2)
     # Off: on a 2-core machine spinning ORT threads starve the event loop and tokenizer threads
     # (server tok/s 1.2-1.4x higher without, python -m tei_ort.bench --serve-args, see the note).
     ort_spinning: bool = False
@@ -212,6 +214,11 @@ FLAGS: tuple[Flag, ...] = (
         "holds its own copy of the graph's weights. Default: 1 (see README, Many cores).",
     ),
     Flag(
+        "openvino_streams",
+        "OpenVINO bf16/fp32 on this many CPU streams, 1 or 2. 2: two batches run at once, one "
+        "thread each (more throughput under bulk load, slower one-text requests). Default: 1.",
+    ),
+    Flag(
         "ort_spinning",
         "Let ONNX Runtime's threads busy-wait between operators: lower latency in "
         "isolation, but the spinning threads compete with tokenization and HTTP work. "
@@ -361,3 +368,18 @@ def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
             values[name], values[more] = first, tuple(rest)
     values["hostname_from_env"] = "hostname" not in given and "hostname" in values
     return Settings.model_validate(values)
+
+
+def describe_invalid(exc: pydantic.ValidationError) -> str:
+    """A refused value in the words of the command line: the flag, its variable, what was wrong."""
+    envs = {flag.name: flag.env for flag in FLAGS}
+    secret = {name for name, field in Settings.model_fields.items() if not field.repr}
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if name not in envs:  # a rule across fields: its message names them
+            lines.append(error["msg"].removeprefix("Value error, "))
+            continue
+        got = "" if name in secret else f", got {error.get('input')!r}"
+        lines.append(f"--{name.replace('_', '-')} ({envs[name]}): {error['msg']}{got}")
+    return "; ".join(lines)

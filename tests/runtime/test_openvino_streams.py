@@ -1,10 +1,9 @@
-"""OpenVINOSession's two CPU streams (opt-in, TEI_ORT_OPENVINO_STREAMS=2): a batch split over both
+"""OpenVINOSession's two CPU streams (opt-in, tei-serve --openvino-streams 2): a batch split over both
 gives the rows one stream gives, two callers at once each get their own rows, and the server runs
 one forward thread per stream. By default: one LATENCY compile."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -29,33 +28,25 @@ def feeds(rows: int, length: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def sessions(graph: Path, variant: str) -> tuple[object, object]:
+def sessions(graph: Path, variant: str, streams: int = 2) -> tuple[object, object]:
+    """The graph on one thread and on two, asking for `streams` streams."""
     from tei_ort.runtime.openvino_session import OpenVINOSession
 
-    one = OpenVINOSession(graph, variant, "last_hidden_state", threads=1)
-    two = OpenVINOSession(graph, variant, "last_hidden_state", threads=2)
+    one = OpenVINOSession(graph, variant, "last_hidden_state", threads=1, streams=streams)
+    two = OpenVINOSession(graph, variant, "last_hidden_state", threads=2, streams=streams)
     return one, two
 
 
-def test_by_default_one_latency_compile(
-    make_package: MakePackage, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tei_ort.runtime import openvino_session
+def test_by_default_one_latency_compile(make_package: MakePackage) -> None:
+    from tei_ort.runtime.openvino_session import OpenVINOSession
 
-    assert openvino_session.STREAMS == 1 or "TEI_ORT_OPENVINO_STREAMS" in os.environ
-    monkeypatch.setattr(openvino_session, "STREAMS", 1)
-    _, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
-    assert two.parallel_runs == 1 and two._alone is None  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def two_streams(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tei_ort.runtime import openvino_session
-
-    monkeypatch.setattr(openvino_session, "STREAMS", 2)
+    graph = with_matmul(make_package()) / "model.onnx"
+    two = OpenVINOSession(graph, "fp32", "last_hidden_state", threads=2)
+    assert two.parallel_runs == 1 and two._alone is None
+    _, asked_one = sessions(graph, "fp32", streams=1)
+    assert asked_one.parallel_runs == 1  # type: ignore[attr-defined]
 
 
-@pytest.mark.usefixtures("two_streams")
 def test_streams_follow_the_threads(make_package: MakePackage) -> None:
     one, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
     assert (one.parallel_runs, two.parallel_runs) == (1, 2)  # type: ignore[attr-defined]
@@ -63,7 +54,6 @@ def test_streams_follow_the_threads(make_package: MakePackage) -> None:
     assert one._alone is None and two._alone is not None  # type: ignore[attr-defined]
 
 
-@pytest.mark.usefixtures("two_streams")
 def test_a_large_graph_keeps_one_latency_compile(
     make_package: MakePackage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -74,7 +64,11 @@ def test_a_large_graph_keeps_one_latency_compile(
     _, two = sessions(graph, "fp32")
     assert two.parallel_runs == 1 and two._alone is None  # type: ignore[attr-defined]
     batch = feeds(3, 4, seed=0)
-    np.testing.assert_allclose(two.run(batch), sessions(graph, "fp32")[1].run(batch), atol=1e-6)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(
+        two.run(batch),  # type: ignore[attr-defined]
+        sessions(graph, "fp32", streams=1)[1].run(batch),  # type: ignore[attr-defined]
+        atol=1e-6,
+    )  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +85,6 @@ def test_a_large_graph_keeps_one_latency_compile(
     ],
 )
 @pytest.mark.parametrize("rows", [1, 2, 7])
-@pytest.mark.usefixtures("two_streams")
 def test_a_batch_split_over_two_streams_equals_one_stream(
     make_package: MakePackage, variant: str, rows: int
 ) -> None:
@@ -105,7 +98,6 @@ def test_a_batch_split_over_two_streams_equals_one_stream(
     assert np.abs(want).max() > 0.1  # the graph computed something
 
 
-@pytest.mark.usefixtures("two_streams")
 def test_two_callers_at_once_each_get_their_own_rows(make_package: MakePackage) -> None:
     one, two = sessions(with_matmul(make_package()) / "model.onnx", "fp32")
     # Single rows too: the LATENCY compile when idle, a stream when the other caller runs.
@@ -130,7 +122,6 @@ def test_two_callers_at_once_each_get_their_own_rows(make_package: MakePackage) 
             np.testing.assert_allclose(output, want[caller * 2 + k % 2], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.usefixtures("two_streams")
 @pytest.mark.skipif(not providers.openvino_bf16(), reason="OpenVINO serves bf16 only")
 def test_the_server_runs_one_forward_thread_per_stream(
     make_package: MakePackage, tmp_path: Path
@@ -139,10 +130,28 @@ def test_the_server_runs_one_forward_thread_per_stream(
     from tests.serve.test_flags_take_effect import built
 
     package = with_bf16(with_matmul(make_package()))
-    app = built(package, tmp_path / "hub", "--provider", "openvino", "--intra-op-threads", "2")
+    flags = ("--provider", "openvino", "--openvino-streams", "2")
+    app = built(package, tmp_path / "hub", *flags, "--intra-op-threads", "2")
     engine = engine_of(app)
     models = engine._batcher._models
     assert len(models) == 2 and models[0] is models[1] is engine.model
     assert engine.model.session.parallel_runs == 2  # type: ignore[attr-defined]
-    single = built(package, tmp_path / "hub2", "--provider", "openvino", "--intra-op-threads", "1")
+    single = built(package, tmp_path / "hub2", *flags, "--intra-op-threads", "1")
     assert len(engine_of(single)._batcher._models) == 1
+    default = built(package, tmp_path / "hub3", "--provider", "openvino", "--intra-op-threads", "2")
+    assert len(engine_of(default)._batcher._models) == 1
+    assert engine_of(default).model.session.parallel_runs == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bad", ["0", "3", "two"])
+def test_bad_stream_counts_are_refused(bad: str) -> None:
+    import pydantic
+
+    from tei_ort.serve.settings import load_settings
+
+    assert load_settings([], {}).openvino_streams == 1
+    assert load_settings([], {"OPENVINO_STREAMS": "2"}).openvino_streams == 2
+    with pytest.raises(pydantic.ValidationError, match="openvino_streams"):
+        load_settings(["--openvino-streams", bad], {})
+    with pytest.raises(pydantic.ValidationError, match="openvino_streams"):
+        load_settings([], {"OPENVINO_STREAMS": bad})

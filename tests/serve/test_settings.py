@@ -81,3 +81,52 @@ def test_shell_hostname_does_not_break_binding() -> None:
         load_settings(["--hostname", "localhost"], {"HOSTNAME": machine}).bind_host() == "localhost"
     )
     assert resolve_bind_host("localhost", from_env=True) == "localhost"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (
+            ["--engine-replicas", "0"],
+            {},
+            "--engine-replicas (ENGINE_REPLICAS): Input should be greater than or equal to 1, "
+            "got '0'",
+        ),
+        (
+            [],
+            {"MAX_BATCH_TOKENS": "lots"},
+            "--max-batch-tokens (MAX_BATCH_TOKENS): Input should be a valid integer",
+        ),
+        (
+            ["--default-prompt", "a", "--default-prompt-name", "b"],
+            {},
+            "--default-prompt and --default-prompt-name are mutually exclusive",
+        ),
+    ],
+)
+def test_a_refused_value_is_a_usage_error_not_a_traceback(
+    argv: list[str], env: dict[str, str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tei_ort.serve import cli
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with pytest.raises(SystemExit) as exited:
+            cli.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"tei-serve: error: {said}" in err
+    assert "Traceback" not in err and "pydantic" not in err
+
+
+def test_a_refused_secret_is_not_echoed() -> None:
+    import pydantic
+
+    from tei_ort.serve.settings import describe_invalid
+
+    with pytest.raises(pydantic.ValidationError) as refused:
+        load_settings(["--api-key", "s3cret"], {}).model_validate({"api_key": 123})
+    said = describe_invalid(refused.value)
+    assert said.startswith("--api-key (API_KEY): Input should be a valid string")
+    assert "123" not in said
