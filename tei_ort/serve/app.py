@@ -14,7 +14,7 @@ from sanic.response import HTTPResponse
 
 from tei_ort.serve import errors, openapi
 from tei_ort.serve.access import AccessPolicy
-from tei_ort.serve.memory import resident_bytes
+from tei_ort.serve.memory import grown_since, resident_bytes
 from tei_ort.serve.observed_engine import ObservedEngine
 from tei_ort.serve.operations import JsonObject, Operation, ServeContext, parse_json
 from tei_ort.serve.registry import ModelRegistry
@@ -179,7 +179,7 @@ def create_app(
         for model, engine in zip(app.ctx.models, engines, strict=True):
             rss_before = resident_bytes()
             await engine.start()
-            started.append(_warmed_up(model, resident_bytes() - rss_before, telemetry))
+            started.append(_warmed_up(model, grown_since(rss_before), telemetry))
         app.ctx.models = ModelRegistry(tuple(started))
         app.ctx.serve = app.ctx.models.default
         telemetry.start()

@@ -26,7 +26,7 @@ from tei_ort.serve.bind_address import bind_unlistening
 from tei_ort.serve.grpc import attach_grpc
 from tei_ort.serve.loading import LoadedModel, load_model
 from tei_ort.serve.logs import configure_logging
-from tei_ort.serve.memory import ModelMemory, graph_bytes, resident_bytes
+from tei_ort.serve.memory import ModelMemory, graph_bytes, grown_since, resident_bytes
 from tei_ort.serve.operations import ServeContext
 from tei_ort.serve.registry import ModelRegistry
 from tei_ort.serve.settings import Settings, build_parser, describe_invalid, load_settings
@@ -89,7 +89,7 @@ def _serve_one(settings: Settings) -> _Served:
         embedding_ranges=read_ranges(resolved.path),
         memory=ModelMemory(
             graph_bytes=graph_bytes(resolved.path / model.variant.file),
-            load_rss_delta_bytes=resident_bytes() - rss_before,
+            load_rss_delta_bytes=grown_since(rss_before),
         ),
     )
     return _Served(ctx, loaded_model, config)

@@ -37,6 +37,13 @@ def resident_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def grown_since(before: int) -> int:
+    """How much resident memory the process gained since `before` (a resident_bytes() reading);
+    0 when it shrank: a small model can load into pages an earlier one's trials freed, and a
+    negative cost would be no one's."""
+    return max(0, resident_bytes() - before)
+
+
 def graph_bytes(graph: Path) -> int:
     files = [graph, *(graph.with_name(graph.name + suffix) for suffix in _EXTERNAL_DATA_SUFFIXES)]
     return sum(path.stat().st_size for path in files if path.is_file())

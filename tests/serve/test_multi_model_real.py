@@ -121,9 +121,9 @@ def test_memory_is_reported_per_model(served: Served) -> None:
         memory = by_name[name]["memory"]
         # The fp32 graph the model serves, byte for byte on disk.
         assert memory["graph_bytes"] == (package / _alone(package).variant.file).stat().st_size
-        # Loading a graph and its ONNX Runtime session adds resident memory; the warm-up's
-        # growth is added to it.
-        assert memory["load_rss_delta_bytes"] > 0
+        # Growth while loading and while warming up, never negative: a tiny graph can load into
+        # pages an earlier model's trials freed (tests/serve/test_memory.py has the arithmetic).
+        assert memory["load_rss_delta_bytes"] >= 0 and memory["warm_up_rss_delta_bytes"] >= 0
         assert memory["rss_delta_bytes"] == (
             memory["load_rss_delta_bytes"] + memory["warm_up_rss_delta_bytes"]
         )
