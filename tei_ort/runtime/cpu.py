@@ -5,8 +5,9 @@ bf16 natively, VNNI / dot-product instructions make int8 GEMMs fast, plain AVX2 
 So the speed of a variant, and its fidelity (bf16 is computed natively or emulated from fp32), is a
 property of the ISA class, and every surface that says which variant is served says the class too.
 
-Everything here is a pure function of /proc/cpuinfo's text except `this_cpu`, which reads it once
-and never raises: an unreadable or foreign CPU is `IsaClass.UNKNOWN`.
+Everything here is a pure function of /proc/cpuinfo's text (or, on aarch64 Linux, of the auxiliary
+vector's HWCAP words) except `this_cpu`, which reads them once and never raises: an unreadable or
+foreign CPU is `IsaClass.UNKNOWN`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import enum
 import functools
 import os
 import platform
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 CPUINFO_PATH = Path("/proc/cpuinfo")
+AUXV_PATH = Path("/proc/self/auxv")
 
 
 class IsaClass(str, enum.Enum):
@@ -89,6 +92,25 @@ _ARM_PARTS = {
     ("0x48", "0xd01"): "HiSilicon Kunpeng-920",
 }
 
+# aarch64 Linux: the kernel's name for each AT_HWCAP / AT_HWCAP2 bit, bit 0 first (its uapi
+# asm/hwcap.h; /proc/cpuinfo's Features line is printed from these bits with these names). Read
+# where the cpuinfo has no Features line: qemu-user 7.2 shows an aarch64 process the x86 host's.
+# fmt: off
+_HWCAP_NAMES = (
+    "fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp",
+    "asimdhp", "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4",
+    "asimddp", "sha512", "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb",
+    "paca", "pacg",
+)
+_HWCAP2_NAMES = (
+    "dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3", "svesm4", "flagm2", "frint",
+    "svei8mm", "svef32mm", "svef64mm", "svebf16", "i8mm", "bf16", "dgh", "rng", "bti", "mte",
+    "ecv", "afp", "rpres", "mte3", "sme", "smei16i64", "smef64f64", "smei8i32", "smef16f32",
+    "smeb16f32", "smef32f32", "smefa64",
+)
+# fmt: on
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+
 
 @dataclass(frozen=True)
 class CpuInfo:
@@ -134,6 +156,24 @@ def parse_cpuinfo(text: str, arch: str, cores: int = 1) -> CpuInfo:
     )
 
 
+def parse_auxv(data: bytes) -> tuple[int, int]:
+    """(AT_HWCAP, AT_HWCAP2) from /proc/self/auxv's bytes: a 64-bit process's (type, value) pairs
+    of native words. 0 for a word that is absent; a torn tail is ignored."""
+    usable = len(data) - len(data) % 16
+    entries = dict(struct.iter_unpack("=QQ", data[:usable]))
+    return entries.get(_AT_HWCAP, 0), entries.get(_AT_HWCAP2, 0)
+
+
+def hwcap_features(hwcap: int, hwcap2: int) -> frozenset[str]:
+    """The kernel's feature names (as in cpuinfo's Features line) for aarch64 HWCAP bits."""
+    return frozenset(
+        name
+        for names, bits in ((_HWCAP_NAMES, hwcap), (_HWCAP2_NAMES, hwcap2))
+        for bit, name in enumerate(names)
+        if bits >> bit & 1
+    )
+
+
 @functools.cache
 def this_cpu() -> CpuInfo:
     arch = platform.machine()
@@ -141,7 +181,10 @@ def this_cpu() -> CpuInfo:
     system = platform.system()
     try:
         if system == "Linux":
-            return parse_cpuinfo(CPUINFO_PATH.read_text(errors="replace"), arch, cores)
+            info = parse_cpuinfo(CPUINFO_PATH.read_text(errors="replace"), arch, cores)
+            if info.isa_class is IsaClass.UNKNOWN and _family(arch) == _ARM:
+                return _from_hwcap(info, AUXV_PATH.read_bytes())
+            return info
         if system == "Darwin" and _family(arch) == _ARM:
             return _apple_silicon(arch, cores)
     except (OSError, subprocess.SubprocessError, ValueError):
@@ -149,17 +192,29 @@ def this_cpu() -> CpuInfo:
     return CpuInfo(arch, "", frozenset(), IsaClass.UNKNOWN, cores)
 
 
+def _from_hwcap(info: CpuInfo, auxv: bytes) -> CpuInfo:
+    """An aarch64 process whose cpuinfo lists no Features: the class from HWCAP, which is what
+    ONNX Runtime's MLAS reads to pick its kernels too."""
+    hwcap, hwcap2 = parse_auxv(auxv)
+    if not hwcap:
+        return info
+    flags = hwcap_features(hwcap, hwcap2) & _WANTED[_ARM]
+    return CpuInfo(info.arch, info.model, flags, classify(info.arch, flags), info.cores)
+
+
 def _family(arch: str) -> str:
     return _FAMILIES.get(arch.lower(), "")
 
 
 def _model(family: str, fields: dict[str, str]) -> str:
-    if family == _ARM and "cpu implementer" in fields:
-        implementer, part = fields["cpu implementer"].lower(), fields.get("cpu part", "").lower()
-        return _ARM_PARTS.get(
-            (implementer, part), f"aarch64 (implementer {implementer} part {part or '?'})"
-        )
-    return fields.get("model name", "")
+    if family != _ARM:
+        return fields.get("model name", "")
+    if "cpu implementer" not in fields:
+        return ""  # an aarch64 kernel names no model; a "model name" here is another CPU's text
+    implementer, part = fields["cpu implementer"].lower(), fields.get("cpu part", "").lower()
+    return _ARM_PARTS.get(
+        (implementer, part), f"aarch64 (implementer {implementer} part {part or '?'})"
+    )
 
 
 # macOS has no /proc/cpuinfo; sysctl names the features Apple silicon has (M1: no bf16/i8mm).
