@@ -85,19 +85,35 @@ def test_weights_become_uint8_plus_128_with_zero_point_128(tmp_path: Path) -> No
     assert list(other.input) == ["x", "w_u8", "a_scale", "b_scale", "a_zero", "b_zero_u8"]
 
 
+def _exact_first_gemm(u8_graph: Path, x: np.ndarray) -> np.ndarray:
+    """The first GEMM's value in integers: (x - 3) @ w * 0.05 * 0.01."""
+    weights = onnx.load(str(u8_graph)).graph.initializer[0]
+    w_int = numpy_helper.to_array(weights).astype(np.int64) - 128
+    return np.asarray((x.astype(np.int64) - 3) @ w_int * np.float32(0.05 * 0.01), np.float32)
+
+
 def test_outputs_equal_the_int8_graphs(tmp_path: Path) -> None:
+    """Activations below 64: a pair of u8 x s8 products stays under int16's 32,767 (63 * 127 * 2),
+    so even AVX2's saturating u8s8 kernel is exact and the two graphs must agree on every CPU."""
     _graph(tmp_path / "int8.onnx")
     int8_u8.convert(tmp_path / "int8.onnx", tmp_path / "u8.onnx")
-    x = np.random.default_rng(1).integers(0, 256, size=(5, K)).astype(np.uint8)
+    x = np.random.default_rng(1).integers(0, 64, size=(5, K)).astype(np.uint8)
     want = _run(tmp_path / "int8.onnx", x)
     got = _run(tmp_path / "u8.onnx", x)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
-    # The first GEMM's value, by hand: (x - 3) @ w * 0.05 * 0.01.
-    weights = onnx.load(str(tmp_path / "u8.onnx")).graph.initializer[0]
-    w_int = numpy_helper.to_array(weights).astype(np.int64) - 128
-    exact = (x.astype(np.int64) - 3) @ w_int * np.float32(0.05 * 0.01)
-    np.testing.assert_allclose(got[0], exact, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[0], _exact_first_gemm(tmp_path / "u8.onnx", x), 1e-5, 1e-5)
+
+
+def test_outputs_are_exact_over_the_full_uint8_range(tmp_path: Path) -> None:
+    """Activations up to 255, where u8s8 pairs overflow int16 (AVX2 without VNNI saturates them):
+    the uint8-weight graph runs u8u8 and equals the exact integer product on every CPU."""
+    _graph(tmp_path / "int8.onnx")
+    int8_u8.convert(tmp_path / "int8.onnx", tmp_path / "u8.onnx")
+    x = np.random.default_rng(1).integers(0, 256, size=(5, K)).astype(np.uint8)
+    x[0] = 255  # the largest pairs there are
+    got = _run(tmp_path / "u8.onnx", x)
+    np.testing.assert_allclose(got[0], _exact_first_gemm(tmp_path / "u8.onnx", x), 1e-5, 1e-5)
 
 
 def test_a_graph_without_int8_weights_is_refused(tmp_path: Path) -> None:
