@@ -207,11 +207,11 @@ def _note(best: Verdict, verdicts: Sequence[Verdict], cpu: CpuInfo) -> str:
     for verdict in verdicts:
         speed = f" {verdict.tokens_per_s:,.0f} tok/s" if verdict.tokens_per_s else ""
         if verdict.passed:
-            where = "re-validated here" if verdict.checked_here else _where(verdict)
+            where = "re-validation here" if verdict.checked_here else _where(verdict)
             caveat = f"; {verdict.note}" if verdict.note else ""
             parts.append(f"{verdict.label}: passed {where} ({_figures(verdict)}{caveat}){speed}")
         else:
-            where = "here" if verdict.checked_here else _where(verdict)
+            where = "re-validation here" if verdict.checked_here else _where(verdict)
             parts.append(f"{verdict.label}: not served, failed {where} ({_figures(verdict)})")
     return "; ".join(parts)
 
@@ -234,7 +234,7 @@ def _figures(verdict: Verdict) -> str:
 
 def _where(verdict: Verdict) -> str:
     recorded = verdict.validation.isa_class if verdict.validation else ""
-    return f"validated at export on {recorded}" if recorded else "validated on an unknown CPU"
+    return f"validation at export on {recorded}" if recorded else "validation on an unknown CPU"
 
 
 def _nothing_servable(

@@ -161,7 +161,7 @@ def test_int8_calls_the_quantizer_with_real_calibration_feeds(
     # Three identical graphs: the trial may pick any; each is listed as validated here.
     assert model.variant.name in names
     for name in names:
-        assert f"cpu:{name.value}: passed validated at export on" in model.selection_note
+        assert f"cpu:{name.value}: passed validation at export on" in model.selection_note
 
 
 @pytest.mark.skipif(not openvino_bf16(), reason="needs the openvino package and bfloat16")

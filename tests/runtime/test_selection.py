@@ -98,7 +98,7 @@ def test_a_variant_from_another_class_is_revalidated_here_and_served(
     model = Model.load(package, replace(_cpu_only(), variant="int8"))
     assert model.variant.name is VariantName.INT8
     assert counted == ["cpu:int8"]  # fp32 was measured on this class: not re-checked
-    assert "cpu:int8: passed re-validated here (cosine min 1.00000" in model.selection_note
+    assert "cpu:int8: passed re-validation here (cosine min 1.00000" in model.selection_note
     cached = json.loads((package / CHECKS_FILE).read_text())
     (entry,) = cached["machines"].values()
     verdict = entry["verdicts"]["cpu:int8"]
@@ -116,7 +116,7 @@ def test_a_variant_that_fails_here_is_not_served_and_auto_falls_back(
     assert model.variant.name is VariantName.FP32
     assert counted == ["cpu:int8"]
     assert model.selection_note.startswith("cpu:fp32 on ")
-    assert "cpu:int8: not served, failed here (FAILED cosine min" in model.selection_note
+    assert "cpu:int8: not served, failed re-validation here (FAILED cosine min" in model.selection_note
     # Asked for by name, it is refused with the figures measured here.
     with pytest.raises(PackageError, match=r"variant 'int8' did not pass validation on this CPU"):
         Model.load(package, replace(_cpu_only(), variant="int8"))
