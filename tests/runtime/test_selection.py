@@ -116,7 +116,9 @@ def test_a_variant_that_fails_here_is_not_served_and_auto_falls_back(
     assert model.variant.name is VariantName.FP32
     assert counted == ["cpu:int8"]
     assert model.selection_note.startswith("cpu:fp32 on ")
-    assert "cpu:int8: not served, failed re-validation here (FAILED cosine min" in model.selection_note
+    assert (
+        "cpu:int8: not served, failed re-validation here (FAILED cosine min" in model.selection_note
+    )
     # Asked for by name, it is refused with the figures measured here.
     with pytest.raises(PackageError, match=r"variant 'int8' did not pass validation on this CPU"):
         Model.load(package, replace(_cpu_only(), variant="int8"))

@@ -65,7 +65,9 @@ def test_the_default_serves_the_variant_chosen_on_this_machine(
     )
     assert info["isa_class"] == here.isa_class.value
     assert info["variant_note"].startswith(f"{chosen} on {here.describe()}; ")
-    assert f"{chosen}: passed validation at export on {here.isa_class.value}" in info["variant_note"]
+    assert (
+        f"{chosen}: passed validation at export on {here.isa_class.value}" in info["variant_note"]
+    )
     # Its vectors are that variant's, computed in-process on the same provider...
     model = Model.load(package, RuntimeOptions(provider=info["provider"], variant=info["variant"]))
     want = model.embed(TEXTS)
@@ -123,7 +125,9 @@ def test_an_int8_graph_failing_its_gate_here_is_refused_and_fp32_served(
     with _tei_serve(package, tmp_path / "cache") as (url, output):
         info, got = _served(url)
     assert (info["provider"], info["variant"]) == ("cpu", "fp32")
-    assert "cpu:int8: not served, failed re-validation here (FAILED cosine min" in info["variant_note"]
+    assert (
+        "cpu:int8: not served, failed re-validation here (FAILED cosine min" in info["variant_note"]
+    )
     assert any("re-validated cpu:int8 on this CPU" in line for line in output)
     want = Model.load(package, RuntimeOptions(provider="cpu", variant="fp32")).embed(TEXTS)
     np.testing.assert_allclose(got, want, atol=1e-5)
