@@ -32,8 +32,12 @@ def replica_threads(
         raise ValueError(f"engine replicas must be at least 1, got {replicas}")
     if intra_op_threads is not None or replicas == 1:
         return intra_op_threads
-    cores = cores or psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    return max(1, cores // replicas)
+    return max(1, (cores or physical_cores()) // replicas)
+
+
+def physical_cores() -> int:
+    """What ONNX Runtime gives one session by default: a thread per physical core."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

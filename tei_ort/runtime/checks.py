@@ -85,17 +85,28 @@ class ChecksCache:
         self._dirty = True
 
     def get_budgets(self, label: str) -> dict[int, float] | None:
-        section = self._entry.get("batch_tokens")
-        raw = section.get(label) if isinstance(section, dict) else None
-        if not isinstance(raw, dict) or not raw:
-            return None
+        rates = self.get_rates("batch_tokens", label)
         try:
-            return {int(budget): float(rate) for budget, rate in raw.items()}
-        except (TypeError, ValueError):
+            return {int(budget): rate for budget, rate in rates.items()} if rates else None
+        except ValueError:
             return None
 
     def put_budgets(self, label: str, rates: dict[int, float]) -> None:
-        self._entry.setdefault("batch_tokens", {})[label] = {str(b): r for b, r in rates.items()}
+        self.put_rates("batch_tokens", label, {str(b): r for b, r in rates.items()})
+
+    def get_rates(self, section: str, label: str) -> dict[str, float] | None:
+        """A trial's figures (tokens/s per contender) cached under `section` for `label`."""
+        table = self._entry.get(section)
+        raw = table.get(label) if isinstance(table, dict) else None
+        if not isinstance(raw, dict) or not raw:
+            return None
+        try:
+            return {str(key): float(rate) for key, rate in raw.items()}
+        except (TypeError, ValueError):
+            return None
+
+    def put_rates(self, section: str, label: str, rates: dict[str, float]) -> None:
+        self._entry.setdefault(section, {})[label] = dict(rates)
         self._dirty = True
 
     def save(self) -> None:

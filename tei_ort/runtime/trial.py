@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 from tei_ort.runtime import fidelity_check
@@ -31,6 +32,12 @@ TRIAL_BUDGET_S = 6.0  # rounds stop early past this (large models on small CPUs)
 # smallest of those wins.
 BATCH_BUDGETS = (512, 1024, 2048, 4096)
 BUDGET_TIE = 0.05
+# Engine replicas (tei_ort.serve.loading): two sessions on half the cores each are kept only
+# when they move this much more than one session on all of them. Which wins differs per CPU:
+# MiniLM int8 on a 2-core Xeon [x86-amx] made 0.63-0.87x with two, on a 2-core AMD EPYC Zen 3
+# [x86-avx2] 1.30-1.45x under load (python -m tei_ort.bench --compare, README: Many cores).
+REPLICA_GAIN = 0.10
+REPLICA_MAX_GRAPH_BYTES = 1 << 30  # larger graphs: one copy of the weights, no trial
 
 
 def fastest(plans: Mapping[K, tuple[Model, Batches]]) -> dict[K, float]:
@@ -51,6 +58,36 @@ def fastest(plans: Mapping[K, tuple[Model, Batches]]) -> dict[K, float]:
         key: round(sum(len(e) for b in plans[key][1] for e in b) / seconds, 1)
         for key, seconds in best.items()
     }
+
+
+def replica_rates(whole: Model, halves: Sequence[Model], batches: Batches) -> dict[str, float]:
+    """Real tokens/s of `batches` on `whole` (one after another, as one engine runs them) and
+    on `halves` at once (each its share, as replicas fed by one queue run them), the fastest of
+    TRIAL_ROUNDS interleaved rounds. Keys: "1" and the number of halves."""
+    tokens = sum(len(e) for b in batches for e in b)
+    n = len(halves)
+
+    def share(i: int) -> None:
+        for batch in batches[i::n]:
+            halves[i].forward(batch)
+
+    best = {"1": float("inf"), str(n): float("inf")}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        for _ in range(TRIAL_ROUNDS):
+            whole.forward(batches[-1])  # warm: first runs of a shape allocate
+            tick = time.perf_counter()
+            for batch in batches:
+                whole.forward(batch)
+            best["1"] = min(best["1"], time.perf_counter() - tick)
+            for half in halves:
+                half.forward(batches[-1])
+            tick = time.perf_counter()
+            list(pool.map(share, range(n)))
+            best[str(n)] = min(best[str(n)], time.perf_counter() - tick)
+            if time.perf_counter() - started > TRIAL_BUDGET_S:
+                break
+    return {key: round(tokens / seconds, 1) for key, seconds in best.items()}
 
 
 def candidate_batches(model: Model, texts: Sequence[str]) -> Batches:

@@ -12,14 +12,19 @@ import logging
 import time
 from dataclasses import dataclass
 
-from tei_ort.engine.config import replica_threads
+from tei_ort.engine.config import physical_cores, replica_threads
 from tei_ort.errors import ValidationError
 from tei_ort.package import TOKENIZER_FILE, Manifest, Pooling, Task
-from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime import Model, RuntimeOptions, fidelity_check, trial
+from tei_ort.runtime.checks import ChecksCache
+from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.model import open_session
+from tei_ort.runtime.providers import PROVIDERS, Provider
 from tei_ort.runtime.providers import resolve as resolve_provider
+from tei_ort.runtime.session import Session
 from tei_ort.runtime.trial import batch_tokens
 from tei_ort.serve import model_source
+from tei_ort.serve.memory import graph_bytes
 from tei_ort.serve.settings import Settings
 from tei_ort.tokenization import Tokenizer
 
@@ -104,6 +109,58 @@ def open_replica(model: Model, options: RuntimeOptions) -> Model:
     return twin
 
 
+def _with_session(model: Model, session: Session) -> Model:
+    twin = copy.copy(model)
+    twin.session = session
+    return twin
+
+
+def replicas_by_trial(
+    model: Model, options: RuntimeOptions, budget: int | None
+) -> tuple[tuple[Model, ...], str]:
+    """With --engine-replicas and --intra-op-threads unset: one session on every physical core,
+    or two on half of them each when a short trial here (tei_ort.runtime.trial.replica_rates,
+    cached like the variant checks) finds the two REPLICA_GAIN faster on the same batches.
+    Returns the two half sessions' models when they win (else nothing) and how it was chosen.
+    Tried on ONNX Runtime's CPU EP only (OpenVINO has its own streams, a GPU one queue), with
+    two cores or more, graphs under 1 GiB (each replica holds its own weights) and a package
+    whose fidelity set gives real text."""
+    cores = physical_cores()
+    if model.provider is not Provider.CPU or cores < 2:
+        return (), "1 (the provider's default)"
+    if graph_bytes(model.path / model.variant.file) > trial.REPLICA_MAX_GRAPH_BYTES:
+        return (), "1 (the graph is over 1 GiB)"
+    fidelity_set = fidelity_check.read_fidelity_set(model.path)
+    if fidelity_set is None:
+        return (), "1 (no fidelity set to time)"
+    half = dataclasses.replace(options, intra_op_threads=cores // 2)
+    label = f"{model.provider.value}:{model.variant.name.value}@{budget}"
+    cache = ChecksCache(model.path, this_cpu(), options.intra_op_threads, options.checks_dir)
+    rates = cache.get_rates("replicas", label)
+    halves: tuple[Model, ...] = ()
+    if rates is None:  # first start here: measure
+        halves = tuple(open_replica(model, half) for _ in range(2))
+        encodings = model.encode(list(fidelity_set.vset.texts[::3]))
+        target = budget or PROVIDERS[model.provider].target_batch_tokens or 8192
+        batches = [[encodings[i] for i in b] for b in trial.budget_batches(encodings, target)]
+        rates = trial.replica_rates(model, halves, batches)
+        cache.put_rates("replicas", label, rates)
+        cache.save()
+    one, two = rates.get("1", 0.0), rates.get("2", 0.0)
+    figures = (
+        f"1 x {_threads(cores)}: {one:,.0f} tok/s, 2 x {_threads(cores // 2)}: {two:,.0f} tok/s"
+    )
+    if two < one * (1 + trial.REPLICA_GAIN):
+        return (), f"1, by trial ({figures})"
+    if not halves:
+        halves = tuple(open_replica(model, half) for _ in range(2))
+    return halves, f"2 x {_threads(cores // 2)}, by trial ({figures})"
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def load_model(settings: Settings) -> LoadedModel:
     provider = resolve_provider(settings.provider)
     resolved = model_source.resolve(settings, provider.value)
@@ -113,7 +170,7 @@ def load_model(settings: Settings) -> LoadedModel:
         provider=settings.provider,
         variant=settings.variant_name,
         # Per replica: the flag, or the physical cores split between --engine-replicas.
-        intra_op_threads=replica_threads(settings.intra_op_threads, settings.engine_replicas),
+        intra_op_threads=replica_threads(settings.intra_op_threads, settings.engine_replicas or 1),
         allow_spinning=settings.ort_spinning,
         openvino_streams=settings.openvino_streams,
         allow_unvalidated=resolved.allow_unvalidated,
@@ -123,6 +180,13 @@ def load_model(settings: Settings) -> LoadedModel:
     model = Model.load(resolved.path, options)
     target_batch_tokens, batch_note = batch_tokens(model, options)
     logger.info("batching: %s", batch_note)
+    halves: tuple[Model, ...] = ()
+    if settings.engine_replicas is None and settings.intra_op_threads is None:
+        halves, layout = replicas_by_trial(model, options, target_batch_tokens)
+        logger.info("engine replicas: %s", layout)
+        batch_note = f"{batch_note}; engine replicas: {layout}"
+        if halves:
+            model.session = halves[0].session
     model.manifest = with_overrides(model.manifest, settings)
     fit_input_length(model, settings)
     shapes_started = time.perf_counter()
@@ -134,13 +198,17 @@ def load_model(settings: Settings) -> LoadedModel:
             time.perf_counter() - shapes_started,
         )
     # After the overrides: replicas share the manifest (pooling, prompts) with `model`.
-    replicas = tuple(open_replica(model, options) for _ in range(settings.engine_replicas - 1))
+    if halves:
+        replicas = tuple(_with_session(model, h.session) for h in halves[1:])
+    else:
+        count = settings.engine_replicas or 1
+        replicas = tuple(open_replica(model, options) for _ in range(count - 1))
     for replica in replicas:
         replica.warm_up_shapes(settings.max_batch_tokens)
-    if replicas:
+    if replicas and not halves:
         logger.info(
             "%d engine replicas, %s intra-op threads each",
-            settings.engine_replicas,
+            len(replicas) + 1,
             options.intra_op_threads or "ORT's default",
         )
     return LoadedModel(model, resolved, target_batch_tokens, batch_note, replicas)

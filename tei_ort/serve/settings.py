@@ -54,7 +54,9 @@ class Settings(pydantic.BaseModel):
     variant: Literal["fp32", "fp16", "int8", "int8-w7", "int8-u8", "int8-wo", "bf16"] | None = None
     intra_op_threads: int | None = pydantic.Field(default=None, ge=1)
     # Forward threads, each on its own session of the model, fed by one queue (engine/batcher.py).
-    engine_replicas: int = pydantic.Field(default=1, ge=1)
+    # None: 1, or 2 on half the cores each where a trial at first start finds them faster
+    # (serve/loading.py).
+    engine_replicas: int | None = pydantic.Field(default=None, ge=1)
     # OpenVINO CPU streams (runtime/openvino_session.py); 1: one LATENCY compile.
     openvino_streams: int = pydantic.Field(default=1, ge=1, le=2)
     # Off: on a 2-core machine spinning ORT threads starve the event loop and tokenizer threads
@@ -211,7 +213,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "engine_replicas",
         "Sessions of the model that run forward batches concurrently, fed by one queue; each "
-        "holds its own copy of the graph's weights. Default: 1 (see README, Many cores).",
+        "holds its own copy of the graph's weights. Default: on ONNX Runtime's CPU EP, 1 session "
+        "on every core or 2 on half the cores each, whichever a short trial at first start finds "
+        "faster here (cached); 1 elsewhere or when --intra-op-threads is given (see README, "
+        "Many cores).",
     ),
     Flag(
         "openvino_streams",
