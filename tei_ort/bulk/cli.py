@@ -166,7 +166,7 @@ async def _run_engine(
     output: OutputFolder,
     manifest: JobManifest,
 ) -> Summary:
-    engine = Engine(loaded.model, loaded.config)
+    engine = Engine(loaded.model, loaded.config, replicas=loaded.forward_models)
     await engine.start()
     try:
         job = Job(engine, files, options, output, manifest)
@@ -191,7 +191,7 @@ def _ray_job() -> ModuleType:
 
 
 async def _check(loaded: LoadedModel, options: JobOptions) -> None:
-    engine = Engine(loaded.model, loaded.config)
+    engine = Engine(loaded.model, loaded.config, replicas=loaded.forward_models)
     await engine.start()
     try:
         await ShardEmbedder(engine, options).check()

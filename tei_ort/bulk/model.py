@@ -36,6 +36,10 @@ class LoadedModel:
     model: Model
     model_id: str
     config: EngineConfig
+    # What the engine's forward threads run on: `model`, or the sessions tei-serve's replica
+    # trial chose (tei_ort.serve.loading), so both take the same cores the same way; None:
+    # `model` alone.
+    forward_models: tuple[Model, ...] | None = None
 
 
 def load(choice: ModelChoice, shard_size: int) -> LoadedModel:
@@ -66,4 +70,4 @@ def load(choice: ModelChoice, shard_size: int) -> LoadedModel:
         target_batch_tokens=loaded.target_batch_tokens,
         max_padding_ratio=PROVIDERS[model.provider].max_padding_ratio,
     )
-    return LoadedModel(model, loaded.resolved.model_id, config)
+    return LoadedModel(model, loaded.resolved.model_id, config, loaded.forward_models)

@@ -80,7 +80,7 @@ class ShardActor:
             target_batch_tokens=target_batch_tokens,
         )
         self._loop = asyncio.new_event_loop()
-        self._engine = Engine(loaded.model, config)
+        self._engine = Engine(loaded.model, config, replicas=loaded.forward_models)
         self._loop.run_until_complete(self._engine.start())
         self._embedder = ShardEmbedder(self._engine, options)
 

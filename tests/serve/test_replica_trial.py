@@ -60,10 +60,13 @@ def test_replica_rates_time_both_layouts_on_the_same_batches() -> None:
 
 @pytest.fixture
 def package_copy(minilm_package: Path, tmp_path: Path) -> Path:
-    """The real MiniLM package, its own checks.json: the trial's cache is written there."""
+    """The real MiniLM package without its checks.json (other tests' servers cache their trials
+    there): this copy's trials start afresh and are cached in the copy."""
     copy = tmp_path / "package"
     copy.mkdir()
     for item in minilm_package.iterdir():
+        if item.name == "checks.json":
+            continue
         if item.suffix in (".onnx", ".data"):
             (copy / item.name).symlink_to(item)
         elif item.is_file():
@@ -167,3 +170,19 @@ def test_an_explicit_replica_count_skips_the_trial(
         with serve_app(app) as client:
             assert "engine replicas" not in client.get("/info").json()["variant_note"]
     assert calls == []
+
+
+@needs_two_cores
+def test_tei_embed_runs_the_layout_tei_serve_would(
+    package_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tei-embed starts as tei-serve does: where two sessions win, its engine gets both, not
+    the first one alone on half the cores."""
+    from tei_ort.bulk.model import ModelChoice, load
+
+    _given(monkeypatch, 1000.0, 1500.0)
+    choice = ModelChoice(str(package_copy), huggingface_hub_cache=tmp_path / "hub", variant="fp32")
+    loaded = load(choice, 64)
+    assert loaded.forward_models is not None and len(loaded.forward_models) == 2
+    assert loaded.forward_models[0] is loaded.model
+    assert loaded.forward_models[0].session is not loaded.forward_models[1].session
