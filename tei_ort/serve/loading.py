@@ -103,13 +103,14 @@ def fit_input_length(model: Model, settings: Settings) -> None:
 def open_replica(model: Model, options: RuntimeOptions) -> Model:
     """Another session of `model`'s graph on its provider and variant (--engine-replicas): the
     tokenizer, manifest and Dense weights are shared; the graph's weights load again."""
-    twin = copy.copy(model)
     graph = model.path / model.variant.file
-    twin.session = open_session(graph, model.provider, model.variant, model.manifest, options)
-    return twin
+    return _with_session(
+        model, open_session(graph, model.provider, model.variant, model.manifest, options)
+    )
 
 
 def _with_session(model: Model, session: Session) -> Model:
+    """`model` on another session of its graph (tokenizer, manifest and Dense weights shared)."""
     twin = copy.copy(model)
     twin.session = session
     return twin
