@@ -38,6 +38,9 @@ BUDGET_TIE = 0.05
 # [x86-avx2] 1.30-1.45x under load (python -m tei_ort.bench --compare, README: Many cores).
 REPLICA_GAIN = 0.10
 REPLICA_MAX_GRAPH_BYTES = 1 << 30  # larger graphs: one copy of the weights, no trial
+# Every n-th fidelity text is timed (~92 texts; MiniLM on 2 Zen 3 cores: ~5 s, two layouts
+# 1.16x and 1.23x apart in two trials). Every 6th took 4 s and measured 1.13x, nearer the margin.
+REPLICA_TEXT_STRIDE = 3
 
 
 def fastest(plans: Mapping[K, tuple[Model, Batches]]) -> dict[K, float]:

@@ -141,7 +141,7 @@ def replicas_by_trial(
     halves: tuple[Model, ...] = ()
     if rates is None:  # first start here: measure
         halves = tuple(open_replica(model, half) for _ in range(2))
-        encodings = model.encode(list(fidelity_set.vset.texts[::3]))
+        encodings = model.encode(list(fidelity_set.vset.texts[:: trial.REPLICA_TEXT_STRIDE]))
         target = budget or PROVIDERS[model.provider].target_batch_tokens or 8192
         batches = [[encodings[i] for i in b] for b in trial.budget_batches(encodings, target)]
         rates = trial.replica_rates(model, halves, batches)

@@ -6,6 +6,7 @@ with whatever it chose here checked for consistency."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from tei_ort.engine.config import physical_cores
+from tei_ort.package import CHECKS_FILE
 from tei_ort.runtime import Model, RuntimeOptions, trial
 from tei_ort.serve.loading import replicas_by_trial
 from tests.serve.test_engine_replicas import engine_of, sessions
@@ -60,14 +62,18 @@ def test_replica_rates_time_both_layouts_on_the_same_batches() -> None:
 
 @pytest.fixture
 def package_copy(minilm_package: Path, tmp_path: Path) -> Path:
-    """The real MiniLM package without its checks.json (other tests' servers cache their trials
-    there): this copy's trials start afresh and are cached in the copy."""
+    """The real MiniLM package, its checks.json without the layout trials other tests' servers
+    cached there (the variant and budget figures stay: they only cost time): this copy's layout
+    trials start afresh and are cached in the copy."""
     copy = tmp_path / "package"
     copy.mkdir()
     for item in minilm_package.iterdir():
-        if item.name == "checks.json":
-            continue
-        if item.suffix in (".onnx", ".data"):
+        if item.name == CHECKS_FILE:
+            checks = json.loads(item.read_text())
+            for machine in checks.get("machines", {}).values():
+                machine.pop("replicas", None)
+            (copy / item.name).write_text(json.dumps(checks))
+        elif item.suffix in (".onnx", ".data"):
             (copy / item.name).symlink_to(item)
         elif item.is_file():
             shutil.copy2(item, copy / item.name)
