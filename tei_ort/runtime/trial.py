@@ -97,9 +97,21 @@ def candidate_batches(model: Model, texts: Sequence[str]) -> Batches:
     """The TRIAL_BATCHES batches of the longest texts, each as many as fit the provider's target
     padded tokens (what the server's batcher forms under load)."""
     budget = PROVIDERS[model.provider].target_batch_tokens or 8192
-    encodings = model.encode(list(texts))
-    batches = budget_batches(encodings, budget)[-TRIAL_BATCHES:]
-    return [[encodings[i] for i in batch] for batch in batches]
+    return _batches(model.encode(list(texts)), budget)[-TRIAL_BATCHES:]
+
+
+def layout_batches(model: Model, budget: int | None) -> Batches | None:
+    """What the engine-layout trial times: every REPLICA_TEXT_STRIDE-th text of the package's
+    fidelity set at `budget` (else the provider's), shortest batch first; None without one."""
+    fidelity_set = fidelity_check.read_fidelity_set(model.path)
+    if fidelity_set is None:
+        return None
+    encodings = model.encode(list(fidelity_set.vset.texts[::REPLICA_TEXT_STRIDE]))
+    return _batches(encodings, budget or PROVIDERS[model.provider].target_batch_tokens or 8192)
+
+
+def _batches(encodings: Sequence[Encoded], budget: int) -> Batches:
+    return [[encodings[i] for i in batch] for batch in budget_batches(encodings, budget)]
 
 
 def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str]:
@@ -118,10 +130,7 @@ def batch_tokens(model: Model, options: RuntimeOptions) -> tuple[int | None, str
         if fidelity_set is None:
             return default, provider_default
         encodings = model.encode(list(fidelity_set.vset.texts[::3]))
-        plans = {
-            b: (model, [[encodings[i] for i in batch] for batch in budget_batches(encodings, b)])
-            for b in BATCH_BUDGETS
-        }
+        plans = {b: (model, _batches(encodings, b)) for b in BATCH_BUDGETS}
         rates = fastest(plans)
         cache.put_budgets(label, rates)
         cache.save()

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from tei_ort.engine.config import physical_cores, replica_threads
 from tei_ort.errors import ValidationError
 from tei_ort.package import TOKENIZER_FILE, Manifest, Pooling, Task
-from tei_ort.runtime import Model, RuntimeOptions, fidelity_check, trial
+from tei_ort.runtime import Model, RuntimeOptions, trial
 from tei_ort.runtime.checks import ChecksCache
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.model import open_session
-from tei_ort.runtime.providers import PROVIDERS, Provider
+from tei_ort.runtime.providers import Provider
 from tei_ort.runtime.providers import resolve as resolve_provider
 from tei_ort.runtime.session import Session
 from tei_ort.runtime.trial import batch_tokens
@@ -127,23 +127,22 @@ def replicas_by_trial(
     two cores or more, graphs under 1 GiB (each replica holds its own weights) and a package
     whose fidelity set gives real text."""
     cores = physical_cores()
-    if model.provider is not Provider.CPU or cores < 2:
+    if model.provider is not Provider.CPU:
         return (), "1 (the provider's default)"
+    if cores < 2:
+        return (), "1 (one physical core)"
     if graph_bytes(model.path / model.variant.file) > trial.REPLICA_MAX_GRAPH_BYTES:
         return (), "1 (the graph is over 1 GiB)"
-    fidelity_set = fidelity_check.read_fidelity_set(model.path)
-    if fidelity_set is None:
-        return (), "1 (no fidelity set to time)"
     half = dataclasses.replace(options, intra_op_threads=cores // 2)
     label = f"{model.provider.value}:{model.variant.name.value}@{budget}"
     cache = ChecksCache(model.path, this_cpu(), options.intra_op_threads, options.checks_dir)
     rates = cache.get_rates("replicas", label)
     halves: tuple[Model, ...] = ()
-    if rates is None:  # first start here: measure
+    if rates is None:  # first start here: measure (read the texts only now)
+        batches = trial.layout_batches(model, budget)
+        if batches is None:
+            return (), "1 (no fidelity set to time)"
         halves = tuple(open_replica(model, half) for _ in range(2))
-        encodings = model.encode(list(fidelity_set.vset.texts[:: trial.REPLICA_TEXT_STRIDE]))
-        target = budget or PROVIDERS[model.provider].target_batch_tokens or 8192
-        batches = [[encodings[i] for i in b] for b in trial.budget_batches(encodings, target)]
         rates = trial.replica_rates(model, halves, batches)
         cache.put_rates("replicas", label, rates)
         cache.save()

@@ -17,6 +17,7 @@ import pytest
 from tei_ort.engine.config import physical_cores
 from tei_ort.package import CHECKS_FILE
 from tei_ort.runtime import Model, RuntimeOptions, trial
+from tei_ort.runtime.providers import Provider
 from tei_ort.serve.loading import replicas_by_trial
 from tests.serve.test_engine_replicas import engine_of, sessions
 from tests.serve.test_flags_take_effect import built, serve_app
@@ -140,7 +141,26 @@ def test_no_trial_without_a_fidelity_set(
     (package_copy / "fidelity.npz").unlink()
     halves, note = replicas_by_trial(*_fp32(package_copy), 512)
     assert calls == [] and halves == ()
-    assert note in ("1 (no fidelity set to time)", "1 (the provider's default)")
+    want = "1 (no fidelity set to time)" if physical_cores() >= 2 else "1 (one physical core)"
+    assert note == want
+
+
+def test_no_trial_off_the_cpu_ep_or_for_a_large_graph(
+    package_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenVINO (its own streams) and CUDA keep one session; so does a graph whose second copy
+    of the weights would cost more than REPLICA_MAX_GRAPH_BYTES."""
+    calls = _given(monkeypatch, 1.0, 100.0)
+    model, options = _fp32(package_copy)
+    for provider in (Provider.OPENVINO, Provider.CUDA):
+        with monkeypatch.context() as patch:
+            patch.setattr(Model, "provider", property(lambda _, p=provider: p))
+            assert replicas_by_trial(model, options, 512) == ((), "1 (the provider's default)")
+    assert model.provider is Provider.CPU
+    monkeypatch.setattr(trial, "REPLICA_MAX_GRAPH_BYTES", 1)
+    if physical_cores() >= 2:
+        assert replicas_by_trial(model, options, 512) == ((), "1 (the graph is over 1 GiB)")
+    assert calls == []
 
 
 @needs_two_cores
