@@ -116,7 +116,8 @@ async def test_stop_waits_for_requests_still_tokenizing() -> None:
     await engine.start()
     await engine.embed(EmbedRequest(["done before stop"]))
     model.encode_gate.clear()
-    pending = asyncio.create_task(engine.embed(EmbedRequest(["tokenizing"])))
+    # Two inputs: tokenized in the pool (one short input would be tokenized on the loop).
+    pending = asyncio.create_task(engine.embed(EmbedRequest(["tokenizing", "in the pool"])))
     await until(lambda: engine.stats().in_flight == 1)
     stopping = asyncio.create_task(engine.stop())
     await until(lambda: not engine.is_healthy)  # stop() has begun
@@ -126,7 +127,9 @@ async def test_stop_waits_for_requests_still_tokenizing() -> None:
     model.encode_gate.set()
     result = await pending
     await stopping
-    np.testing.assert_allclose(result.embeddings, expected(model, ["tokenizing"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        result.embeddings, expected(model, ["tokenizing", "in the pool"]), rtol=1e-6
+    )
 
 
 @asynchronous
