@@ -111,7 +111,8 @@ def main() -> None:
         results.append(
             engines.raw_runtime(package, variant, provider, texts, args.threads, args.repeats)
         )
-    results.append(_raw_short_query(probe))
+    if args.skip_server:  # else measured beside the server's, query by query (below)
+        results.append(_raw_short_query(probe))
 
     extra: dict[str, object] = {
         "cpu": cpu.describe(),
@@ -124,15 +125,9 @@ def main() -> None:
             extra["start_to_ready_s"] = srv.ready_s
             shorts = corpus.queries(64)
             short_counts = [len(e) for e in probe.encode(shorts)]
-            results.append(
-                server.load(
-                    srv,
-                    shorts,
-                    short_counts,
-                    1,
-                    1,
-                    min(args.duration, 5),
-                    "server short query c=1 x1",
+            results.extend(
+                server.short_queries(
+                    srv, lambda text: probe.forward(probe.encode([text])), shorts, short_counts
                 )
             )
             for per_request in args.per_request:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -166,4 +166,61 @@ async def _load(
         concurrency=concurrency,
         texts_per_request=texts_per_request,
         errors=done["errors"],
+    )
+
+
+def short_queries(
+    server: Server,
+    raw: Callable[[str], object],
+    texts: Sequence[str],
+    token_counts: Sequence[int],
+    rounds: int = 3,
+) -> tuple[Measurement, Measurement]:
+    """One short query at a time through the server and on the raw runtime (`raw`: tokenize +
+    forward in this process), alternating query by query, `rounds` passes over `texts`: the
+    machine's drift (other tenants, clocks) hits both alike, so the difference is the server's
+    overhead. Returns (server, raw)."""
+    return asyncio.run(_short_queries(server, raw, texts, token_counts, rounds))
+
+
+async def _short_queries(
+    server: Server,
+    raw: Callable[[str], object],
+    texts: Sequence[str],
+    token_counts: Sequence[int],
+    rounds: int,
+) -> tuple[Measurement, Measurement]:
+    served: list[float] = []
+    direct: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(rounds):
+            for text in texts:
+                started = time.perf_counter()
+                raw(text)
+                direct.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                async with session.post(server.url + "/embed", json={"inputs": text}) as response:
+                    await response.read()
+                    ok = response.status == 200
+                if ok:
+                    served.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+    tokens = sum(token_counts) * rounds
+    return (
+        Measurement(
+            "server short query c=1 x1",
+            "server",
+            len(served),
+            tokens,
+            sum(served),
+            served,
+            concurrency=1,
+            texts_per_request=1,
+            errors=errors,
+        ),
+        Measurement(
+            "raw short query (1 at a time)", "raw", len(direct), tokens, sum(direct), direct
+        ),
     )
