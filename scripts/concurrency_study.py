@@ -3,7 +3,8 @@ package and serve arguments, measured in one run with their points interleaved (
 per point, `--rounds` times), so that a shared, noisy machine affects every build alike.
 
 Per build: a short query's p50 through the server against the raw runtime in this process (same
-provider and variant), closed-loop throughput with one text per request at each concurrency, and
+provider and variant; the two alternate query by query, bench.server.short_queries), closed-loop
+throughput with one text per request at each concurrency, and
 the wait of a one-text request sent 0.3 s after a 1,000-input one (with the server's own
 x-tokenization-time and x-queue-time for it).
 
@@ -24,20 +25,9 @@ from pathlib import Path
 
 import aiohttp
 
-from tei_ort.bench.server import load, running_server
+from tei_ort.bench.server import load, running_server, short_queries
 from tei_ort.export import corpus
 from tei_ort.runtime import Model, RuntimeOptions
-
-
-async def short_queries(url: str, texts: list[str]) -> list[float]:
-    latencies = []
-    async with aiohttp.ClientSession() as session:
-        for text in texts:
-            sent = time.perf_counter()
-            async with session.post(url + "/embed", json={"inputs": text}) as response:
-                await response.read()
-            latencies.append(time.perf_counter() - sent)
-    return latencies
 
 
 async def small_behind_big(url: str, big: list[str], small: str) -> dict[str, float]:
@@ -89,15 +79,12 @@ def main() -> None:
     counts = [len(e) for e in model.encode(texts)]
     print(f"served: {model.provider.value} {model.variant.name.value}; corpus {len(texts)} texts")
 
-    def raw_short() -> list[float]:
-        latencies = []
-        for text in shorts:
-            sent = time.perf_counter()
-            model.forward(model.encode([text]))
-            latencies.append(time.perf_counter() - sent)
-        return latencies
+    def raw_short(text: str) -> None:
+        model.forward(model.encode([text]))
 
-    raw_short()  # warm the shapes
+    short_counts = [len(e) for e in model.encode(shorts)]
+    for text in shorts:  # warm the shapes
+        raw_short(text)
     tps: dict[tuple[str, int], list[float]] = {}
     p50s: dict[tuple[str, int], list[float]] = {}
     short: dict[str, list[float]] = {name: [] for name in builds}
@@ -119,8 +106,9 @@ def main() -> None:
             load(srv, texts, counts, 8, 1, 1.0)
         for _ in range(args.rounds):
             for name, srv in servers.items():
-                raw += raw_short()
-                short[name] += asyncio.run(short_queries(srv.url, shorts))
+                served, direct = short_queries(srv, raw_short, shorts, short_counts, rounds=1)
+                short[name] += served.latencies_s
+                raw += direct.latencies_s
             for c in concurrency:
                 for name, srv in servers.items():
                     m = load(srv, texts, counts, c, 1, args.duration)
