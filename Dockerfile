@@ -18,7 +18,11 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS export
 # Empty: the embedded default (sentence-transformers/all-MiniLM-L6-v2, from its wheel, no download).
 ARG MODEL_ID=
-ARG VARIANTS=fp32,int8,bf16
+# Every variant a CPU may serve, whatever CPU builds the image: the serving machine validates what
+# the builder could not run or measured on another CPU class (bf16 on a builder without bfloat16;
+# int8, whose 8-bit kernels saturate on AVX2) and serves the fastest that passes. int8-w7 is the
+# one that passes on AVX2 (int8-wo: decoders only; other families skip it).
+ARG VARIANTS=fp32,int8,int8-w7,int8-wo,bf16
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -124,6 +124,19 @@ def test_dockerfile_shape(name: str) -> None:
         assert "cudnn" in (REPO / name).read_text()
 
 
+def test_the_cpu_image_builds_every_variant_a_cpu_may_serve() -> None:
+    """The export stage's default VARIANTS: each variant tei-export builds by default but fp16
+    (CUDA's). An image built on an AVX2 runner without int8-w7 served fp32 there (int8 fails its
+    bar on AVX2), and bf16 must be listed even where the builder cannot validate it."""
+    from tei_ort.export.pipeline import DEFAULT_VARIANTS
+    from tei_ort.package import VariantName
+
+    args = dict(a.partition("=")[::2] for a in parse(REPO / "Dockerfile")["export"].all("ARG"))
+    built = {VariantName(v) for v in args["VARIANTS"].split(",")}
+    assert built == set(DEFAULT_VARIANTS) - {VariantName.FP16}
+    assert {VariantName.INT8_W7, VariantName.BF16} <= built
+
+
 def _map(command: str, root: Path) -> str:
     """Image paths -> the same paths under `root`."""
     pattern = "|".join(re.escape(p) for p in IMAGE_PATHS)

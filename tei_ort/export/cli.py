@@ -127,7 +127,7 @@ def _common(parser: argparse.ArgumentParser, variants: Sequence[VariantName]) ->
     parser.add_argument(
         "--variants",
         default=",".join(v.value for v in variants),
-        help="comma-separated subset of fp32,fp16,int8,int8-w7,int8-u8,int8-wo,bf16 (fp32 is always built; int8-w7: 7-bit weights, exact on every CPU; int8-u8: int8's weights stored as uint8, exact at 8 bits on every CPU, built only when asked for (validate: always); int8-wo: int8 weights only, decoders; bf16 needs the openvino package and a CPU with bfloat16)",
+        help="comma-separated subset of fp32,fp16,int8,int8-w7,int8-u8,int8-wo,bf16 (fp32 is always built; int8-w7: 7-bit weights, exact on every CPU; int8-u8: int8's weights stored as uint8, exact at 8 bits on every CPU, built only when asked for (validate: always); int8-wo: int8 weights only, decoders; bf16: validated where OpenVINO runs bfloat16 natively (AMX, AVX512_BF16), elsewhere listed unvalidated for tei-serve to validate on such a CPU)",
     )
     parser.add_argument("--opset", type=int, default=ExportOptions().opset)
     parser.add_argument("--log-level", default="INFO")

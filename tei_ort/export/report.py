@@ -68,7 +68,10 @@ def rows_here(model: str, result: ExportResult) -> list[Row]:
 
 def _row(model: str, variant: Variant, v: Validation | None, suffix: str) -> Row:
     if v is None:
-        return (model, variant.name.value, "-", "-", "-", "-", "not validated", "")
+        note = (
+            "this CPU cannot run it natively; tei-serve validates it at first start on one that can"
+        )
+        return (model, variant.name.value, "-", "-", "-", "-", "not validated", note)
     where = f"{v.isa_class or 'unrecorded'} {v.provider}".strip()
     cosine = "-" if v.cosine_min is None else f"{v.cosine_min:.6f}/{v.cosine_mean:.6f}"
     diff = "-" if v.max_abs_diff is None else f"{v.max_abs_diff:.2e}"

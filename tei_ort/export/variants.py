@@ -1,6 +1,7 @@
 """The graph variants of a package and how each is built and validated: fp32 (the fused graph when
 it validates, else the unfused one), fp16 for CUDA, int8 for the CPU EP, and bf16 (the fp32 graph
-at OpenVINO's bfloat16 precision) for CPUs with AMX or AVX512_BF16."""
+at OpenVINO's bfloat16 precision) for CPUs with AMX or AVX512_BF16 (listed unvalidated where the
+exporting CPU cannot run it, for the serving CPU to validate)."""
 
 from __future__ import annotations
 
@@ -247,13 +248,21 @@ def build_int8_wo(validator: Validator, graphs: Graphs, done: Sequence[Variant])
 
 def build_bf16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) -> Variant | None:
     """No new graph: OpenVINO compiles the validated fp32 one at bfloat16 precision. Validated
-    only where it runs natively, so that the figures are bf16's and not an f32 fallback's."""
+    only where it runs natively, so that the figures are bf16's and not an f32 fallback's.
+
+    Where it cannot run natively (no bfloat16, or no openvino package) it is listed without a
+    validation rather than left out: a package is often exported on one machine (an image's
+    build stage, a CI runner) and served on another, and tei-serve on a CPU with bfloat16
+    validates an unvalidated variant on the package's fidelity set at first start before it may
+    serve it (tei_ort.runtime.selection). Left out, the fastest path of those CPUs was lost."""
     if not openvino_bf16():
         logger.warning(
-            "bf16 skipped: it needs the openvino package and a CPU with bfloat16 "
-            "(AMX or AVX512_BF16)"
+            "bf16 listed, not validated: OpenVINO does not run bfloat16 natively here (%s; it "
+            "needs the openvino package and AMX or AVX512_BF16); tei-serve validates it at first "
+            "start on a CPU that does, before serving it",
+            this_cpu().describe(),
         )
-        return None
+        return _variant(VariantName.BF16, None, validator.package)
     try:
         validation = validator.check(done, VariantName.BF16)
     except (PackageError, BackendError) as exc:
@@ -298,7 +307,7 @@ def _quantizer() -> QuantizeInt8 | None:
     return cast(QuantizeInt8, function) if callable(function) else None
 
 
-def _variant(name: VariantName, validation: Validation, package: Path) -> Variant:
+def _variant(name: VariantName, validation: Validation | None, package: Path) -> Variant:
     spec = VARIANT_SPECS[name]
     data_files = graph_files.data_files(package / spec.file)
     # fp16 graphs keep float32 inputs and outputs (keep_io_types), so every variant reads float32.

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tei_ort.errors import BackendError, PackageError, ProviderUnavailable
-from tei_ort.package import Manifest, Validation, Variant
+from tei_ort.package import Manifest, Validation, Variant, VariantName
 from tei_ort.runtime import fidelity_check, trial
 from tei_ort.runtime.checks import ChecksCache, Verdict
 from tei_ort.runtime.cpu import CpuInfo, this_cpu
@@ -100,6 +100,14 @@ def _candidates(manifest: Manifest, options: RuntimeOptions) -> list[tuple[Provi
         # A pinned variant runs on the first provider that prefers it, else on the first one.
         variant = manifest.variant(options.variant)  # PackageError naming what the package has
         preferring = [p for p in providers if variant.name.value in PROVIDERS[p].preferred_variants]
+        if variant.name is VariantName.BF16 and not preferring:
+            # bf16 has no graph of its own: on any other provider model.onnx would run as fp32
+            # and be served under bf16's name.
+            raise ProviderUnavailable(
+                "variant 'bf16' runs only on OpenVINO, on a CPU with bfloat16 (AMX or "
+                f"AVX512_BF16) and the openvino package: not here ({this_cpu().describe()}); "
+                "choose another variant"
+            )
         return [((preferring or providers)[0], variant)]
     pairs: list[tuple[Provider, Variant]] = []
     for provider in providers:
@@ -151,7 +159,7 @@ def _verdict(
         label,
         cpu.isa_class.value,
         time.perf_counter() - started,
-        (recorded.isa_class or "an unrecorded class") if recorded else "nothing",
+        (recorded.isa_class or "an unrecorded class") if recorded else "no CPU: never validated",
         _figures(verdict),
     )
     cache.put(verdict)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tei_ort.package import Task, VariantName
+from tei_ort.package import Manifest, Task, Validation, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
+from tei_ort.runtime.providers import openvino_bf16
 from tests.export.conftest import TINY_TEXTS, TinyPackage, TinySource
 from tests.export.torch_forward import torch_embeddings, torch_logits
 
@@ -27,6 +28,20 @@ EXPECTED_TASK = {
     "reranker": Task.RERANKER,
 }
 TorchForward = Callable[[Path, str, list[str]], np.ndarray]
+
+
+def validations(manifest: Manifest) -> dict[VariantName, Validation]:
+    """Each listed variant's validation at export. bf16 is the one variant listed without one,
+    and only where OpenVINO cannot run bfloat16 natively (variants.build_bf16: the serving CPU
+    validates it): checked to be that, then left out of the result."""
+    result = {}
+    for variant in manifest.variants:
+        if variant.validation is None:
+            assert variant.name is VariantName.BF16 and not openvino_bf16(), variant
+            assert (variant.file, variant.providers) == ("model.onnx", ("openvino",)), variant
+            continue
+        result[variant.name] = variant.validation
+    return result
 
 
 def transformers_forward(source: Path, head: str, texts: list[str]) -> np.ndarray:

@@ -28,7 +28,7 @@ from tei_ort.package import TokenHeads, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.fidelity_check import read_fidelity_set, validate_here, write_fidelity_set
 from tests.engine.conftest import asynchronous, running
-from tests.export import tiny_bge_m3
+from tests.export import family_checks, tiny_bge_m3
 from tests.export.conftest import TINY_OPTIONS
 
 TEXTS = ["What is BGE M3?", "A A A b B", "x", "Übung macht den Meister, naïve café. " * 30]
@@ -276,9 +276,7 @@ def test_each_variant_is_validated_on_both_heads(package: ExportResult) -> None:
         sum(len(e) - 1 for e in model.encode(fidelity.vset.texts)),
         tiny_bge_m3.HIDDEN,
     )
-    for variant in package.manifest.variants:
-        validation = variant.validation
-        assert validation is not None
+    for name, validation in family_checks.validations(package.manifest).items():
         assert "sparse head (" in validation.note and "colbert head (" in validation.note
         # Each part names the bars applied to it: overlap@10 where queries search passages (the
         # pooled vector and the sparse weights, when the variant's bar has one), never over the
@@ -286,9 +284,9 @@ def test_each_variant_is_validated_on_both_heads(package: ExportResult) -> None:
         pooled, heads = validation.note.split("; sparse head (")
         sparse, colbert = heads.split("; colbert head (")
         for part, kind in ((pooled, OutputKind.DENSE), (sparse, OutputKind.SPARSE)):
-            has_bar = THRESHOLDS[(kind, variant.name)].min_overlap_at_10 is not None
-            assert ("overlap@10 >=" in part) == has_bar, (variant.name, part)
-        assert "overlap" not in colbert and "cosine >=" in colbert, (variant.name, colbert)
+            has_bar = THRESHOLDS[(kind, name)].min_overlap_at_10 is not None
+            assert ("overlap@10 >=" in part) == has_bar, (name, part)
+        assert "overlap" not in colbert and "cosine >=" in colbert, (name, colbert)
     fp32 = package.manifest.variant(VariantName.FP32).validation
     assert fp32 is not None and fp32.passed and "FAILED" not in fp32.note
 

@@ -24,7 +24,7 @@ from tei_ort.runtime.providers import openvino_bf16
 from tei_ort.serve.cli import build
 from tei_ort.serve.settings import load_settings
 from tei_ort.tokenization import Tokenizer, TruncationDirection
-from tests.export import tiny_decoders
+from tests.export import family_checks, tiny_decoders
 from tests.export.cpu_classes import EXACT_INT8_CLASSES
 from tests.serve import live
 
@@ -112,8 +112,9 @@ def test_detected_exported_and_validated(reranker: Reranker) -> None:
     assert manifest.pair_template == QWEN3_RERANKER
     # The card's max_length, not the config's 32,768 positions.
     assert manifest.max_input_length == QWEN3_RERANKER.max_length == 8192
-    validations = {v.name: v.validation for v in manifest.variants}
-    # bf16 only where OpenVINO runs it natively (AMX, AVX512_BF16); the pipeline skips it elsewhere.
+    assert {v.name for v in manifest.variants} == set(OPTIONS.variants)
+    validations = family_checks.validations(manifest)
+    # bf16 validated only where OpenVINO runs it natively (AMX, AVX512_BF16); listed elsewhere.
     with_bf16 = openvino_bf16()
     assert set(validations) == set(OPTIONS.variants) - (set() if with_bf16 else {VariantName.BF16})
     # int8's bar is held where its u8s8 GEMMs add in int32 (VNNI, AMX); on AVX2 / AVX-512 without

@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tei_ort.errors import PackageError, UnsupportedModel
-from tei_ort.export import fuse, pipeline, validate, variants
+from tei_ort.errors import PackageError, ProviderUnavailable, UnsupportedModel
+from tei_ort.export import fuse, pipeline, report, validate, variants
 from tei_ort.export.pipeline import export_model
 from tei_ort.package import Pooling, Task, VariantName, read_manifest
-from tei_ort.runtime import Model, RuntimeOptions, openvino_session
-from tei_ort.runtime.providers import openvino_bf16
+from tei_ort.runtime import Model, RuntimeOptions, openvino_session, selection
+from tei_ort.runtime.providers import Provider, available, openvino_bf16
 from tests.export.conftest import TINY_OPTIONS, TinySource
 
 
@@ -182,13 +182,44 @@ def test_a_graph_openvino_cannot_run_is_a_failed_bf16_variant_not_a_failed_expor
     assert (model.provider.value, model.variant.name) == ("cpu", VariantName.FP32)
 
 
-def test_without_openvino_bf16_the_export_skips_the_variant(
-    tiny_source: TinySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_without_openvino_bf16_the_export_lists_bf16_for_the_serving_cpu_to_validate(
+    tiny_source: TinySource,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(variants, "openvino_bf16", lambda: False)
-    options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.BF16))
-    result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
-    assert [v.name for v in result.manifest.variants] == [VariantName.FP32]
+    """An image's build stage or a CI runner without bfloat16 still lists bf16 (it has no graph
+    of its own: OpenVINO compiles model.onnx), unvalidated; a server that offers OpenVINO
+    validates it on the package's fidelity set before serving it. Here OpenVINO is offered on
+    every CPU: where it has no bfloat16 it compiles at f32, and that is refused with its reason;
+    where it has, bf16 is re-validated (a tiny random model may miss bf16's bar either way)."""
+    pytest.importorskip("openvino")
+    with monkeypatch.context() as patch:
+        patch.setattr(variants, "openvino_bf16", lambda: False)
+        options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.BF16))
+        result = export_model(str(tiny_source("bert", "embedding")), tmp_path / "pkg", options)
+    assert [v.name for v in result.manifest.variants] == [VariantName.FP32, VariantName.BF16]
+    bf16 = result.manifest.variant(VariantName.BF16)
+    assert (bf16.file, bf16.providers, bf16.validation) == ("model.onnx", ("openvino",), None)
+    assert not bf16.is_servable
+    assert "bf16 listed, not validated: OpenVINO does not run bfloat16 natively here" in caplog.text
+    (row,) = [r for r in report.rows_for("tiny", result) if r[1] == "bf16"]
+    assert row[2:7] == ("-", "-", "-", "-", "not validated")
+    assert "tei-serve validates it at first start" in row[7]
+    if not openvino_bf16():  # pinned where OpenVINO has no bfloat16: refused, never run as fp32
+        with pytest.raises(ProviderUnavailable, match="variant 'bf16' runs only on OpenVINO"):
+            Model.load(result.path, RuntimeOptions(variant="bf16"))
+
+    offered = available() | {Provider.OPENVINO}
+    monkeypatch.setattr(selection, "available", lambda: offered)
+    model = Model.load(result.path, RuntimeOptions(intra_op_threads=1))
+    (part,) = [p for p in model.selection_note.split("; ") if p.startswith("openvino:bf16: ")]
+    if not openvino_bf16():
+        assert (model.provider, model.variant.name) == (Provider.CPU, VariantName.FP32)
+        assert part.startswith("openvino:bf16: not served, failed re-validation here (")
+        assert "OpenVINO compiled model.onnx at f32, not bf16" in part
+    else:
+        assert "re-validation here" in part, model.selection_note
 
 
 def test_an_edited_exporter_exports_again(

@@ -108,6 +108,24 @@ def test_a_variant_from_another_class_is_revalidated_here_and_served(
     assert verdict["validation"]["texts"] == len(QUERIES) + len(PASSAGES)
 
 
+def test_a_variant_never_validated_is_validated_here_before_it_is_served(
+    package: Path, counted: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A variant listed without figures (bf16 exported where it could not run) is validated on
+    the first CPU that serves it, as one measured on another class is."""
+    _add_int8(package, faithful=True)
+    manifest = read_manifest(package)
+    unvalidated = tuple(
+        replace(v, validation=None) if v.file == "model.int8.onnx" else v for v in manifest.variants
+    )
+    write_manifest(package, replace(manifest, variants=unvalidated))
+    with caplog.at_level("INFO", logger="tei_ort.runtime.selection"):
+        model = Model.load(package, replace(_cpu_only(), variant="int8"))
+    assert model.variant.name is VariantName.INT8 and counted == ["cpu:int8"]
+    assert "cpu:int8: passed re-validation here (cosine min 1.00000" in model.selection_note
+    assert "(it was measured on no CPU: never validated)" in caplog.text
+
+
 def test_a_variant_that_fails_here_is_not_served_and_auto_falls_back(
     package: Path, counted: list[str]
 ) -> None:
