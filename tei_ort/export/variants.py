@@ -256,7 +256,7 @@ def build_bf16(validator: Validator, graphs: Graphs, done: Sequence[Variant]) ->
     validates an unvalidated variant on the package's fidelity set at first start before it may
     serve it (tei_ort.runtime.selection). Left out, the fastest path of those CPUs was lost."""
     if not openvino_bf16():
-        logger.warning(
+        logger.info(
             "bf16 listed, not validated: OpenVINO does not run bfloat16 natively here (%s; it "
             "needs the openvino package and AMX or AVX512_BF16); tei-serve validates it at first "
             "start on a CPU that does, before serving it",

@@ -49,8 +49,16 @@ HUB_PATTERNS = (
 )
 # Variants worth building when exporting on the fly, by the provider that will run them.
 EXPORT_VARIANTS: dict[str, tuple[VariantName, ...]] = {
-    # int8-wo is built for decoders only; the other families skip it.
-    "cpu": (VariantName.FP32, VariantName.INT8, VariantName.INT8_W7, VariantName.INT8_WO),
+    # int8-wo is built for decoders only; the other families skip it. bf16 costs nothing where
+    # this CPU cannot run it (listed unvalidated, no graph of its own) and keeps the package
+    # whole for a CPU with bfloat16 that serves it from a shared cache.
+    "cpu": (
+        VariantName.FP32,
+        VariantName.INT8,
+        VariantName.INT8_W7,
+        VariantName.INT8_WO,
+        VariantName.BF16,
+    ),
     "cuda": (VariantName.FP32, VariantName.FP16),
     # int8 too: if bf16 fails validation, "auto" serves the CPU EP's int8 instead.
     "openvino": (VariantName.FP32, VariantName.BF16, VariantName.INT8, VariantName.INT8_W7),

@@ -194,6 +194,7 @@ def test_without_openvino_bf16_the_export_lists_bf16_for_the_serving_cpu_to_vali
     every CPU: where it has no bfloat16 it compiles at f32, and that is refused with its reason;
     where it has, bf16 is re-validated (a tiny random model may miss bf16's bar either way)."""
     pytest.importorskip("openvino")
+    caplog.set_level("INFO", logger="tei_ort.export.variants")
     with monkeypatch.context() as patch:
         patch.setattr(variants, "openvino_bf16", lambda: False)
         options = dataclasses.replace(TINY_OPTIONS, variants=(VariantName.FP32, VariantName.BF16))
