@@ -36,7 +36,8 @@ def rows_for(model: str, result: ExportResult) -> list[Row]:
 
 
 def rows_here(model: str, result: ExportResult) -> list[Row]:
-    """Each variant whose figures come from another CPU class, re-validated on this CPU."""
+    """Each variant whose figures come from another CPU class, re-validated on this CPU; and each
+    listed without figures (bf16 exported where it could not run) that this machine can run."""
     fidelity_set = read_fidelity_set(result.path)
     here = this_cpu().isa_class.value
     if fidelity_set is None:
@@ -44,10 +45,12 @@ def rows_here(model: str, result: ExportResult) -> list[Row]:
     rows = []
     for variant in result.manifest.variants:
         recorded = variant.validation
-        if recorded is None or recorded.isa_class == here:
+        if recorded is not None and recorded.isa_class == here:
             continue
-        provider = Provider(recorded.provider or "cpu")
+        provider = Provider((recorded.provider or "cpu") if recorded else variant.providers[0])
         if provider not in available():
+            if recorded is None:
+                continue  # its own row says it is not validated, and why
             note = f"{provider.value} is not available here"
             rows.append((model, variant.name.value, here, "-", "-", "-", "not run", note))
             continue

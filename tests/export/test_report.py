@@ -52,3 +52,21 @@ def test_a_package_measured_elsewhere_is_revalidated_here(
     # The figures are this machine's own: the fp32 graph against the stored reference.
     cosine_min = float(fp32[3].split("/")[0])
     assert cosine_min >= 0.99999
+
+
+def test_a_variant_listed_without_figures_is_validated_here_when_this_cpu_runs_it(
+    tiny_package: TinyPackage, tmp_path: Path
+) -> None:
+    """bf16 exported where OpenVINO had no bfloat16 has no figures; on a machine that runs it,
+    the table validates it. Here fp32 stands in (every CPU runs it): its figures removed."""
+    copy = tmp_path / "copied"
+    shutil.copytree(tiny_package("bert", "embedding").path, copy)
+    manifest = read_manifest(copy)
+    fp32, *_ = manifest.variants
+    write_manifest(copy, replace(manifest, variants=(replace(fp32, validation=None),)))
+    rows = rows_for("tiny-bert", ExportResult(copy, read_manifest(copy), reused=True))
+    assert [(*r[1:3], r[6]) for r in rows] == [
+        ("fp32", "-", "not validated"),
+        ("fp32", f"{this_cpu().isa_class.value} cpu", "pass (here)"),
+    ]
+    assert "tei-serve validates it at first start" in rows[0][7]
