@@ -111,11 +111,14 @@ def export_model(
     hub: HubOptions | None = None,
     *,
     integrity_cache: Path | None = None,
+    reuse_checked: bool = False,
 ) -> ExportResult:
     """Export `model` into the package folder `out`, or reuse the package there when it was
     exported from the same sources with the same options and tool version and its files pass the
     integrity check (`integrity_cache`: where verified digests are remembered; None hashes every
-    file). Crash-safe and one export at a time per folder: see tei_ort.export.publish."""
+    file). Crash-safe and one export at a time per folder: see tei_ort.export.publish.
+    `reuse_checked`: the caller has just called `reusable` and got None, so only the check under
+    the lock remains (another process may export it meanwhile)."""
     options = options or ExportOptions()
     hub = hub or HubOptions()
     timer = _Timer()
@@ -124,7 +127,7 @@ def export_model(
     subject = plan(source, options)
     key, key_inputs = cache_key(source, options)
     timer.lap("source")  # locate (download), read, hash
-    if _reusable(out, key, integrity_cache):
+    if not reuse_checked and _reusable(out, key, integrity_cache):
         return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
     # Before torch, transformers or sentence-transformers open any pickle checkpoint.
     checkpoints.check(source.root, source.files)
@@ -146,6 +149,27 @@ def export_model(
             raise
     logger.info("%s -> %s in %.1f s: %s", model, out, sum(timer.seconds.values()), timer.seconds)
     return ExportResult(out, manifest, reused=False, seconds=timer.seconds)
+
+
+def reusable(
+    model: str,
+    out: Path,
+    options: ExportOptions | None = None,
+    hub: HubOptions | None = None,
+    *,
+    integrity_cache: Path | None = None,
+) -> ExportResult | None:
+    """The package in `out` when `export_model` would reuse it, else None (logging why when there
+    is one): the check alone, without torch, so a caller may run the export itself elsewhere."""
+    options = options or ExportOptions()
+    hub = hub or HubOptions()
+    timer = _Timer()
+    location = locate(model, revision=hub.revision, token=hub.token, cache_dir=hub.cache_dir)
+    key, _ = cache_key(read_source(location), options)
+    timer.lap("source")
+    if not _reusable(out, key, integrity_cache):
+        return None
+    return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
 
 
 def _reusable(out: Path, key: str, integrity_cache: Path | None) -> bool:

@@ -21,12 +21,16 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tei_ort import hub_errors, integrity
 from tei_ort.errors import PackageError
 from tei_ort.package import Pooling, VariantName, is_package
-from tei_ort.serve import onnx_package
+from tei_ort.serve import child_process, onnx_package
 from tei_ort.serve.settings import DEFAULT_MODEL_ID, Settings
+
+if TYPE_CHECKING:
+    from tei_ort.export.pipeline import ExportOptions, HubOptions
 
 logger = logging.getLogger(__name__)
 
@@ -173,17 +177,31 @@ def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
         else EXPORT_VARIANTS.get(provider, (VariantName.FP32,))
     )
     pooling = Pooling(settings.pooling.replace("-", "_")) if settings.pooling else None
+    options = pipeline.ExportOptions(pooling=pooling, variants=tuple(dict.fromkeys(variants)))
+    hub = pipeline.HubOptions(settings.revision, settings.hf_token, settings.huggingface_hub_cache)
+    cache = integrity_cache(settings, out)
+    if (reused := pipeline.reusable(model, out, options, hub, integrity_cache=cache)) is not None:
+        return Path(reused.path)
     logger.info(
-        "exporting %s to %s (variants %s); a one-time cost",
+        "exporting %s to %s (variants %s) in a child process; a one-time cost",
         model,
         out,
-        ", ".join(v.value for v in dict.fromkeys(variants)),
+        ", ".join(v.value for v in options.variants),
     )
+    return child_process.run_in_child(
+        _export,
+        (model, out, options, hub, cache),
+        what=f"exporting {model}",
+        log_level=settings.log_level,
+        json_output=settings.json_output,
+    )
+
+
+def _export(model: str, out: Path, options: ExportOptions, hub: HubOptions, cache: Path) -> Path:
+    """The export itself, in the child process (run_in_child pickles this function by name)."""
+    from tei_ort.export import pipeline
+
     result = pipeline.export_model(
-        model,
-        out,
-        pipeline.ExportOptions(pooling=pooling, variants=tuple(dict.fromkeys(variants))),
-        pipeline.HubOptions(settings.revision, settings.hf_token, settings.huggingface_hub_cache),
-        integrity_cache=integrity_cache(settings, out),
+        model, out, options, hub, integrity_cache=cache, reuse_checked=True
     )
     return Path(result.path)

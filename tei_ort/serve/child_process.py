@@ -1,0 +1,126 @@
+"""One call run in a child process, for work whose memory should leave with it: the on-the-fly
+export loads torch, the PyTorch model and its reference outputs, which a server would otherwise hold
+for its lifetime (about 0.8 GB for the embedded MiniLM; several GB for larger models).
+
+The child is spawned (a fresh interpreter: no copy of the server's threads or sessions), logs
+through the server's logging set-up, and dies with the server (Linux: PR_SET_PDEATHSIG). Its
+result comes back, or its exception, re-raised here with the child's traceback as the cause; a
+child that dies without a word (the kernel's out-of-memory killer, most often) is a PackageError
+that says how it died."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar, cast
+
+from tei_ort.errors import PackageError
+from tei_ort.serve.logs import configure_logging
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class ChildTraceback(Exception):
+    """The child's traceback, as the cause of the exception re-raised in the parent."""
+
+    def __str__(self) -> str:
+        return "\n" + "".join(self.args)
+
+
+def run_in_child(
+    target: Callable[..., T],
+    args: tuple[Any, ...],
+    *,
+    what: str,
+    log_level: str,
+    json_output: bool,
+) -> T:
+    """target(*args) in a spawned child process; `target` and `args` must pickle (a module-level
+    function). `what` names the work in the error raised when the child dies."""
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_child,
+        args=(writer, target, args, os.getpid(), log_level, json_output),
+        name="tei-ort-child",
+    )
+    child.start()
+    writer.close()  # the child's end: EOF here once the child is gone
+    try:
+        try:
+            outcome, value, child_traceback = reader.recv()
+        except EOFError:
+            child.join()
+            raise PackageError(f"{what} stopped: {died(child.exitcode)}") from None
+        child.join()
+    finally:
+        reader.close()
+        if child.is_alive():  # the server itself was interrupted: take the child with it
+            child.terminate()
+            child.join(5)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    if outcome == "ok":
+        return cast(T, value)
+    raise value from ChildTraceback(child_traceback)
+
+
+def died(exitcode: int | None) -> str:
+    """How a child that sent nothing ended, in words."""
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        if -exitcode == signal.SIGKILL:
+            return (
+                f"its process was killed ({name}), most likely by the kernel's out-of-memory "
+                "killer: exporting needs about 1.4x the model's fp32 weights in memory; export "
+                "on a machine with more (tei-export MODEL -o PACKAGE) and serve the package"
+            )
+        return f"its process was killed ({name})"
+    return f"its process exited with status {exitcode} without a result"
+
+
+def _child(
+    conn: Connection,
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    parent: int,
+    log_level: str,
+    json_output: bool,
+) -> None:
+    _die_with(parent)
+    configure_logging(log_level, json_output=json_output)
+    try:
+        reply: tuple[str, Any, str] = ("ok", target(*args), "")
+    except BaseException as exc:  # every failure goes back to the parent
+        reply = ("error", exc, traceback.format_exc())
+    try:
+        conn.send(reply)
+    except Exception as exc:  # an exception or a result that does not pickle
+        error = reply[1] if reply[0] == "error" else exc
+        conn.send(("error", PackageError(f"{type(error).__name__}: {error}"), reply[2]))
+    conn.close()
+
+
+def _die_with(parent: int) -> None:
+    """Linux: the kernel kills this process when the server's process ends, so a server killed
+    mid-export leaves no export running (the export is crash-safe: nothing half-written loads)."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the server died before the call above
+        os._exit(1)

@@ -1,0 +1,188 @@
+"""The on-the-fly export runs in a child process (tei_ort.serve.child_process), so the server never
+holds torch or the exporter's memory: the child's result and exceptions come back whole, its log
+lines reach the server's stream, and a child that dies says how."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tei_ort.errors import PackageError, UnsupportedModel
+from tei_ort.serve import child_process
+from tei_ort.serve.child_process import ChildTraceback, run_in_child
+from tests.conftest import TinyBert
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# Targets run in the child: module-level, so they pickle by name.
+def _pid_and(value: int) -> tuple[int, int]:
+    return os.getpid(), value * 2
+
+
+def _raise_unsupported(name: str) -> None:
+    raise UnsupportedModel(f"{name}: no exporter for this architecture")
+
+
+class _Unpicklable(Exception):
+    def __init__(self, message: str, handle: object) -> None:
+        super().__init__(message)
+        self.handle = handle
+
+
+def _raise_unpicklable() -> None:
+    raise _Unpicklable("a lock inside", handle=lambda: None)
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exit_quietly() -> None:
+    os._exit(3)
+
+
+def _log_then_return() -> str:
+    logging.getLogger("tei_ort.export.somewhere").info("child line at info")
+    logging.getLogger("tei_ort.export.somewhere").debug("child line at debug")
+    return "done"
+
+
+def _run(target: Callable[..., object], *args: object, level: str = "info") -> object:
+    return run_in_child(
+        target, args, what="exporting org/model", log_level=level, json_output=False
+    )
+
+
+def test_the_result_comes_from_another_process() -> None:
+    result = _run(_pid_and, 21)
+    assert isinstance(result, tuple)
+    pid, doubled = result
+    assert doubled == 42
+    assert pid != os.getpid()
+
+
+def test_the_childs_exception_is_raised_here_with_its_traceback() -> None:
+    with pytest.raises(UnsupportedModel, match="org/model: no exporter") as caught:
+        _run(_raise_unsupported, "org/model")
+    cause = caught.value.__cause__
+    assert isinstance(cause, ChildTraceback)
+    assert "_raise_unsupported" in str(cause) and "UnsupportedModel" in str(cause)
+
+
+def test_an_exception_that_does_not_pickle_comes_back_as_a_package_error() -> None:
+    with pytest.raises(PackageError, match="_Unpicklable: a lock inside"):
+        _run(_raise_unpicklable)
+
+
+def test_a_child_killed_says_so_and_names_memory() -> None:
+    with pytest.raises(PackageError) as caught:
+        _run(_kill_self)
+    message = str(caught.value)
+    assert message.startswith("exporting org/model stopped: its process was killed (SIGKILL)")
+    assert "out-of-memory" in message and "tei-export MODEL -o PACKAGE" in message
+
+
+def test_a_child_that_exits_without_a_result_gives_its_status() -> None:
+    with pytest.raises(
+        PackageError, match="exporting org/model stopped: its process exited with status 3"
+    ):
+        _run(_exit_quietly)
+
+
+def test_the_childs_log_lines_reach_the_servers_stream_at_its_level(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    assert _run(_log_then_return, level="info") == "done"
+    out = capfd.readouterr().out
+    assert "INFO tei_ort.export.somewhere: child line at info" in out
+    assert "child line at debug" not in out
+
+
+def test_died_reads_signals_and_statuses() -> None:
+    assert child_process.died(-signal.SIGTERM) == "its process was killed (SIGTERM)"
+    assert child_process.died(1) == "its process exited with status 1 without a result"
+
+
+# In a fresh interpreter, as tei-serve is: resolve a plain model (exported on the fly), then say
+# whether this process imported torch.
+RESOLVE = """
+import json, logging, sys
+from tei_ort.serve import model_source
+from tei_ort.serve.settings import load_settings
+settings = load_settings(sys.argv[1:], {})
+logging.basicConfig(level=logging.INFO)
+path = model_source.resolve(settings, "cpu").path
+print(json.dumps({"path": str(path), "torch": "torch" in sys.modules}))
+"""
+
+
+def test_a_server_that_exports_on_the_fly_never_loads_torch_itself(
+    tiny_bert_fp32: Callable[[str], TinyBert], tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    source = tiny_bert_fp32("embedding").source
+    args = [
+        "--model-id",
+        str(source),
+        "--variant",
+        "fp32",
+        "--huggingface-hub-cache",
+        str(tmp_path),
+    ]
+    run = subprocess.run(
+        [sys.executable, "-c", RESOLVE, *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    package = Path(got["path"])
+    assert (package / "manifest.json").is_file() and (package / "model.onnx").is_file()
+    assert "in a child process" in run.stdout + run.stderr
+    # A second start reuses the package without a child: no export, the same folder.
+    again = subprocess.run(
+        [sys.executable, "-c", RESOLVE, *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == got
+    assert "in a child process" not in again.stdout + again.stderr
+    assert "reusing the package" in again.stdout + again.stderr
+
+
+def test_tei_serve_stops_cleanly_when_the_export_fails_in_the_child(
+    tiny_bert_fp32: Callable[[str], TinyBert], tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    source = tiny_bert_fp32("embedding").source
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    (broken / "model.safetensors").unlink()
+    (broken / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    run = subprocess.run(
+        [sys.executable, "-m", "tei_ort.serve.cli", "--model-id", str(broken), "--port", "0"],
+        env={**os.environ, "HUGGINGFACE_HUB_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output[-3000:]
+    assert "cannot start:" in output
+    assert "pytorch_model.bin: not a readable PyTorch checkpoint" in output
+    assert "Traceback" not in output
