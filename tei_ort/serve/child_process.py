@@ -28,6 +28,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+EXIT_WAIT_S = 30.0  # for a child that has replied to exit
 
 
 class ChildTraceback(Exception):
@@ -62,10 +63,12 @@ def run_in_child(
         except EOFError:
             child.join()
             raise PackageError(f"{what} stopped: {died(child.exitcode)}") from None
-        child.join()
+        child.join(EXIT_WAIT_S)
     finally:
         reader.close()
-        if child.is_alive():  # the server itself was interrupted: take the child with it
+        # The server was interrupted, or the child hangs on its way out after replying (a
+        # library's thread): it is not waited for.
+        if child.is_alive():
             child.terminate()
             child.join(5)
             if child.is_alive():

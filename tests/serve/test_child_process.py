@@ -51,6 +51,15 @@ def _exit_quietly() -> None:
     os._exit(3)
 
 
+def _reply_then_hang() -> int:
+    """Replies, then never exits: a non-daemon thread keeps the interpreter alive."""
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+    return os.getpid()
+
+
 def _log_then_return() -> str:
     logging.getLogger("tei_ort.export.somewhere").info("child line at info")
     logging.getLogger("tei_ort.export.somewhere").debug("child line at debug")
@@ -97,6 +106,16 @@ def test_a_child_that_exits_without_a_result_gives_its_status() -> None:
         PackageError, match="exporting org/model stopped: its process exited with status 3"
     ):
         _run(_exit_quietly)
+
+
+def test_a_child_that_hangs_after_replying_is_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(child_process, "EXIT_WAIT_S", 0.5)
+    pid = _run(_reply_then_hang)
+    assert isinstance(pid, int) and pid != os.getpid()
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(pid, 0)
 
 
 def test_the_childs_log_lines_reach_the_servers_stream_at_its_level(
