@@ -158,6 +158,19 @@ def test_a_server_that_exports_on_the_fly_never_loads_torch_itself(
         "--huggingface-hub-cache",
         str(tmp_path),
     ]
+    got, log = _resolve(args)
+    assert got["torch"] is False
+    package = Path(str(got["path"]))
+    assert (package / "manifest.json").is_file() and (package / "model.onnx").is_file()
+    assert "in a child process" in log
+    # A second start reuses the package without a child: no export, the same folder.
+    again, log = _resolve(args)
+    assert again == got
+    assert "in a child process" not in log and "reusing the package" in log
+
+
+def _resolve(args: list[str]) -> tuple[dict[str, object], str]:
+    """RESOLVE's JSON line and everything it printed."""
     run = subprocess.run(
         [sys.executable, "-c", RESOLVE, *args],
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -166,22 +179,8 @@ def test_a_server_that_exports_on_the_fly_never_loads_torch_itself(
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got["torch"] is False
-    package = Path(got["path"])
-    assert (package / "manifest.json").is_file() and (package / "model.onnx").is_file()
-    assert "in a child process" in run.stdout + run.stderr
-    # A second start reuses the package without a child: no export, the same folder.
-    again = subprocess.run(
-        [sys.executable, "-c", RESOLVE, *args],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert json.loads(again.stdout.strip().splitlines()[-1]) == got
-    assert "in a child process" not in again.stdout + again.stderr
-    assert "reusing the package" in again.stdout + again.stderr
+    got: dict[str, object] = json.loads(run.stdout.strip().splitlines()[-1])
+    return got, run.stdout + run.stderr
 
 
 def test_tei_serve_stops_cleanly_when_the_export_fails_in_the_child(
