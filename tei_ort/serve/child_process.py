@@ -2,8 +2,10 @@
 export loads torch, the PyTorch model and its reference outputs, which a server would otherwise hold
 for its lifetime (about 0.8 GB for the embedded MiniLM; several GB for larger models).
 
-The child is spawned (a fresh interpreter: no copy of the server's threads or sessions), logs
-through the server's logging set-up, and dies with the server (Linux: PR_SET_PDEATHSIG). Its
+The child is spawned (a fresh interpreter: no copy of the server's threads or sessions), logs as
+the parent does (the root logger's level, and its handlers on stdout and stderr with their
+formatters: tei-serve's text or JSON on stdout, tei-embed's on stderr), and dies with the server
+(Linux: PR_SET_PDEATHSIG). Its
 result comes back, or its exception, re-raised here with the child's traceback as the cause; a
 child that dies without a word (the kernel's out-of-memory killer, most often) is a PackageError
 that says how it died."""
@@ -14,15 +16,16 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar, cast
 
 from tei_ort.errors import PackageError
-from tei_ort.serve.logs import configure_logging
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -38,21 +41,51 @@ class ChildTraceback(Exception):
         return "\n" + "".join(self.args)
 
 
-def run_in_child(
-    target: Callable[..., T],
-    args: tuple[Any, ...],
-    *,
-    what: str,
-    log_level: str,
-    json_output: bool,
-) -> T:
+@dataclass(frozen=True)
+class LogSetup:
+    """The root logger's level and its handlers on stdout / stderr: what a child repeats."""
+
+    level: int
+    handlers: tuple[tuple[str, int, logging.Formatter | None], ...]  # stream, level, formatter
+
+    @classmethod
+    def of_this_process(cls) -> LogSetup:
+        root = logging.getLogger()
+        handlers = []
+        for handler in root.handlers:
+            stream = getattr(handler, "stream", None)
+            name = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}.get(id(stream))
+            if name is not None:
+                handlers.append((name, handler.level, _picklable(handler.formatter)))
+        return cls(root.level, tuple(handlers))
+
+    def apply(self) -> None:
+        root = logging.getLogger()
+        root.setLevel(self.level)
+        for name, level, formatter in self.handlers:
+            handler = logging.StreamHandler(getattr(sys, name))
+            handler.setLevel(level)
+            if formatter is not None:
+                handler.setFormatter(formatter)
+            root.addHandler(handler)
+
+
+def _picklable(formatter: logging.Formatter | None) -> logging.Formatter | None:
+    try:
+        pickle.dumps(formatter)
+    except Exception:  # a formatter of the caller's that holds something unpicklable
+        return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return formatter
+
+
+def run_in_child(target: Callable[..., T], args: tuple[Any, ...], *, what: str) -> T:
     """target(*args) in a spawned child process; `target` and `args` must pickle (a module-level
     function). `what` names the work in the error raised when the child dies."""
     context = multiprocessing.get_context("spawn")
     reader, writer = context.Pipe(duplex=False)
     child = context.Process(
         target=_child,
-        args=(writer, target, args, os.getpid(), log_level, json_output),
+        args=(writer, target, args, os.getpid(), LogSetup.of_this_process()),
         name="tei-ort-child",
     )
     child.start()
@@ -98,11 +131,10 @@ def _child(
     target: Callable[..., Any],
     args: tuple[Any, ...],
     parent: int,
-    log_level: str,
-    json_output: bool,
+    logs: LogSetup,
 ) -> None:
     _die_with(parent)
-    configure_logging(log_level, json_output=json_output)
+    logs.apply()
     try:
         reply: tuple[str, Any, str] = ("ok", target(*args), "")
     except BaseException as exc:  # every failure goes back to the parent

@@ -192,8 +192,6 @@ def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
         _export,
         (model, out, options, hub, cache),
         what=f"exporting {model}",
-        log_level=settings.log_level,
-        json_output=settings.json_output,
     )
 
 

@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import pytest
 from tei_ort.errors import PackageError, UnsupportedModel
 from tei_ort.serve import child_process
 from tei_ort.serve.child_process import ChildTraceback, run_in_child
+from tei_ort.serve.logs import JsonFormatter
 from tests.conftest import TinyBert
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,10 +67,8 @@ def _log_then_return() -> str:
     return "done"
 
 
-def _run(target: Callable[..., object], *args: object, level: str = "info") -> object:
-    return run_in_child(
-        target, args, what="exporting org/model", log_level=level, json_output=False
-    )
+def _run(target: Callable[..., object], *args: object) -> object:
+    return run_in_child(target, args, what="exporting org/model")
 
 
 def test_the_result_comes_from_another_process() -> None:
@@ -118,13 +117,44 @@ def test_a_child_that_hangs_after_replying_is_not_waited_for(
         os.kill(pid, 0)
 
 
+@pytest.fixture
+def root_handler() -> Iterator[Callable[[str, logging.Formatter], None]]:
+    """Puts a handler on the root logger, at INFO, as tei-serve's or tei-embed's set-up does."""
+    root = logging.getLogger()
+    level, added = root.level, []
+
+    def add(stream: str, formatter: logging.Formatter) -> None:
+        handler = logging.StreamHandler(getattr(sys, stream))
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+        added.append(handler)
+        root.setLevel(logging.INFO)
+
+    yield add
+    for handler in added:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
 def test_the_childs_log_lines_reach_the_servers_stream_at_its_level(
-    capfd: pytest.CaptureFixture[str],
+    root_handler: Callable[[str, logging.Formatter], None], capfd: pytest.CaptureFixture[str]
 ) -> None:
-    assert _run(_log_then_return, level="info") == "done"
-    out = capfd.readouterr().out
+    root_handler("stdout", logging.Formatter("%(levelname)s %(name)s: %(message)s"))  # tei-serve
+    assert _run(_log_then_return) == "done"
+    out, err = capfd.readouterr()
     assert "INFO tei_ort.export.somewhere: child line at info" in out
-    assert "child line at debug" not in out
+    assert "child line" not in err and "child line at debug" not in out
+
+
+def test_json_logs_stay_json_and_stderr_stays_stderr(
+    root_handler: Callable[[str, logging.Formatter], None], capfd: pytest.CaptureFixture[str]
+) -> None:
+    root_handler("stderr", JsonFormatter())  # --json-output, on tei-embed's stream
+    assert _run(_log_then_return) == "done"
+    out, err = capfd.readouterr()
+    lines = [json.loads(line) for line in err.splitlines() if "child line" in line]
+    assert [(line["level"], line["message"]) for line in lines] == [("INFO", "child line at info")]
+    assert "child line" not in out
 
 
 def test_died_reads_signals_and_statuses() -> None:
