@@ -1,14 +1,15 @@
 """One call run in a child process, for work whose memory should leave with it: the on-the-fly
-export loads torch, the PyTorch model and its reference outputs, which a server would otherwise hold
-for its lifetime (about 0.8 GB for the embedded MiniLM; several GB for larger models).
+export loads torch, the PyTorch model and its reference outputs, which a server would otherwise
+hold for its lifetime (1.1 GB for the embedded MiniLM on the Zen 3 where it was measured; more
+for larger models).
 
-The child is spawned (a fresh interpreter: no copy of the server's threads or sessions), logs as
-the parent does (the root logger's level, and its handlers on stdout and stderr with their
+The child is spawned (a fresh interpreter: no copy of the server's threads or sessions; the
+arguments, a hub token among them, travel over a pipe, never on a command line), logs as the
+parent does (the root logger's level, and its handlers on stdout and stderr with their
 formatters: tei-serve's text or JSON on stdout, tei-embed's on stderr), and dies with the server
-(Linux: PR_SET_PDEATHSIG). Its
-result comes back, or its exception, re-raised here with the child's traceback as the cause; a
-child that dies without a word (the kernel's out-of-memory killer, most often) is a PackageError
-that says how it died."""
+(Linux: PR_SET_PDEATHSIG). Its result comes back, or its exception, re-raised here with the
+child's traceback as the cause; a child that dies without a word (the kernel's out-of-memory
+killer, most often) is a PackageError that says how it died."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from typing import Any, TypeVar, cast
 from tei_ort.errors import PackageError
 
 T = TypeVar("T")
-logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_WAIT_S = 30.0  # for a child that has replied to exit

@@ -159,7 +159,8 @@ def export(model: str, out: Path, settings: Settings, provider: str) -> Path:
     """Export with tei_ort.export (cached: the same source, options and tool version reuse the
     package). Imported here and only here, lazily, so that the serving path never loads torch and
     a server without the export extra still starts on packages (the one import import-linter
-    allows from serve into export: see pyproject.toml)."""
+    allows from serve into export: see pyproject.toml). The reuse check runs here; an export runs
+    in a child process (child_process), so the server keeps none of the exporter's memory."""
     missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise PackageError(
