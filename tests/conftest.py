@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,21 @@ def minilm_export() -> Any:
     return offline_export("all-minilm-l6-v2")
 
 
+@contextlib.contextmanager
+def export_in_this_process() -> Iterator[None]:
+    """tei-serve's on-the-fly export (model_source) in this process rather than in a child, for
+    fixtures and tests about what is exported, not where: a child imports torch afresh (~13 s on a
+    2-core Zen 3). tests/serve/test_child_process.py tests the child itself."""
+    from tei_ort.serve import child_process
+
+    original = child_process.run_in_child
+    child_process.run_in_child = lambda target, args, **_: target(*args)
+    try:
+        yield
+    finally:
+        child_process.run_in_child = original
+
+
 @pytest.fixture(scope="session")
 def minilm_package() -> Path:
     """A real all-MiniLM-L6-v2 model package (fp32), exported by this test session if needed."""
@@ -51,7 +67,8 @@ def minilm_package() -> Path:
     settings = load_settings(
         ["--variant", "fp32", "--huggingface-hub-cache", str(PACKAGE_CACHE)], {}
     )
-    return model_source.resolve(settings, "cpu").path
+    with export_in_this_process():
+        return model_source.resolve(settings, "cpu").path
 
 
 @dataclass(frozen=True)

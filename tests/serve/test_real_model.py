@@ -21,9 +21,10 @@ from tei_ort.package import CHECKS_FILE, VariantName
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.cpu import this_cpu
 from tei_ort.runtime.providers import openvino_bf16
-from tei_ort.serve import child_process, model_source
+from tei_ort.serve import model_source
 from tei_ort.serve.settings import load_settings
 from tests.conftest import PACKAGE_CACHE as CACHE
+from tests.conftest import export_in_this_process
 from tests.serve.fakes import MINILM
 from tests.serve.live import context, serve, tei_serve
 
@@ -172,9 +173,8 @@ def test_the_on_the_fly_export_builds_fp32_and_the_variant_asked(
         return types.SimpleNamespace(path=out)
 
     monkeypatch.setattr(pipeline, "export_model", export_model)
-    # In this process, so the stand-in above is what runs (the child is tests/serve/test_child_process's).
-    monkeypatch.setattr(child_process, "run_in_child", lambda target, args, **_: target(*args))
     settings = load_settings([*flags, "--huggingface-hub-cache", str(tmp_path)], {})
-    resolved = model_source.resolve(settings, provider)
+    with export_in_this_process():  # so that the stand-in above is what runs
+        resolved = model_source.resolve(settings, provider)
     assert asked == [want]
     assert resolved.model_id == "sentence-transformers/all-MiniLM-L6-v2"
