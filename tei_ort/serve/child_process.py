@@ -96,6 +96,8 @@ def run_in_child(target: Callable[..., T], args: tuple[Any, ...], *, what: str) 
         except EOFError:
             child.join()
             raise PackageError(f"{what} stopped: {died(child.exitcode)}") from None
+        except Exception as exc:  # a reply that does not load here (a class only the child has)
+            raise PackageError(f"{what}: its reply could not be read ({exc})") from exc
         child.join(EXIT_WAIT_S)
     finally:
         reader.close()
@@ -115,7 +117,10 @@ def run_in_child(target: Callable[..., T], args: tuple[Any, ...], *, what: str) 
 def died(exitcode: int | None) -> str:
     """How a child that sent nothing ended, in words."""
     if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
         if -exitcode == signal.SIGKILL:
             return (
                 f"its process was killed ({name}), most likely by the kernel's out-of-memory "

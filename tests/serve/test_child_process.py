@@ -44,6 +44,15 @@ def _raise_unpicklable() -> None:
     raise _Unpicklable("a lock inside", handle=lambda: None)
 
 
+def _a_class_only_the_child_has() -> object:
+    import types
+
+    module = types.ModuleType("tei_ort_only_in_the_child")
+    sys.modules[module.__name__] = module
+    exec("class Result:\n    pass", module.__dict__)
+    return module.Result()
+
+
 def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -90,6 +99,11 @@ def test_the_childs_exception_is_raised_here_with_its_traceback() -> None:
 def test_an_exception_that_does_not_pickle_comes_back_as_a_package_error() -> None:
     with pytest.raises(PackageError, match="_Unpicklable: a lock inside"):
         _run(_raise_unpicklable)
+
+
+def test_a_reply_that_does_not_load_here_is_a_package_error() -> None:
+    with pytest.raises(PackageError, match="exporting org/model: its reply could not be read"):
+        _run(_a_class_only_the_child_has)
 
 
 def test_a_child_killed_says_so_and_names_memory() -> None:
@@ -160,6 +174,7 @@ def test_json_logs_stay_json_and_stderr_stays_stderr(
 def test_died_reads_signals_and_statuses() -> None:
     assert child_process.died(-signal.SIGTERM) == "its process was killed (SIGTERM)"
     assert child_process.died(1) == "its process exited with status 1 without a result"
+    assert child_process.died(-200) == "its process was killed (signal 200)"  # no such name
 
 
 # In a fresh interpreter, as tei-serve is: resolve a plain model (exported on the fly), then say
