@@ -122,20 +122,19 @@ def export_model(
     options = options or ExportOptions()
     hub = hub or HubOptions()
     timer = _Timer()
-    location = locate(model, revision=hub.revision, token=hub.token, cache_dir=hub.cache_dir)
-    source = read_source(location)
+    source = _read(model, hub)
     subject = plan(source, options)
     key, key_inputs = cache_key(source, options)
     timer.lap("source")  # locate (download), read, hash
-    if not reuse_checked and _reusable(out, key, integrity_cache):
-        return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
+    if not reuse_checked and (reused := _reused(out, key, integrity_cache, timer)):
+        return reused
     # Before torch, transformers or sentence-transformers open any pickle checkpoint.
     checkpoints.check(source.root, source.files)
     publish.check_target(out)
     with publish.export_lock(out):
         # Another process may have exported it while this one waited for the lock.
-        if _reusable(out, key, integrity_cache):
-            return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)
+        if reused := _reused(out, key, integrity_cache, timer):
+            return reused
         staging = publish.staging_folder(out)
         try:
             manifest = _export(subject, staging, options, timer)
@@ -164,9 +163,21 @@ def reusable(
     options = options or ExportOptions()
     hub = hub or HubOptions()
     timer = _Timer()
-    location = locate(model, revision=hub.revision, token=hub.token, cache_dir=hub.cache_dir)
-    key, _ = cache_key(read_source(location), options)
+    key, _ = cache_key(_read(model, hub), options)
     timer.lap("source")
+    return _reused(out, key, integrity_cache, timer)
+
+
+def _read(model: str, hub: HubOptions) -> SourceModel:
+    """The source model: located (downloaded from the hub when needed) and read."""
+    return read_source(
+        locate(model, revision=hub.revision, token=hub.token, cache_dir=hub.cache_dir)
+    )
+
+
+def _reused(
+    out: Path, key: str, integrity_cache: Path | None, timer: _Timer
+) -> ExportResult | None:
     if not _reusable(out, key, integrity_cache):
         return None
     return ExportResult(out, read_manifest(out), reused=True, seconds=timer.seconds)

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -169,6 +170,54 @@ def test_json_logs_stay_json_and_stderr_stays_stderr(
     lines = [json.loads(line) for line in err.splitlines() if "child line" in line]
     assert [(line["level"], line["message"]) for line in lines] == [("INFO", "child line at info")]
     assert "child line" not in out
+
+
+def _write_pid_then_sleep(path: str) -> None:
+    import time
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+# A stand-in server: runs a long child, then is SIGKILLed by the test.
+PARENT = """
+import sys
+from tests.serve import test_child_process as t
+from tei_ort.serve.child_process import run_in_child
+run_in_child(t._write_pid_then_sleep, (sys.argv[1],), what="exporting org/model")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_killed_mid_export_takes_the_child_with_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(pid_file)], env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    try:
+        for _ in range(600):
+            if pid_file.is_file() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+    finally:
+        parent.kill()
+        parent.wait()
+    for _ in range(100):  # the kernel's SIGKILL reaches it at once
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting for whoever adopted it to reap it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def test_died_reads_signals_and_statuses() -> None:
