@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tei_ort.engine import EngineConfig
 from tei_ort.runtime import Model
-from tei_ort.runtime.providers import PROVIDERS
+from tei_ort.runtime.providers import max_padding_ratio
 from tei_ort.serve.loading import load_model
 from tei_ort.serve.settings import Settings
 
@@ -68,6 +68,6 @@ def load(choice: ModelChoice, shard_size: int) -> LoadedModel:
         max_client_batch_size=shard_size,
         auto_truncate=True,
         target_batch_tokens=loaded.target_batch_tokens,
-        max_padding_ratio=PROVIDERS[model.provider].max_padding_ratio,
+        max_padding_ratio=max_padding_ratio(model.provider),
     )
     return LoadedModel(model, loaded.resolved.model_id, config, loaded.forward_models)

@@ -24,7 +24,7 @@ from typing import Any
 import onnxruntime as ort
 
 from tei_ort.errors import ProviderUnavailable
-from tei_ort.runtime.cpu import this_cpu
+from tei_ort.runtime.cpu import CpuInfo, IsaClass, this_cpu
 
 
 class Provider(str, enum.Enum):
@@ -52,10 +52,12 @@ class ProviderSpec:
     # runtimes where each new input shape costs a slow first run. Empty: rows as they come.
     row_buckets: tuple[int, ...] = ()
     # A batch stops growing before its padding exceeds this share of its real tokens (the
-    # engine's max_padding_ratio). On the CPU a padded token costs as much as a real one and
-    # bigger batches are no cheaper per token, so padding is pure loss: 8 one-text requests
-    # padded to their longest ran at 2.45x their real tokens, and c=8 x 1 text fell to a third of
-    # c=1 (scripts/concurrency_study.py). On a GPU bigger batches pay: no cap.
+    # engine's max_padding_ratio; any batch may also carry queue.PADDING_SLACK_TOKENS). On the
+    # CPU a padded token costs as much as a real one and bigger batches are no cheaper per token,
+    # so padding is pure loss: 8 one-text requests padded to their longest ran at 2.45x their
+    # real tokens, and c=8 x 1 text fell to a third of c=1 (scripts/concurrency_study.py; 0.25
+    # set on an AMX Xeon against no cap). On a GPU bigger batches pay: no cap. Per CPU class
+    # where measured: PADDING_BY_CLASS.
     max_padding_ratio: float | None = 0.25
 
 
@@ -85,6 +87,21 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         "", ("bf16",), uses_io_binding=False, target_batch_tokens=2048, pad_multiple=16
     ),
 }
+
+
+# The CPU EP's padding cap on the CPU classes where another value was measured faster than the
+# provider's. x86-avx2 (a 2-core AMD EPYC Zen 3): one-text requests at c=4 to 128 ran 1.03-1.08x
+# the real tokens/s at 0.1 against 0.25 on int8-w7 and 1.00-1.07x on fp32; 0.5 and no cap were
+# slower (docs/measurements/2026-12-01-cpu-avx2/padding-cap-study.txt). A forward's fixed cost
+# is worth fewer tokens there (~9 on int8-w7) than where tokens are cheaper (AMX), so the value
+# is kept to the class it was measured on.
+PADDING_BY_CLASS: dict[tuple[Provider, IsaClass], float] = {(Provider.CPU, IsaClass.X86_AVX2): 0.1}
+
+
+def max_padding_ratio(provider: Provider, cpu: CpuInfo | None = None) -> float | None:
+    """The padding cap the engine batches with for `provider` on this CPU (or `cpu`)."""
+    isa_class = (cpu or this_cpu()).isa_class
+    return PADDING_BY_CLASS.get((provider, isa_class), PROVIDERS[provider].max_padding_ratio)
 
 
 def available() -> set[Provider]:

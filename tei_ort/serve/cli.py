@@ -18,7 +18,7 @@ from tei_ort import __version__
 from tei_ort.engine import Engine, EngineConfig
 from tei_ort.errors import TeiOrtError
 from tei_ort.runtime.cpu import this_cpu
-from tei_ort.runtime.providers import PROVIDERS
+from tei_ort.runtime.providers import max_padding_ratio
 from tei_ort.runtime.quantized_embeddings import read_ranges
 from tei_ort.serve.access import AccessPolicy
 from tei_ort.serve.app import create_app
@@ -69,7 +69,7 @@ def _serve_one(settings: Settings) -> _Served:
         auto_truncate=settings.auto_truncate,
         tokenization_workers=settings.tokenization_workers,
         target_batch_tokens=target_batch_tokens,
-        max_padding_ratio=PROVIDERS[model.provider].max_padding_ratio,
+        max_padding_ratio=max_padding_ratio(model.provider),
     )
     engine = Engine(model, config, replicas=loaded_model.forward_models)
     ctx = ServeContext(

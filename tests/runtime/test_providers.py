@@ -8,6 +8,7 @@ from onnx import TensorProto, helper
 
 from tei_ort.errors import ProviderUnavailable
 from tei_ort.runtime import providers
+from tei_ort.runtime.cpu import CpuInfo, IsaClass
 from tei_ort.runtime.providers import Provider
 from tei_ort.runtime.session import GraphSession, SessionOptions
 
@@ -33,6 +34,38 @@ def test_explicit_cuda_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPa
 def test_unknown_provider_lists_choices() -> None:
     with pytest.raises(ProviderUnavailable, match="auto, cpu, cuda"):
         providers.resolve("tpu")
+
+
+def _cpu(isa_class: IsaClass, arch: str = "x86_64") -> CpuInfo:
+    return CpuInfo(arch, "a CPU", frozenset(), isa_class, 2)
+
+
+@pytest.mark.parametrize(
+    ("provider", "isa_class", "expected"),
+    [
+        # Measured on an AMD EPYC Zen 3: 10% ran faster than 25% (padding-cap-study.txt).
+        (Provider.CPU, IsaClass.X86_AVX2, 0.1),
+        # Every other class keeps the provider's cap, set on an AMX Xeon.
+        (Provider.CPU, IsaClass.X86_AMX, 0.25),
+        (Provider.CPU, IsaClass.X86_AVX512_VNNI, 0.25),
+        (Provider.CPU, IsaClass.UNKNOWN, 0.25),
+        (Provider.OPENVINO, IsaClass.X86_AVX2, 0.25),
+        # On a GPU bigger batches pay, whatever the host CPU.
+        (Provider.CUDA, IsaClass.X86_AVX2, None),
+        (Provider.CUDA, IsaClass.X86_AMX, None),
+    ],
+)
+def test_the_padding_cap_is_the_providers_unless_measured_for_the_class(
+    provider: Provider, isa_class: IsaClass, expected: float | None
+) -> None:
+    assert providers.max_padding_ratio(provider, _cpu(isa_class)) == expected
+
+
+def test_the_padding_cap_reads_this_cpu_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(providers, "this_cpu", lambda: _cpu(IsaClass.X86_AVX2))
+    assert providers.max_padding_ratio(Provider.CPU) == 0.1
+    monkeypatch.setattr(providers, "this_cpu", lambda: _cpu(IsaClass.ARM_BASELINE, "aarch64"))
+    assert providers.max_padding_ratio(Provider.CPU) == 0.25
 
 
 def test_cuda_provider_keeps_cpu_fallback_for_unsupported_nodes() -> None:

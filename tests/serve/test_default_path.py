@@ -24,6 +24,7 @@ from tei_ort.package import VariantName, read_manifest, write_manifest
 from tei_ort.runtime import Model, RuntimeOptions
 from tei_ort.runtime.checks import CHECKS_FILE
 from tei_ort.runtime.cpu import this_cpu
+from tei_ort.runtime.providers import Provider, max_padding_ratio
 from tests.serve import live
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,10 @@ def test_the_default_serves_the_variant_chosen_on_this_machine(
     assert "target batch tokens, by trial (512: " in batching
     assert f"batching: {budget} target batch tokens" in info["variant_note"]
     engine_line = next(line for line in output if "engine ready" in line)
-    assert f"target_batch_tokens {budget}, max_padding_ratio 0.25" in engine_line
+    # The padding cap of the provider on this CPU's class (10% for the CPU EP on x86-avx2, where
+    # it was measured: test_providers), not the provider's default everywhere.
+    cap = max_padding_ratio(Provider(info["provider"]), here)
+    assert f"target_batch_tokens {budget}, max_padding_ratio {cap}" in engine_line
 
 
 def _break_int8(package: Path) -> None:
