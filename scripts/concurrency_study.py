@@ -4,7 +4,7 @@ per point, `--rounds` times), so that a shared, noisy machine affects every buil
 
 Per build: a short query's p50 through the server against the raw runtime in this process (same
 provider and variant; the two alternate query by query, bench.server.short_queries), closed-loop
-throughput with one text per request at each concurrency, and
+throughput at each concurrency with one text per request (`--per-request` adds others), and
 the wait of a one-text request sent 0.3 s after a 1,000-input one (with the server's own
 x-tokenization-time and x-queue-time for it).
 
@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--build", action="append", required=True, help="NAME=ROOT (repeat)")
     p.add_argument("--serve-args", default="")
     p.add_argument("--concurrency", default="1,8,32,128")
+    p.add_argument("--per-request", default="1", help="texts per request, e.g. 1,32")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per point and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--texts", type=int, default=512)
@@ -66,7 +67,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     builds = dict(item.split("=", 1) for item in args.build)
     serve_args = args.serve_args.split()
-    concurrency = [int(c) for c in args.concurrency.split(",")]
+    # (concurrency, texts per request) points, one text per request first
+    points = [
+        (int(c), int(n)) for n in args.per_request.split(",") for c in args.concurrency.split(",")
+    ]
     texts = corpus.mixed(args.texts)
     shorts = corpus.queries(64)
 
@@ -85,8 +89,8 @@ def main() -> None:
     short_counts = [len(e) for e in model.encode(shorts)]
     for text in shorts:  # warm the shapes
         raw_short(text)
-    tps: dict[tuple[str, int], list[float]] = {}
-    p50s: dict[tuple[str, int], list[float]] = {}
+    tps: dict[tuple[str, tuple[int, int]], list[float]] = {}
+    p50s: dict[tuple[str, tuple[int, int]], list[float]] = {}
     short: dict[str, list[float]] = {name: [] for name in builds}
     raw: list[float] = []
     big: dict[str, list[dict[str, float]]] = {name: [] for name in builds}
@@ -109,12 +113,12 @@ def main() -> None:
                 served, direct = short_queries(srv, raw_short, shorts, short_counts, rounds=1)
                 short[name] += served.latencies_s
                 raw += direct.latencies_s
-            for c in concurrency:
+            for c, n in points:
                 for name, srv in servers.items():
-                    m = load(srv, texts, counts, c, 1, args.duration)
+                    m = load(srv, texts, counts, c, n, args.duration)
                     assert m.errors == 0, f"{name}: {m.errors} errors"
-                    tps.setdefault((name, c), []).append(m.tokens_per_s)
-                    p50s.setdefault((name, c), []).append(m.percentile_ms(50) or 0.0)
+                    tps.setdefault((name, (c, n)), []).append(m.tokens_per_s)
+                    p50s.setdefault((name, (c, n)), []).append(m.percentile_ms(50) or 0.0)
             if not args.skip_big:
                 bulk = [texts[i % len(texts)] for i in range(1000)]
                 for name, srv in servers.items():
@@ -128,24 +132,24 @@ def main() -> None:
     for name in names:
         p50 = statistics.median(short[name]) * 1000
         print(f"  {name:12} {p50:6.2f} ms  overhead {p50 - raw_p50:+.2f} ms")
-    print("\nreal tok/s, one text per request (mean of rounds; p50 latency ms)")
-    print("  " + " ".join(f"{'c=' + str(c):>18}" for c in concurrency))
+    print("\nreal tok/s, c requests of n texts (mean of rounds; p50 latency ms)")
+    print("  " + " ".join(f"{f'c={c} x{n}':>18}" for c, n in points))
     for name in names:
         cells = [
-            f"{statistics.mean(tps[(name, c)]):8.0f} ({statistics.mean(p50s[(name, c)]):6.1f})"
-            for c in concurrency
+            f"{statistics.mean(tps[(name, pt)]):8.0f} ({statistics.mean(p50s[(name, pt)]):6.1f})"
+            for pt in points
         ]
         print(f"  {name:12}" + " ".join(f"{cell:>18}" for cell in cells))
     if len(names) > 1:
         first = names[0]
         for name in names[1:]:
             ratios = [
-                statistics.mean(tps[(name, c)]) / statistics.mean(tps[(first, c)])
-                for c in concurrency
+                statistics.mean(tps[(name, pt)]) / statistics.mean(tps[(first, pt)])
+                for pt in points
             ]
             print(
                 f"  {name}/{first}: "
-                + " ".join(f"c={c} {r:.2f}x" for c, r in zip(concurrency, ratios, strict=True))
+                + " ".join(f"c={c}x{n} {r:.2f}x" for (c, n), r in zip(points, ratios, strict=True))
             )
     if not args.skip_big:
         print("\none-text request 0.3 s after a 1,000-input request (per round)")
