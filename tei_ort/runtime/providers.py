@@ -92,9 +92,9 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
 # The CPU EP's padding cap on the CPU classes where another value was measured faster than the
 # provider's. x86-avx2 (a 2-core AMD EPYC Zen 3): one-text requests at c=4 to 128 ran 1.03-1.08x
 # the real tokens/s at 0.1 against 0.25 on int8-w7 and 1.00-1.07x on fp32; 0.5 and no cap were
-# slower (docs/measurements/2026-12-01-cpu-avx2/padding-cap-study.txt). A forward's fixed cost
-# is worth fewer tokens there (~9 on int8-w7) than where tokens are cheaper (AMX), so the value
-# is kept to the class it was measured on.
+# slower; 32-text requests 0.98-1.02x (docs/measurements/2026-12-01-cpu-avx2/padding-cap-study.txt).
+# A forward's fixed cost is worth ~9 tokens there (int8-w7, one thread), likely more where
+# tokens are cheaper (AMX; not measured), so the value is kept to the class it was measured on.
 PADDING_BY_CLASS: dict[tuple[Provider, IsaClass], float] = {(Provider.CPU, IsaClass.X86_AVX2): 0.1}
 
 
