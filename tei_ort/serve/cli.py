@@ -99,6 +99,10 @@ def build(settings: Settings) -> Sanic:  # type: ignore[type-arg]
     started = time.perf_counter()
     if settings.dense_path is not None:
         logger.warning("--dense-path ignored: the package carries its Dense layers")
+    if settings.hf_api_token_given:
+        logger.warning("--hf-api-token (HF_API_TOKEN) is deprecated: use --hf-token (HF_TOKEN)")
+    if settings.uds_path is not None:
+        logger.info("--uds-path unused: it is TEI's Python-backend socket; tei_ort has none")
     served = [_serve_one(one) for one in settings.per_model()]
     registry = ModelRegistry(tuple(one.ctx for one in served))
     ctx, config = served[0].ctx, served[0].config
@@ -185,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings(argv)
     except pydantic.ValidationError as exc:
         build_parser().error(describe_invalid(exc))  # usage and the reason, exit status 2
-    configure_logging(settings.log_level, json_output=settings.json_output)
+    configure_logging(
+        settings.log_level, json_output=settings.json_output, spans=not settings.disable_spans
+    )
     logger.debug("settings: %s", settings.redacted())
     try:
         app = build(settings)

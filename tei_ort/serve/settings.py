@@ -48,6 +48,8 @@ class Settings(pydantic.BaseModel):
     default_prompt: str | None = None
     dense_path: str | None = None
     hf_token: str | None = pydantic.Field(default=None, repr=False)
+    # --hf-api-token (HF_API_TOKEN), TEI's deprecated alias, was given: start-up warns, as TEI
+    hf_api_token_given: bool = False
     huggingface_hub_cache: Path | None = None
     # ours
     provider: Literal["auto", "cpu", "cuda", "openvino"] = "auto"
@@ -75,8 +77,11 @@ class Settings(pydantic.BaseModel):
     port: int = pydantic.Field(default=3000, ge=0, le=65535)
     api_key: str | None = pydantic.Field(default=None, repr=False)
     cors_allow_origin: tuple[str, ...] = ()
+    # TEI's socket to its Python backend: accepted so that TEI command lines start, unused here
+    uds_path: str | None = None
     # telemetry
     json_output: bool = False
+    disable_spans: bool = False  # JSON lines without the trace and span ids
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-embeddings-inference.server"
     prometheus_port: int = pydantic.Field(default=9000, ge=0, le=65535)
@@ -135,7 +140,7 @@ class Settings(pydantic.BaseModel):
 
     def redacted(self) -> dict[str, Any]:
         """For the start-up log: secrets never reach a log line."""
-        data = self.model_dump(mode="json", exclude={"hostname_from_env"})
+        data = self.model_dump(mode="json", exclude={"hostname_from_env", "hf_api_token_given"})
         for secret in ("hf_token", "api_key"):
             if data[secret] is not None:
                 data[secret] = "<redacted>"
@@ -189,6 +194,7 @@ FLAGS: tuple[Flag, ...] = (
         "layers already, so this only logs a warning.",
     ),
     Flag("hf_token", "Hub token for gated or private models. Never logged."),
+    Flag("hf_api_token", "TEI's deprecated alias of --hf-token (which wins); logs a warning."),
     Flag(
         "huggingface_hub_cache",
         "Hub download cache; exported and "
@@ -275,7 +281,17 @@ FLAGS: tuple[Flag, ...] = (
         "Allowed CORS origins (repeat the flag, or comma-separated in the env var). Default: any.",
         kind="list",
     ),
+    Flag(
+        "uds_path",
+        "Accepted for TEI compatibility: TEI's socket to its Python backend. tei_ort has no such "
+        "backend, so it is unused (logged).",
+    ),
     Flag("json_output", "Log JSON lines instead of text.", kind="bool"),
+    Flag(
+        "disable_spans",
+        "With --json-output, leave the trace and span ids out of each line. Default: false.",
+        kind="bool",
+    ),
     Flag(
         "otlp_endpoint",
         "OpenTelemetry collector for traces, spoken to over OTLP/HTTP "
@@ -372,6 +388,11 @@ def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str] | None 
             first, *rest = [item.strip() for item in values[name] if item.strip()] or [None]
             values[name], values[more] = first, tuple(rest)
     values["hostname_from_env"] = "hostname" not in given and "hostname" in values
+    # TEI's deprecated alias: --hf-token (HF_TOKEN) wins; either way the start-up warns
+    alias = values.pop("hf_api_token", None)
+    if alias is not None:
+        values.setdefault("hf_token", alias)
+        values["hf_api_token_given"] = True
     return Settings.model_validate(values)
 
 

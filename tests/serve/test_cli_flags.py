@@ -183,3 +183,29 @@ def test_dtype_picks_the_variant_and_dense_path_is_ignored(
     fp16 = [*args[: args.index("--dtype") + 1], "float16"]
     with pytest.raises(TeiOrtError, match="fp16"):
         build(load_settings(fp16, {}))
+
+
+def test_teis_other_flags_are_accepted_and_say_what_they_do_here(
+    make_package: MakePackage,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A TEI command line with --uds-path, --disable-spans and the deprecated --hf-api-token
+    starts and serves; the unused socket and the deprecated alias are logged, the token never."""
+    package = make_package()
+    token = "hf_aliasTokenNeverLogged4321"
+    args = _args(package, tmp_path / "hub", "--uds-path", "/tmp/tei-server", "--disable-spans")
+    settings = load_settings([*args, "--hf-api-token", token], {})
+    assert (settings.hf_token, settings.uds_path, settings.disable_spans) == (
+        token,
+        "/tmp/tei-server",
+        True,
+    )
+    with caplog.at_level(logging.INFO, logger="tei_ort.serve"):
+        app = build(settings)
+    assert "--hf-api-token (HF_API_TOKEN) is deprecated: use --hf-token (HF_TOKEN)" in caplog.text
+    assert "--uds-path unused: it is TEI's Python-backend socket; tei_ort has none" in caplog.text
+    assert token not in caplog.text
+    with live.serve_app(app) as url:
+        got = httpx.post(f"{url}/embed", json={"inputs": ["a"]}, timeout=60).json()
+    np.testing.assert_allclose(got, _vectors(package, ["a"]), atol=1e-5)

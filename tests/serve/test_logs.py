@@ -22,6 +22,7 @@ from tests.serve.live import free_port
 
 API_KEY = "sk-very-secret-api-key-1234"
 HF_TOKEN = "hf_secretTokenNeverLogged5678"
+HF_API_TOKEN = "hf_aliasSecretNeverLogged9012"
 
 
 def _record(message: str, **extra: object) -> logging.LogRecord:
@@ -50,6 +51,14 @@ def test_json_line_carries_the_trace_id() -> None:
     assert trace.get_current_span().get_span_context().is_valid is False
 
 
+def test_disable_spans_leaves_the_ids_out() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("request"):
+        line = json.loads(JsonFormatter(spans=False).format(_record("hello", batch_size=2)))
+    assert line["fields"] == {"batch_size": 2}
+    assert line["message"] == "hello"
+
+
 @pytest.mark.slow
 def test_cli_json_logs_have_no_secrets(minilm_package: Path) -> None:
     port = free_port()
@@ -58,6 +67,7 @@ def test_cli_json_logs_have_no_secrets(minilm_package: Path) -> None:
         "PYTHONPATH": str(REPO),
         "LOG_LEVEL": "debug",
         "HF_TOKEN": HF_TOKEN,
+        "HF_API_TOKEN": HF_API_TOKEN,  # TEI's deprecated alias: HF_TOKEN wins, neither is logged
     }
     command = [sys.executable, "-m", "tei_ort.serve.cli", "--model-id", str(minilm_package)]
     command += ["--hostname", "127.0.0.1", "--port", str(port), "--json-output"]
@@ -91,4 +101,4 @@ def test_cli_json_logs_have_no_secrets(minilm_package: Path) -> None:
         assert {"timestamp", "level", "target", "message", "fields"} <= set(parsed), parsed
     assert sum("Ready:" in parsed["message"] for parsed in lines) == 1
     assert any("<redacted>" in parsed["message"] for parsed in lines)  # the debug settings line
-    assert API_KEY not in output and HF_TOKEN not in output
+    assert API_KEY not in output and HF_TOKEN not in output and HF_API_TOKEN not in output

@@ -16,7 +16,8 @@ import pytest
 
 from tei_ort.engine.config import physical_cores
 from tei_ort.package import CHECKS_FILE
-from tei_ort.runtime import Model, RuntimeOptions, trial
+from tei_ort.runtime import Model, RuntimeOptions, providers, trial
+from tei_ort.runtime.cpu import CpuInfo, IsaClass
 from tei_ort.runtime.providers import Provider
 from tei_ort.serve.loading import replicas_by_trial
 from tests.serve.test_engine_replicas import engine_of, sessions
@@ -212,3 +213,20 @@ def test_tei_embed_runs_the_layout_tei_serve_would(
     assert loaded.forward_models is not None and len(loaded.forward_models) == 2
     assert loaded.forward_models[0] is loaded.model
     assert loaded.forward_models[0].session is not loaded.forward_models[1].session
+
+
+def test_tei_embed_batches_with_the_padding_cap_of_this_cpus_class(
+    package_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tei-embed's engine takes the CPU EP's padding cap of this machine's class, as tei-serve's
+    does (10% on x86-avx2, where it was measured; 25% elsewhere)."""
+    from tei_ort.bulk.model import ModelChoice, load
+
+    _given(monkeypatch, 1500.0, 1000.0)  # one session: the layout is not what this is about
+    choice = ModelChoice(str(package_copy), huggingface_hub_cache=tmp_path / "hub", variant="fp32")
+    for isa_class, cap in ((IsaClass.X86_AVX2, 0.1), (IsaClass.X86_AMX, 0.25)):
+        cpu = CpuInfo("x86_64", "a CPU", frozenset(), isa_class, 2)
+        monkeypatch.setattr(providers, "this_cpu", lambda cpu=cpu: cpu)
+        loaded = load(choice, 64)
+        assert loaded.model.provider is Provider.CPU
+        assert loaded.config.max_padding_ratio == cap

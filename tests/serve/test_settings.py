@@ -130,3 +130,29 @@ def test_a_refused_secret_is_not_echoed() -> None:
     said = describe_invalid(refused.value)
     assert said.startswith("--api-key (API_KEY): Input should be a valid string")
     assert "123" not in said
+
+
+def test_hf_api_token_is_teis_deprecated_alias_of_hf_token() -> None:
+    alias = load_settings(["--hf-api-token", "hf_alias"], {})
+    assert (alias.hf_token, alias.hf_api_token_given) == ("hf_alias", True)
+    from_env = load_settings([], {"HF_API_TOKEN": "hf_env_alias"})
+    assert (from_env.hf_token, from_env.hf_api_token_given) == ("hf_env_alias", True)
+    # --hf-token (or HF_TOKEN) wins; the alias was still given (TEI warns then too)
+    both = load_settings(["--hf-api-token", "hf_alias"], {"HF_TOKEN": "hf_real"})
+    assert (both.hf_token, both.hf_api_token_given) == ("hf_real", True)
+    assert load_settings([], {}).hf_api_token_given is False
+    assert "hf_alias" not in str(alias.redacted()) and "hf_alias" not in repr(alias)
+    assert "hf_api_token_given" not in alias.redacted()
+
+
+def test_uds_path_and_disable_spans_parse_as_tei_does() -> None:
+    s = load_settings(["--uds-path", "/tmp/sock", "--disable-spans"], {})
+    assert (s.uds_path, s.disable_spans) == ("/tmp/sock", True)
+    env = load_settings([], {"UDS_PATH": "/run/x", "DISABLE_SPANS": "true"})
+    assert (env.uds_path, env.disable_spans) == ("/run/x", True)
+    assert (
+        load_settings(["--disable-spans", "false"], {"DISABLE_SPANS": "true"}).disable_spans
+        is False
+    )
+    defaults = load_settings([], {})
+    assert (defaults.uds_path, defaults.disable_spans) == (None, False)
