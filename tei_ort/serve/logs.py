@@ -3,8 +3,8 @@
 Each JSON line is one object: timestamp (ISO 8601, UTC), level, target (the logger's name),
 message, and fields: whatever a call passed with `extra=`, plus the trace and span ids of the
 request being handled (not with --disable-spans), so that a log line can be found from its
-trace and back. Secrets never
-reach a log line: Settings.redacted() is what is logged of the configuration."""
+trace and back. Secrets never reach a log line: Settings.redacted() is what is logged of the
+configuration."""
 
 from __future__ import annotations
 
