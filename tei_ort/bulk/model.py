@@ -1,8 +1,8 @@
 """--model-id -> a loaded runtime Model and the EngineConfig the server would give it.
 
 The same start-up as `tei-serve` (tei_ort.serve.loading.load_model: source, variant on this CPU,
-batch budget, warm-up), and the padding cap from the provider's table. Only the HTTP limits differ:
-a job sends one request per shard, so the client batch limit is the shard size.
+batch budget, warm-up), and the padding cap of the provider on this CPU's class. Only the HTTP
+limits differ: a job sends one request per shard, so the client batch limit is the shard size.
 """
 
 from __future__ import annotations

@@ -51,6 +51,28 @@ def test_json_line_carries_the_trace_id() -> None:
     assert trace.get_current_span().get_span_context().is_valid is False
 
 
+@pytest.mark.parametrize(("argv", "spans"), [([], True), (["--disable-spans"], False)])
+def test_tei_serve_passes_disable_spans_to_its_json_logs(
+    argv: list[str], spans: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tei_ort.errors import PackageError
+    from tei_ort.serve import cli
+
+    seen: dict[str, object] = {}
+
+    def configure(level: str, **kwargs: object) -> None:
+        seen.update(kwargs)
+
+    def build(settings: object) -> None:
+        raise PackageError("stop here")
+
+    monkeypatch.setattr(cli, "configure_logging", configure)
+    monkeypatch.setattr(cli, "build", build)
+    with pytest.raises(SystemExit):
+        cli.main(["--json-output", *argv])
+    assert seen == {"json_output": True, "spans": spans}
+
+
 def test_disable_spans_leaves_the_ids_out() -> None:
     tracer = TracerProvider().get_tracer("test")
     with tracer.start_as_current_span("request"):

@@ -220,13 +220,21 @@ def test_tei_embed_batches_with_the_padding_cap_of_this_cpus_class(
 ) -> None:
     """tei-embed's engine takes the CPU EP's padding cap of this machine's class, as tei-serve's
     does (10% on x86-avx2, where it was measured; 25% elsewhere)."""
-    from tei_ort.bulk.model import ModelChoice, load
+    from tei_ort.bulk import model as bulk_model
 
     _given(monkeypatch, 1500.0, 1000.0)  # one session: the layout is not what this is about
-    choice = ModelChoice(str(package_copy), huggingface_hub_cache=tmp_path / "hub", variant="fp32")
+    choice = bulk_model.ModelChoice(
+        str(package_copy), huggingface_hub_cache=tmp_path / "hub", variant="fp32"
+    )
     for isa_class, cap in ((IsaClass.X86_AVX2, 0.1), (IsaClass.X86_AMX, 0.25)):
+        # The class given to the cap alone (not by patching this_cpu, whose readers cache what
+        # they derive from it, e.g. providers.openvino_bf16).
         cpu = CpuInfo("x86_64", "a CPU", frozenset(), isa_class, 2)
-        monkeypatch.setattr(providers, "this_cpu", lambda cpu=cpu: cpu)
-        loaded = load(choice, 64)
+        monkeypatch.setattr(
+            bulk_model,
+            "max_padding_ratio",
+            lambda provider, cpu=cpu: providers.max_padding_ratio(provider, cpu),
+        )
+        loaded = bulk_model.load(choice, 64)
         assert loaded.model.provider is Provider.CPU
         assert loaded.config.max_padding_ratio == cap
