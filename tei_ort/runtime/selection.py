@@ -194,7 +194,7 @@ def _trial(
         model = opened[verdict.label]
         plans[verdict.label] = (model, trial.candidate_batches(model, fidelity.vset.texts))
     started = time.perf_counter()
-    timed = trial.fastest(plans)
+    timed, runs = trial.repeated(lambda: trial.fastest(plans), trial.too_close_to_rank, "variants")
     result = []
     for verdict in verdicts:
         if verdict.label in timed:
@@ -202,9 +202,10 @@ def _trial(
             cache.put(verdict)
         result.append(verdict)
     logger.info(
-        "trial of %d candidates in %.1f s: %s",
+        "trial of %d candidates in %.1f s (%s): %s",
         len(timed),
         time.perf_counter() - started,
+        "1 run" if runs == 1 else f"{runs} runs",
         ", ".join(f"{label} {tps:,.0f} tok/s" for label, tps in timed.items()),
     )
     return result

@@ -5,8 +5,9 @@ cached by tei_ort.runtime.checks."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,6 +19,8 @@ from tei_ort.tokenization import Encoded
 
 if TYPE_CHECKING:
     from tei_ort.runtime.model import Model, RuntimeOptions
+
+logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 Batches = list[list[Encoded]]
@@ -41,6 +44,15 @@ REPLICA_MAX_GRAPH_BYTES = 1 << 30  # larger graphs: one copy of the weights, no 
 # Every n-th fidelity text is timed (~92 texts; MiniLM on 2 Zen 3 cores: ~5 s, two layouts
 # 1.16x and 1.23x apart in two trials). Every 6th took 4 s and measured 1.13x, nearer the margin.
 REPLICA_TEXT_STRIDE = 3
+# A trial whose figures fall within CLOSE_CALL of deciding the other way is timed again, up to
+# TRIAL_REPEATS trials within REPEAT_BUDGET_S, and the trials' seconds add up. On a shared host
+# the noise is between trials, not within one (more rounds did not narrow it): on a 2-core AMD
+# EPYC Zen 3 [x86-avx2], int8-w7 over fp32 read 0.996-1.177x in ten trials (sd 0.064) and once
+# 0.964x, so a first start served fp32, ~15% slower, and cached it
+# (docs/measurements/2026-12-01-cpu-avx2/trial-close-calls.txt).
+CLOSE_CALL = 0.15
+TRIAL_REPEATS = 3
+REPEAT_BUDGET_S = 20.0
 
 
 def fastest(plans: Mapping[K, tuple[Model, Batches]]) -> dict[K, float]:
@@ -91,6 +103,48 @@ def replica_rates(whole: Model, halves: Sequence[Model], batches: Batches) -> di
             if time.perf_counter() - started > TRIAL_BUDGET_S:
                 break
     return {key: round(tokens / seconds, 1) for key, seconds in best.items()}
+
+
+def repeated(
+    trial: Callable[[], dict[K, float]], close: Callable[[dict[K, float]], bool], what: str
+) -> tuple[dict[K, float], int]:
+    """Real tokens/s of each contender (`what`, for the log) over one run of `trial`, or more
+    while `close` finds the figures too near to decide (at most TRIAL_REPEATS runs, none begun
+    past REPEAT_BUDGET_S): each contender's seconds summed over the runs, i.e. the harmonic mean
+    of its rates. Returns the rates and the number of runs."""
+    started = time.perf_counter()
+    seconds_per_token: dict[K, float] = {}
+    runs = 0
+    while True:
+        for key, rate in trial().items():
+            seconds_per_token[key] = seconds_per_token.get(key, 0.0) + (
+                1 / rate if rate > 0 else float("inf")
+            )
+        runs += 1
+        rates = {key: round(runs / s, 1) for key, s in seconds_per_token.items()}
+        if runs >= TRIAL_REPEATS or not close(rates):
+            return rates, runs
+        if time.perf_counter() - started > REPEAT_BUDGET_S:
+            return rates, runs
+        logger.info("%s: a close call (%s), timing again", what, _figures(rates))
+
+
+def too_close_to_rank(rates: Mapping[K, float]) -> bool:
+    """The two fastest are within CLOSE_CALL of each other."""
+    top = sorted(rates.values(), reverse=True)
+    return len(top) > 1 and top[0] < top[1] * (1 + CLOSE_CALL)
+
+
+def near_the_replica_margin(rates: Mapping[str, float]) -> bool:
+    """Two replicas' gain over one session is within CLOSE_CALL of REPLICA_GAIN."""
+    if rates["1"] <= 0:
+        return False
+    gain = rates["2"] / rates["1"] - 1
+    return abs(gain - REPLICA_GAIN) < CLOSE_CALL
+
+
+def _figures(rates: Mapping[K, float]) -> str:
+    return ", ".join(f"{key}: {rate:,.0f} tok/s" for key, rate in rates.items())
 
 
 def candidate_batches(model: Model, texts: Sequence[str]) -> Batches:

@@ -143,7 +143,12 @@ def replicas_by_trial(
         if batches is None:
             return (), "1 (no fidelity set to time)"
         halves = tuple(open_replica(model, half) for _ in range(2))
-        rates = trial.replica_rates(model, halves, batches)
+        rates, runs = trial.repeated(
+            lambda: trial.replica_rates(model, halves, batches),
+            trial.near_the_replica_margin,
+            "engine layouts",
+        )
+        logger.info("engine layout trial: %d run%s", runs, "" if runs == 1 else "s")
         cache.put_rates("replicas", label, rates)
         cache.save()
     one, two = rates.get("1", 0.0), rates.get("2", 0.0)
