@@ -46,10 +46,11 @@ REPLICA_MAX_GRAPH_BYTES = 1 << 30  # larger graphs: one copy of the weights, no 
 REPLICA_TEXT_STRIDE = 3
 # A trial whose figures fall within CLOSE_CALL of deciding the other way is timed again, up to
 # TRIAL_REPEATS trials within REPEAT_BUDGET_S, and the trials' seconds add up. On a shared host
-# the noise is between trials, not within one (more rounds did not narrow it): on a 2-core AMD
-# EPYC Zen 3 [x86-avx2], int8-w7 over fp32 read 0.996-1.177x in ten trials (sd 0.064) and once
-# 0.964x, so a first start served fp32, ~15% slower, and cached it
-# (docs/measurements/2026-12-01-cpu-avx2/trial-close-calls.txt).
+# the noise is between trials, not within one (more rounds did not narrow it): on a noisy 2-core
+# AMD EPYC Zen 3 [x86-avx2], one trial read int8-w7 at 0.905-1.36x fp32 and picked fp32 in 4 of
+# 16 (served ~15-30% slower, and cached), and kept one engine in 1 of 16; three runs with
+# CLOSE_CALL 0.15 picked int8-w7 and two engines in 8 of 8 (0.05 still let a 0.905x reading
+# through) (scripts/trial_close_calls.py, docs/measurements/2026-12-01-cpu-avx2/trial-close-calls.txt).
 CLOSE_CALL = 0.15
 TRIAL_REPEATS = 3
 REPEAT_BUDGET_S = 20.0
