@@ -6,6 +6,7 @@ cached by tei_ort.runtime.checks."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,8 @@ REPLICA_MAX_GRAPH_BYTES = 1 << 30  # larger graphs: one copy of the weights, no 
 # 1.16x and 1.23x apart in two trials). Every 6th took 4 s and measured 1.13x, nearer the margin.
 REPLICA_TEXT_STRIDE = 3
 # A trial whose figures fall within CLOSE_CALL of deciding the other way is timed again, up to
-# TRIAL_REPEATS trials within REPEAT_BUDGET_S, and the trials' seconds add up. On a shared host
+# TRIAL_REPEATS trials within REPEAT_BUDGET_S, and the trials' seconds add up; after n runs the
+# band is CLOSE_CALL / sqrt(n), as the summed figures' noise shrinks. On a shared host
 # the noise is between trials, not within one (more rounds did not narrow it): on a noisy 2-core
 # AMD EPYC Zen 3 [x86-avx2], one trial read int8-w7 at 0.905-1.36x fp32 and picked fp32 in 4 of
 # 16 (served ~15-30% slower, and cached), and kept one engine in 1 of 16; three runs with
@@ -107,12 +109,15 @@ def replica_rates(whole: Model, halves: Sequence[Model], batches: Batches) -> di
 
 
 def repeated(
-    trial: Callable[[], dict[K, float]], close: Callable[[dict[K, float]], bool], what: str
+    trial: Callable[[], dict[K, float]],
+    close: Callable[[dict[K, float], float], bool],
+    what: str,
 ) -> tuple[dict[K, float], int]:
     """Real tokens/s of each contender (`what`, for the log) over one run of `trial`, or more
-    while `close` finds the figures too near to decide (at most TRIAL_REPEATS runs, none begun
-    past REPEAT_BUDGET_S): each contender's seconds summed over the runs, i.e. the harmonic mean
-    of its rates. Returns the rates and the number of runs."""
+    while `close` finds the figures too near to decide within the band (CLOSE_CALL over the
+    square root of the runs so far; at most TRIAL_REPEATS runs, none begun past
+    REPEAT_BUDGET_S): each contender's seconds summed over the runs, i.e. the harmonic mean of
+    its rates. Returns the rates and the number of runs."""
     started = time.perf_counter()
     seconds_per_token: dict[K, float] = {}
     runs = 0
@@ -123,25 +128,25 @@ def repeated(
             )
         runs += 1
         rates = {key: round(runs / s, 1) for key, s in seconds_per_token.items()}
-        if runs >= TRIAL_REPEATS or not close(rates):
+        if runs >= TRIAL_REPEATS or not close(rates, CLOSE_CALL / math.sqrt(runs)):
             return rates, runs
         if time.perf_counter() - started > REPEAT_BUDGET_S:
             return rates, runs
         logger.info("%s: a close call (%s), timing again", what, _figures(rates))
 
 
-def too_close_to_rank(rates: Mapping[K, float]) -> bool:
-    """The two fastest are within CLOSE_CALL of each other."""
+def too_close_to_rank(rates: Mapping[K, float], band: float = CLOSE_CALL) -> bool:
+    """The two fastest are within `band` of each other."""
     top = sorted(rates.values(), reverse=True)
-    return len(top) > 1 and top[0] < top[1] * (1 + CLOSE_CALL)
+    return len(top) > 1 and top[0] < top[1] * (1 + band)
 
 
-def near_the_replica_margin(rates: Mapping[str, float]) -> bool:
-    """Two replicas' gain over one session is within CLOSE_CALL of REPLICA_GAIN."""
+def near_the_replica_margin(rates: Mapping[str, float], band: float = CLOSE_CALL) -> bool:
+    """Two replicas' gain over one session is within `band` of REPLICA_GAIN."""
     if rates["1"] <= 0:
         return False
     gain = rates["2"] / rates["1"] - 1
-    return abs(gain - REPLICA_GAIN) < CLOSE_CALL
+    return abs(gain - REPLICA_GAIN) < band
 
 
 def _figures(rates: Mapping[K, float]) -> str:

@@ -36,6 +36,13 @@ def test_a_close_call_adds_the_seconds_of_each_run() -> None:
     assert count == 2 and runs == [1, 1]
 
 
+def test_the_band_narrows_as_runs_add_up() -> None:
+    # 12% apart: close after one run (band 15%), decided after two (15% / sqrt(2) = 10.6%).
+    runs, run = _readings(*[{"a": 112.0, "b": 100.0}] * 3)
+    assert trial.repeated(run, trial.too_close_to_rank, "x") == ({"a": 112.0, "b": 100.0}, 2)
+    assert runs == [1, 1]
+
+
 def test_close_calls_stop_at_the_most_runs(caplog: pytest.LogCaptureFixture) -> None:
     runs, run = _readings(*[{"a": 100.0, "b": 101.0}] * 10)
     with caplog.at_level("INFO", logger="tei_ort.runtime.trial"):
@@ -66,6 +73,7 @@ def test_too_close_to_rank_means_the_two_fastest_within_the_close_call(
 ) -> None:
     assert trial.CLOSE_CALL == 0.15
     assert trial.too_close_to_rank(rates) is close
+    assert trial.too_close_to_rank(rates, 0.0) is False
 
 
 @pytest.mark.parametrize(
@@ -77,6 +85,7 @@ def test_near_the_replica_margin_means_within_the_close_call_of_the_gain(
 ) -> None:
     assert trial.REPLICA_GAIN == 0.10
     assert trial.near_the_replica_margin({"1": 1000.0, "2": two}) is close
+    assert trial.near_the_replica_margin({"1": 1000.0, "2": two}, 0.0) is False
 
 
 def test_a_zero_rate_is_no_crash() -> None:
