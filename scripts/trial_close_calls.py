@@ -50,8 +50,9 @@ def main() -> None:
     def layout(rates: dict[str, float]) -> str:
         return "2" if rates["2"] >= rates["1"] * (1 + trial.REPLICA_GAIN) else "1"
 
+    most = trial.TRIAL_REPEATS
     for _ in range(args.iterations):
-        for way, repeats in (("once", 1), ("repeated", trial.TRIAL_REPEATS)):
+        for way, repeats in (("once", 1), ("repeated", most)):
             trial.TRIAL_REPEATS = repeats
             started = time.perf_counter()
             rates, runs = trial.repeated(
