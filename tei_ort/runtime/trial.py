@@ -53,6 +53,8 @@ REPLICA_TEXT_STRIDE = 3
 # 16 (served ~15-30% slower, and cached), and kept one engine in 1 of 16; three runs with
 # CLOSE_CALL 0.15 picked int8-w7 and two engines in 8 of 8 (0.05 still let a 0.905x reading
 # through) (scripts/trial_close_calls.py, docs/measurements/2026-12-01-cpu-avx2/trial-close-calls.txt).
+# Applied on every class: it only measures more where a result is close, never changes how the
+# figures decide, so elsewhere it costs first-start seconds at most (set on that one class).
 CLOSE_CALL = 0.15
 TRIAL_REPEATS = 3
 REPEAT_BUDGET_S = 20.0
@@ -128,9 +130,11 @@ def repeated(
             )
         runs += 1
         rates = {key: round(runs / s, 1) for key, s in seconds_per_token.items()}
-        if runs >= TRIAL_REPEATS or not close(rates, CLOSE_CALL / math.sqrt(runs)):
-            return rates, runs
-        if time.perf_counter() - started > REPEAT_BUDGET_S:
+        if (
+            runs >= TRIAL_REPEATS
+            or not close(rates, CLOSE_CALL / math.sqrt(runs))
+            or time.perf_counter() - started > REPEAT_BUDGET_S
+        ):
             return rates, runs
         logger.info("%s: a close call (%s), timing again", what, _figures(rates))
 
